@@ -1,0 +1,273 @@
+//! CPU dequant-GEMM: `C[M, N] = A[M, K] · dequant(W)ᵀ (+ bias)`.
+//!
+//! Two paths, both parallel over tiles of output columns (each tile owns a contiguous block of a
+//! transposed result `Cᵀ [N, M]`, so threads never share writes):
+//! - **direct** (4 and 8 bit, small M): streams the packed words once, unpacks them in registers and
+//!   accumulates `Σ a·q` per group, then applies `scale·(acc − zero·Σ a)`: the dequantized matrix is
+//!   never formed. `qweight [K/pf, N]` is N-contiguous, so one word row of a tile is a SIMD load and the
+//!   inner loops vectorize over N; the function is compiled for several ISAs and picked at run time.
+//! - **panel** (every bit width, larger M): dequantizes a `[K, NP]` panel of W to f32 in a per-thread
+//!   buffer and hands it to faer's matmul.
+//!
+//! Act-order layers (unsorted `g_idx`) are handled by a plan built once per layer: K is permuted so that
+//! each group is contiguous, the packed words are repacked in that order, and A's columns are gathered
+//! to match.
+
+use super::threads;
+use crate::error::{Error, Result};
+use crate::format::pack::{extract, pack_qweight};
+use crate::format::QuantizedLayer;
+use crate::tensor::{strided_span, MatView};
+use faer::linalg::matmul::matmul;
+use super::views::{rm, rm_mut};
+use faer::{Accum, Par};
+use half::f16;
+use rayon::prelude::*;
+
+/// Output columns per direct-path tile (one AVX-512 vector, two AVX2 vectors).
+const NT: usize = 16;
+/// Rows of A processed together by the direct path (amortizes unpacking over MR rows).
+const MR: usize = 4;
+/// Output columns per panel-path tile.
+const NP: usize = 64;
+/// Largest M for which the direct path is used.
+pub const DIRECT_MAX_M: usize = 16;
+
+/// Mutable output matrix `[rows, cols]` with a row stride.
+pub enum OutMatMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+}
+
+impl OutMatMut<'_> {
+    fn len(&self) -> usize {
+        match self {
+            OutMatMut::F32(s) => s.len(),
+            OutMatMut::F16(s) => s.len(),
+        }
+    }
+}
+
+/// Per-layer data the kernels need beyond the packed tensors (built once, cached in the layer).
+#[derive(Debug)]
+pub struct GemmPlan {
+    /// Column gather of A when groups are not contiguous in K.
+    perm: Option<Vec<u32>>,
+    /// `qweight` repacked in permuted K order (only with `perm`).
+    qweight_perm: Option<Vec<u32>>,
+    /// Runs of equal group in (permuted) K order: `(k_start, k_end, group)`.
+    segments: Vec<(usize, usize, u32)>,
+    /// Whether the direct path applies (4/8 bit, every run on a word boundary).
+    direct: bool,
+    scales: Vec<f32>,
+    zeros: Vec<f32>,
+}
+
+impl GemmPlan {
+    pub(crate) fn new(layer: &QuantizedLayer) -> Self {
+        let d = layer.desc();
+        let (k, n, bits) = (d.in_features, d.out_features, d.bits);
+        let g_idx = layer.g_idx();
+        let fast_bits = bits == 4 || bits == 8;
+        let sorted = g_idx.windows(2).all(|w| w[0] <= w[1]);
+        let (perm, qweight_perm) = if fast_bits && !sorted {
+            let mut p: Vec<u32> = (0..k as u32).collect();
+            p.sort_by_key(|&c| g_idx[c as usize]); // stable
+            let mut codes = vec![0u8; n * k];
+            for (r, row) in codes.chunks_exact_mut(k).enumerate() {
+                for (kk, c) in row.iter_mut().enumerate() {
+                    *c = layer.code(r, p[kk] as usize) as u8;
+                }
+            }
+            let qw = pack_qweight(&codes, bits, n, k);
+            (Some(p), Some(qw))
+        } else {
+            (None, None)
+        };
+        let g_of = |kk: usize| perm.as_ref().map_or(g_idx[kk], |p| g_idx[p[kk] as usize]);
+        let mut segments = Vec::new();
+        let mut s = 0;
+        while s < k {
+            let g = g_of(s);
+            let mut e = s + 1;
+            while e < k && g_of(e) == g {
+                e += 1;
+            }
+            segments.push((s, e, g));
+            s = e;
+        }
+        let pf = (32 / bits) as usize;
+        let direct = fast_bits && (sorted || perm.is_some()) && segments.iter().all(|&(s, e, _)| s % pf == 0 && e % pf == 0);
+        GemmPlan {
+            perm,
+            qweight_perm,
+            segments,
+            direct,
+            scales: layer.scales().iter().map(|v| v.to_f32()).collect(),
+            zeros: layer.zeros().iter().map(|&z| z as f32).collect(),
+        }
+    }
+}
+
+/// Computes `C = A · dequant(W)ᵀ (+ bias)` into `c` (`[M, N]` with row stride `ldc`). `A` is
+/// `[M, K]`. Nothing in `c` outside the `[M, N]` window is touched.
+pub fn gemm(layer: &QuantizedLayer, a: &MatView<'_>, c: OutMatMut<'_>, ldc: usize) -> Result<()> {
+    let d = layer.desc();
+    let (k, n, m) = (d.in_features, d.out_features, a.rows());
+    if a.cols() != k {
+        return Err(Error::Shape(format!("A has {} columns but the layer has in_features {k}", a.cols())));
+    }
+    if ldc < n {
+        return Err(Error::InvalidArgument(format!("ldc {ldc} is smaller than out_features {n}")));
+    }
+    let span = strided_span(m, n, ldc).ok_or_else(|| Error::OutOfMemory("C's extent overflows".into()))?;
+    if c.len() < span {
+        return Err(Error::BufferTooSmall(format!("C needs {span} elements, got {}", c.len())));
+    }
+    a.check_finite("A")?;
+    threads::install(|| {
+        let plan = layer.gemm_plan();
+        let use_direct = plan.direct && m <= DIRECT_MAX_M;
+        let a32 = gather_a(a, if use_direct { plan.perm.as_deref() } else { None });
+        let mut ct = vec![0f32; n * m];
+        if use_direct {
+            direct(layer, plan, &a32, m, &mut ct);
+        } else {
+            panel(layer, plan, &a32, m, &mut ct);
+        }
+        store(&ct, m, n, layer.bias(), c, ldc);
+    });
+    Ok(())
+}
+
+/// A as dense f32 `[M, K]`, columns gathered by `perm` when given.
+fn gather_a(a: &MatView<'_>, perm: Option<&[u32]>) -> Vec<f32> {
+    let k = a.cols();
+    let mut out = vec![0f32; a.rows() * k];
+    out.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+        a.read_row(r, row);
+        if let Some(p) = perm {
+            let src = row.to_vec();
+            row.iter_mut().zip(p).for_each(|(d, &c)| *d = src[c as usize]);
+        }
+    });
+    out
+}
+
+fn store(ct: &[f32], m: usize, n: usize, bias: Option<&[f16]>, c: OutMatMut<'_>, ldc: usize) {
+    let value = |r: usize, j: usize| ct[j * m + r] + bias.map_or(0.0, |b| b[j].to_f32());
+    match c {
+        OutMatMut::F32(s) => s.par_chunks_mut(ldc).take(m).enumerate().for_each(|(r, row)| {
+            row[..n].iter_mut().enumerate().for_each(|(j, o)| *o = value(r, j));
+        }),
+        OutMatMut::F16(s) => s.par_chunks_mut(ldc).take(m).enumerate().for_each(|(r, row)| {
+            row[..n].iter_mut().enumerate().for_each(|(j, o)| *o = f16::from_f32(value(r, j)));
+        }),
+    }
+}
+
+fn direct(layer: &QuantizedLayer, plan: &GemmPlan, a: &[f32], m: usize, ct: &mut [f32]) {
+    let d = layer.desc();
+    let (k, n, bits) = (d.in_features, d.out_features, d.bits);
+    let qweight = plan.qweight_perm.as_deref().unwrap_or(layer.qweight());
+    // Σ a over each run, per row of A, for the zero-point correction.
+    let nseg = plan.segments.len();
+    let mut asum = vec![0f32; m * nseg];
+    for r in 0..m {
+        for (si, &(s, e, _)) in plan.segments.iter().enumerate() {
+            asum[r * nseg + si] = a[r * k + s..r * k + e].iter().sum();
+        }
+    }
+    let args = DirectArgs { qweight, n, k, bits, a, m, asum: &asum, plan };
+    ct.par_chunks_mut(NT * m).enumerate().for_each(|(t, tile)| direct_tile(&args, t * NT, tile));
+}
+
+struct DirectArgs<'a> {
+    qweight: &'a [u32],
+    n: usize,
+    k: usize,
+    bits: u32,
+    a: &'a [f32],
+    m: usize,
+    asum: &'a [f32],
+    plan: &'a GemmPlan,
+}
+
+/// One tile of `NT` output columns starting at `n0` (fewer at the right edge), all rows of A.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn direct_tile(x: &DirectArgs<'_>, n0: usize, tile: &mut [f32]) {
+    let (n, k, m) = (x.n, x.k, x.m);
+    let width = NT.min(n - n0);
+    let pf = (32 / x.bits) as usize;
+    let mask = (1u32 << x.bits) - 1;
+    let nseg = x.plan.segments.len();
+    for r0 in (0..m).step_by(MR) {
+        let mr = MR.min(m - r0);
+        let mut acc = [[0f32; NT]; MR];
+        for (si, &(s, e, g)) in x.plan.segments.iter().enumerate() {
+            let mut gacc = [[0f32; NT]; MR];
+            for w in s / pf..e / pf {
+                let mut words = [0u32; NT];
+                words[..width].copy_from_slice(&x.qweight[w * n + n0..w * n + n0 + width]);
+                for i in 0..pf {
+                    let sh = x.bits * i as u32;
+                    let mut q = [0f32; NT];
+                    for j in 0..NT {
+                        q[j] = ((words[j] >> sh) & mask) as i32 as f32;
+                    }
+                    for r in 0..mr {
+                        let av = x.a[(r0 + r) * k + w * pf + i];
+                        for j in 0..NT {
+                            gacc[r][j] += av * q[j];
+                        }
+                    }
+                }
+            }
+            let base = g as usize * n + n0;
+            for r in 0..mr {
+                let sa = x.asum[(r0 + r) * nseg + si];
+                for j in 0..width {
+                    acc[r][j] += x.plan.scales[base + j] * (gacc[r][j] - x.plan.zeros[base + j] * sa);
+                }
+            }
+        }
+        for r in 0..mr {
+            for j in 0..width {
+                tile[j * m + r0 + r] = acc[r][j];
+            }
+        }
+    }
+}
+
+fn panel(layer: &QuantizedLayer, plan: &GemmPlan, a: &[f32], m: usize, ct: &mut [f32]) {
+    let d = layer.desc();
+    let (k, n) = (d.in_features, d.out_features);
+    let am = rm(a, m, k, k);
+    ct.par_chunks_mut(NP * m).enumerate().for_each_init(
+        || vec![0f32; k * NP],
+        |wbuf, (t, tile)| {
+            let n0 = t * NP;
+            let width = NP.min(n - n0);
+            dequant_panel(layer, plan, n0, width, &mut wbuf[..k * width]);
+            let w = rm(&wbuf[..k * width], k, width, width);
+            let dst = rm_mut(tile, width, m, m);
+            matmul(dst, Accum::Replace, w.transpose(), am.transpose(), 1.0f32, Par::Seq);
+        },
+    );
+}
+
+/// Dequantizes columns `n0..n0+width` of W into `out` (`[K, width]`, row-major).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn dequant_panel(layer: &QuantizedLayer, plan: &GemmPlan, n0: usize, width: usize, out: &mut [f32]) {
+    let d = layer.desc();
+    let (n, bits) = (d.out_features, d.bits);
+    let (qw, g_idx) = (layer.qweight(), layer.g_idx());
+    for (kk, row) in out.chunks_exact_mut(width).enumerate() {
+        let base = g_idx[kk] as usize * n + n0;
+        let (s, z) = (&plan.scales[base..base + width], &plan.zeros[base..base + width]);
+        for (j, o) in row.iter_mut().enumerate() {
+            let q = extract(kk, bits, |w| qw[w * n + n0 + j]);
+            *o = s[j] * (q as i32 as f32 - z[j]);
+        }
+    }
+}

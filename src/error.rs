@@ -1,0 +1,57 @@
+//! The crate's one error type. Every variant maps to exactly one C status code (see `ffi::status`).
+
+use thiserror::Error;
+
+/// Everything that can go wrong in libgptq, each with a message naming the offending input.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    /// A required pointer/reference was missing.
+    #[error("null pointer: {0}")]
+    NullPointer(String),
+    /// An argument is out of its allowed range (sizes, strides, flags).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Two shapes that must agree do not, or a dimension is zero.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A configuration the library does not implement (bits, group size, ...).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// An enum value (dtype, format) outside the defined set.
+    #[error("invalid enum value: {0}")]
+    InvalidEnum(String),
+    /// An options struct whose `struct_size` is smaller than any version the library knows.
+    #[error("struct too small: {0}")]
+    StructSize(String),
+    /// A NaN or infinity in weights, activations or a Hessian.
+    #[error("non-finite value: {0}")]
+    NonFinite(String),
+    /// The Hessian could not be made positive definite, even with the maximum damping.
+    #[error("Hessian not positive definite: {0}")]
+    NotPositiveDefinite(String),
+    /// Packed tensors that violate the GPTQ format (g_idx range, zero points, ...).
+    #[error("invalid packed layer: {0}")]
+    InvalidFormat(String),
+    /// An output buffer is too small for the result.
+    #[error("buffer too small: {0}")]
+    BufferTooSmall(String),
+    /// A handle whose internal state was left inconsistent by an earlier panic.
+    #[error("handle poisoned: {0}")]
+    Poisoned(String),
+    /// A memory allocation failed or would overflow `usize`.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// A file could not be read or written.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Multiplies dimensions, failing cleanly instead of wrapping.
+pub(crate) fn checked_len(dims: &[usize], what: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::OutOfMemory(format!("{what}: size {dims:?} overflows usize")))
+}
