@@ -32,6 +32,9 @@ pub enum Error {
     /// Packed tensors that violate the GPTQ format (g_idx range, zero points, ...).
     #[error("invalid packed layer: {0}")]
     InvalidFormat(String),
+    /// A pointer is not aligned for its element type.
+    #[error("misaligned pointer: {0}")]
+    Misaligned(String),
     /// An output buffer is too small for the result.
     #[error("buffer too small: {0}")]
     BufferTooSmall(String),
