@@ -44,9 +44,10 @@ typedef uint32_t gptq_sample_count;
 typedef uint32_t gptq_dtype;
 
 /**
- * Everything needed to size export buffers. Set `struct_size = sizeof(gptq_layer_info)` before the call.
+ * Everything needed to size export buffers. Filled by `gptq_layer_info`; set
+ * `struct_size = sizeof(gptq_layer_properties)` before the call.
  */
-typedef struct gptq_layer_info {
+typedef struct gptq_layer_properties {
   size_t struct_size;
   uint32_t bits;
   int32_t group_size;
@@ -70,7 +71,7 @@ typedef struct gptq_layer_info {
    * Columns of `qzeros` (`out_features · bits / 32`); `qzeros` has `num_groups · qzeros_cols` words.
    */
   size_t qzeros_cols;
-} gptq_layer_info;
+} gptq_layer_properties;
 
 /**
  * How zero points are stored in `qzeros`.
@@ -431,7 +432,7 @@ void gptq_hessian_free(struct gptq_hessian *hessian);
  * `*info` is untouched. Thread-safe.
  */
 gptq_status gptq_layer_info(const struct gptq_layer *layer,
-                            struct gptq_layer_info *info);
+                            struct gptq_layer_properties *info);
 
 /**
  * Writes the layer's GPTQ tensors in `format` into caller buffers, sized per `gptq_layer_info`:

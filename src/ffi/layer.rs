@@ -42,10 +42,11 @@ pub struct gptq_layer_desc {
 
 const DESC_V1_SIZE: usize = std::mem::size_of::<gptq_layer_desc>();
 
-/// Everything needed to size export buffers. Set `struct_size = sizeof(gptq_layer_info)` before the call.
+/// Everything needed to size export buffers. Filled by `gptq_layer_info`; set
+/// `struct_size = sizeof(gptq_layer_properties)` before the call.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-pub struct gptq_layer_info {
+pub struct gptq_layer_properties {
     pub struct_size: usize,
     pub bits: u32,
     pub group_size: i32,
@@ -63,7 +64,7 @@ pub struct gptq_layer_info {
     pub qzeros_cols: usize,
 }
 
-const INFO_V1_SIZE: usize = std::mem::size_of::<gptq_layer_info>();
+const INFO_V1_SIZE: usize = std::mem::size_of::<gptq_layer_properties>();
 
 fn format(v: gptq_format) -> Result<CheckpointFormat> {
     match v {
@@ -76,11 +77,11 @@ fn format(v: gptq_format) -> Result<CheckpointFormat> {
 /// Describes a layer. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_STRUCT_SIZE`; on error
 /// `*info` is untouched. Thread-safe.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn gptq_layer_info(layer: *const gptq_layer, info: *mut gptq_layer_info) -> gptq_status {
+pub unsafe extern "C" fn gptq_layer_info(layer: *const gptq_layer, info: *mut gptq_layer_properties) -> gptq_status {
     guard(|| {
         let l = &unsafe { deref(layer, "layer")? }.inner;
         let d = l.desc();
-        let value = gptq_layer_info {
+        let value = gptq_layer_properties {
             struct_size: INFO_V1_SIZE,
             bits: d.bits,
             group_size: d.group_size.map_or(-1, |g| g as i32),

@@ -1,0 +1,79 @@
+//! Compiles the C programs in tests/c against include/gptq.h and the freshly built libgptq.so, with
+//! strict warnings, and runs each plainly and under AddressSanitizer + UBSan.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The directory holding the libgptq.so that cargo built for this test run.
+fn lib_dir() -> PathBuf {
+    // Integration tests run from target/<profile>/deps, where `cargo test` leaves the cdylib.
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().to_path_buf();
+    for dir in [deps.clone(), deps.parent().unwrap().to_path_buf()] {
+        if dir.join("libgptq.so").exists() {
+            return dir;
+        }
+    }
+    panic!("libgptq.so not found next to {}", exe.display());
+}
+
+fn compile_and_run(src: &Path, sanitize: bool) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = lib_dir();
+    let name = src.file_stem().unwrap().to_str().unwrap();
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}{}", if sanitize { "-asan" } else { "" }));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let mut cmd = Command::new(&cc);
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O1", "-g"])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(src)
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lgptq", "-lm"]);
+    if sanitize {
+        cmd.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(out.status.success(), "compiling {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let run = Command::new(&exe)
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{name}{} failed:\nstdout:\n{}\nstderr:\n{}",
+        if sanitize { " (ASan/UBSan)" } else { "" },
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn programs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+#[test]
+fn c_programs_pass() {
+    for p in programs() {
+        compile_and_run(&p, false);
+    }
+}
+
+#[test]
+fn c_programs_pass_under_address_and_undefined_sanitizers() {
+    for p in programs() {
+        compile_and_run(&p, true);
+    }
+}
