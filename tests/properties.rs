@@ -231,7 +231,7 @@ fn workload(seed: u64, n: usize, k: usize) -> Workload {
 impl Workload {
     fn errors(&self, cfg: &QuantConfig) -> (f64, f64, gptq::Quantized, gptq::QuantReport) {
         let view = MatView::dense(Elements::F32(&self.w), self.n, self.k, "W").unwrap();
-        let (q, report) = quantize_gptq(&view, &self.h, cfg).unwrap();
+        let (q, report) = quantize_gptq(&view, &self.h, cfg, true).unwrap();
         let rtn = quantize_rtn(&view, cfg).unwrap();
         let e = |qq: &gptq::Quantized| held_out_error(&self.x_test, self.test_rows, &self.w, &qq.dequantize(), self.n, self.k);
         (e(&q), e(&rtn), q, report)
@@ -261,7 +261,7 @@ fn report_trace_equals_a_direct_computation() {
     let wl = workload(5, 32, 128);
     let cfg = QuantConfig { bits: 3, group_size: Some(32), desc_act: true, ..QuantConfig::default() };
     let view = MatView::dense(Elements::F32(&wl.w), wl.n, wl.k, "W").unwrap();
-    let (q, report) = quantize_gptq(&view, &wl.h, &cfg).unwrap();
+    let (q, report) = quantize_gptq(&view, &wl.h, &cfg, true).unwrap();
     let rtn = quantize_rtn(&view, &cfg).unwrap();
     let (k, hm) = (wl.k, wl.h.matrix());
     let trace = |qq: &gptq::Quantized| {
@@ -332,7 +332,7 @@ fn dead_input_channels_quantize_to_zero_without_nans() {
     let mut h = Hessian::new(k, SampleCount::Rows).unwrap();
     h.add_batch(&MatView::dense(Elements::F32(&x), 256, k, "X").unwrap()).unwrap();
     let cfg = QuantConfig { group_size: Some(32), desc_act: true, ..QuantConfig::default() };
-    let (q, report) = quantize_gptq(&MatView::dense(Elements::F32(&w), n, k, "W").unwrap(), &h, &cfg).unwrap();
+    let (q, report) = quantize_gptq(&MatView::dense(Elements::F32(&w), n, k, "W").unwrap(), &h, &cfg, true).unwrap();
     let deq = q.dequantize();
     assert!(deq.iter().all(|v| v.is_finite()));
     for r in 0..n {

@@ -107,7 +107,7 @@ fn gptq_matches_the_reference_from_stored_hessian() {
         let case = Case::load(name);
         let (w, n, k) = weight(&case);
         let view = MatView::dense(Elements::F16(&w), n, k, "W").unwrap();
-        let (q, report) = quantize_gptq(&view, &hessian_stored(&case), &case.config()).unwrap();
+        let (q, report) = quantize_gptq(&view, &hessian_stored(&case), &case.config(), true).unwrap();
         assert!(report.loss_gptq < report.loss_rtn, "{name}: report says GPTQ is worse than RTN");
         check_parity(&case, &q, "H");
     }
@@ -126,7 +126,7 @@ fn gptq_matches_the_reference_from_calibration_activations() {
         assert!((num / den).sqrt() < 1e-5, "{name}: H differs by {}", (num / den).sqrt());
         let (w, n, k) = weight(&case);
         let view = MatView::dense(Elements::F16(&w), n, k, "W").unwrap();
-        let (q, _) = quantize_gptq(&view, &h, &case.config()).unwrap();
+        let (q, _) = quantize_gptq(&view, &h, &case.config(), true).unwrap();
         check_parity(&case, &q, "X_calib");
     }
 }

@@ -15,7 +15,7 @@
 
 use super::threads;
 use crate::error::{Error, Result};
-use crate::format::pack::{extract, pack_qweight};
+use crate::format::pack::{locate, pack_qweight};
 use crate::format::QuantizedLayer;
 use crate::tensor::{strided_span, MatView};
 use faer::linalg::matmul::matmul;
@@ -24,8 +24,11 @@ use faer::{Accum, Par};
 use half::f16;
 use rayon::prelude::*;
 
-/// Output columns per direct-path tile (one AVX-512 vector, two AVX2 vectors).
-const NT: usize = 16;
+/// Output columns per direct-path tile: 1 KB of each packed word row, read as a contiguous run the
+/// hardware prefetcher follows (a narrow tile touches one cache line per 4 KB page and stalls).
+const NT: usize = 256;
+/// Output columns per inner step (one AVX-512 vector, two AVX2 vectors).
+const LANES: usize = 16;
 /// Rows of A processed together by the direct path (amortizes unpacking over MR rows).
 const MR: usize = 4;
 /// Output columns per panel-path tile.
@@ -179,7 +182,9 @@ fn direct(layer: &QuantizedLayer, plan: &GemmPlan, a: &[f32], m: usize, ct: &mut
         }
     }
     let args = DirectArgs { qweight, n, k, bits, a, m, asum: &asum, plan };
-    ct.par_chunks_mut(NT * m).enumerate().for_each(|(t, tile)| direct_tile(&args, t * NT, tile));
+    ct.par_chunks_mut(NT * m)
+        .enumerate()
+        .for_each_init(|| vec![0f32; m * NT], |acc, (t, tile)| direct_tile(&args, t * NT, tile, acc));
 }
 
 struct DirectArgs<'a> {
@@ -193,47 +198,82 @@ struct DirectArgs<'a> {
     plan: &'a GemmPlan,
 }
 
-/// One tile of `NT` output columns starting at `n0` (fewer at the right edge), all rows of A.
+/// One tile of up to `NT` output columns starting at `n0`, all rows of A; `acc` is `[m, NT]` scratch.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn direct_tile(x: &DirectArgs<'_>, n0: usize, tile: &mut [f32]) {
-    let (n, k, m) = (x.n, x.k, x.m);
+fn direct_tile(x: &DirectArgs<'_>, n0: usize, tile: &mut [f32], acc: &mut [f32]) {
+    let (n, m) = (x.n, x.m);
     let width = NT.min(n - n0);
-    let pf = (32 / x.bits) as usize;
-    let mask = (1u32 << x.bits) - 1;
-    let nseg = x.plan.segments.len();
-    for r0 in (0..m).step_by(MR) {
-        let mr = MR.min(m - r0);
-        let mut acc = [[0f32; NT]; MR];
-        for (si, &(s, e, g)) in x.plan.segments.iter().enumerate() {
-            let mut gacc = [[0f32; NT]; MR];
-            for w in s / pf..e / pf {
-                let mut words = [0u32; NT];
-                words[..width].copy_from_slice(&x.qweight[w * n + n0..w * n + n0 + width]);
-                for i in 0..pf {
-                    let sh = x.bits * i as u32;
-                    let mut q = [0f32; NT];
-                    for j in 0..NT {
-                        q[j] = ((words[j] >> sh) & mask) as i32 as f32;
-                    }
-                    for r in 0..mr {
-                        let av = x.a[(r0 + r) * k + w * pf + i];
-                        for j in 0..NT {
-                            gacc[r][j] += av * q[j];
-                        }
-                    }
-                }
+    let acc = &mut acc[..m * width];
+    acc.fill(0.0);
+    for (si, &seg) in x.plan.segments.iter().enumerate() {
+        for r0 in (0..m).step_by(MR) {
+            let s = Segment { n0, width, seg, si, r0 };
+            match (x.bits, MR.min(m - r0)) {
+                (4, 4) => segment::<4, 4>(x, &s, acc),
+                (4, 3) => segment::<4, 3>(x, &s, acc),
+                (4, 2) => segment::<4, 2>(x, &s, acc),
+                (4, _) => segment::<4, 1>(x, &s, acc),
+                (_, 4) => segment::<8, 4>(x, &s, acc),
+                (_, 3) => segment::<8, 3>(x, &s, acc),
+                (_, 2) => segment::<8, 2>(x, &s, acc),
+                (_, _) => segment::<8, 1>(x, &s, acc),
             }
-            let base = g as usize * n + n0;
-            for r in 0..mr {
-                let sa = x.asum[(r0 + r) * nseg + si];
-                for j in 0..width {
-                    acc[r][j] += x.plan.scales[base + j] * (gacc[r][j] - x.plan.zeros[base + j] * sa);
+        }
+    }
+    for r in 0..m {
+        for j in 0..width {
+            tile[j * m + r] = acc[r * width + j];
+        }
+    }
+}
+
+/// Where one call of [`segment`] works: tile columns `n0..n0+width`, run `seg` (index `si`), rows from `r0`.
+struct Segment {
+    n0: usize,
+    width: usize,
+    seg: (usize, usize, u32),
+    si: usize,
+    r0: usize,
+}
+
+/// Adds rows `r0..r0+R` of `A · dequant(W)ᵀ` restricted to one group run into `acc`. The inner loops
+/// run over `LANES` output columns, so `gacc` is R vector registers and each packed word is unpacked
+/// once for R rows of A.
+#[inline(always)]
+fn segment<const BITS: u32, const R: usize>(x: &DirectArgs<'_>, s: &Segment, acc: &mut [f32]) {
+    let pf = (32 / BITS) as usize;
+    let mask = (1u32 << BITS) - 1;
+    let (n, k) = (x.n, x.k);
+    let (k0, k1, g) = s.seg;
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &x.a[(s.r0 + r) * k + k0..(s.r0 + r) * k + k1]);
+    let sbase = g as usize * n + s.n0;
+    let nseg = x.plan.segments.len();
+    for jc in (0..s.width).step_by(LANES) {
+        let lanes = LANES.min(s.width - jc);
+        let mut gacc = [[0f32; LANES]; R];
+        for (wi, w) in (k0 / pf..k1 / pf).enumerate() {
+            let base = w * n + s.n0 + jc;
+            let mut words = [0u32; LANES];
+            words[..lanes].copy_from_slice(&x.qweight[base..base + lanes]);
+            for i in 0..pf {
+                let mut q = [0f32; LANES];
+                for l in 0..LANES {
+                    q[l] = ((words[l] >> (BITS * i as u32)) & mask) as i32 as f32;
+                }
+                for r in 0..R {
+                    let av = rows[r][wi * pf + i];
+                    for l in 0..LANES {
+                        gacc[r][l] += av * q[l];
+                    }
                 }
             }
         }
-        for r in 0..mr {
-            for j in 0..width {
-                tile[j * m + r0 + r] = acc[r][j];
+        let (sc, zr) = (&x.plan.scales[sbase + jc..sbase + jc + lanes], &x.plan.zeros[sbase + jc..sbase + jc + lanes]);
+        for r in 0..R {
+            let sa = x.asum[(s.r0 + r) * nseg + s.si];
+            let out = &mut acc[(s.r0 + r) * s.width + jc..(s.r0 + r) * s.width + jc + lanes];
+            for l in 0..lanes {
+                out[l] += sc[l] * (gacc[r][l] - zr[l] * sa);
             }
         }
     }
@@ -262,12 +302,23 @@ fn dequant_panel(layer: &QuantizedLayer, plan: &GemmPlan, n0: usize, width: usiz
     let d = layer.desc();
     let (n, bits) = (d.out_features, d.bits);
     let (qw, g_idx) = (layer.qweight(), layer.g_idx());
+    let mask = (1u32 << bits) - 1;
     for (kk, row) in out.chunks_exact_mut(width).enumerate() {
         let base = g_idx[kk] as usize * n + n0;
         let (s, z) = (&plan.scales[base..base + width], &plan.zeros[base..base + width]);
-        for (j, o) in row.iter_mut().enumerate() {
-            let q = extract(kk, bits, |w| qw[w * n + n0 + j]);
-            *o = s[j] * (q as i32 as f32 - z[j]);
+        // The word row and shift depend on k only, so the inner loop is the same for every column.
+        let (w, off, spill) = locate(kk, bits);
+        let lo = &qw[w * n + n0..w * n + n0 + width];
+        if spill {
+            let hi = &qw[(w + 1) * n + n0..(w + 1) * n + n0 + width];
+            for j in 0..width {
+                let q = ((lo[j] >> off) | (hi[j] << (32 - off))) & mask;
+                row[j] = s[j] * (q as i32 as f32 - z[j]);
+            }
+        } else {
+            for j in 0..width {
+                row[j] = s[j] * (((lo[j] >> off) & mask) as i32 as f32 - z[j]);
+            }
         }
     }
 }

@@ -149,12 +149,15 @@ pub unsafe extern "C" fn gptq_hessian_info(
 ) -> gptq_status {
     guard(|| {
         let h = unsafe { deref(hessian, "hessian")? };
+        // Check both out-pointers before writing either: on error nothing is written.
+        let k_out = if in_features.is_null() { None } else { Some(unsafe { deref_mut(in_features, "in_features")? }) };
+        let n_out = if n_samples.is_null() { None } else { Some(unsafe { deref_mut(n_samples, "n_samples")? }) };
         let g = h.lock()?;
-        if !in_features.is_null() {
-            *unsafe { deref_mut(in_features, "in_features")? } = g.in_features();
+        if let Some(k) = k_out {
+            *k = g.in_features();
         }
-        if !n_samples.is_null() {
-            *unsafe { deref_mut(n_samples, "n_samples")? } = g.n_samples();
+        if let Some(n) = n_out {
+            *n = g.n_samples();
         }
         Ok(())
     })

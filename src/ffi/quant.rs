@@ -197,7 +197,7 @@ pub unsafe extern "C" fn gptq_quantize(
             unsafe { read_versioned(report.cast_const(), REPORT_V1_SIZE, "report")? };
         }
         let w = unsafe { weight_view(weight, dtype, out_features, in_features, row_stride)? };
-        let (q, r) = quantize_gptq(&w, &*h.lock()?, &cfg)?;
+        let (q, r) = quantize_gptq(&w, &*h.lock()?, &cfg, !report.is_null())?;
         if !report.is_null() {
             unsafe { write_versioned(report, &report_to_c(&r), REPORT_V1_SIZE, "report")? };
         }

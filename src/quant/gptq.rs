@@ -25,7 +25,16 @@ use rayon::prelude::*;
 use std::time::Instant;
 
 /// Quantizes `w` (`[out, in]`) against the Hessian `h` of its inputs.
-pub fn quantize_gptq(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig) -> Result<(Quantized, QuantReport)> {
+///
+/// With `compare_rtn`, the report also carries the loss round-to-nearest would have had on the same
+/// Hessian (one extra triangular matmul, about a third of the solver's work); otherwise
+/// `loss_rtn` is NaN.
+pub fn quantize_gptq(
+    w: &MatView<'_>,
+    h: &Hessian,
+    cfg: &QuantConfig,
+    compare_rtn: bool,
+) -> Result<(Quantized, QuantReport)> {
     let start = Instant::now();
     cfg.validate()?;
     let (n, k) = (w.rows(), w.cols());
@@ -40,7 +49,7 @@ pub fn quantize_gptq(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig) -> Result<
         return Err(Error::InvalidArgument("the Hessian has no samples: add calibration batches first".into()));
     }
     w.check_finite("weight")?;
-    threads::install(|| solve(w, h, cfg, start))
+    threads::install(|| solve(w, h, cfg, compare_rtn, start))
 }
 
 /// How the processing order is split into groups.
@@ -52,7 +61,7 @@ struct Groups {
     count: usize,
 }
 
-fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Result<(Quantized, QuantReport)> {
+fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, compare_rtn: bool, start: Instant) -> Result<(Quantized, QuantReport)> {
     let (n, k) = (w.rows(), w.cols());
     let maxq = cfg.maxq();
     let g_count = num_groups(k, cfg.group_size);
@@ -64,27 +73,31 @@ fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Res
     if cfg.group_size.is_none() {
         fill_params(&w_orig, k, &mut scales, &mut zeros, 1, |_| 0..k, cfg);
     }
-    let mut hm = h.matrix().to_vec();
-    let dead: Vec<usize> = (0..k).filter(|&i| hm[i * k + i] == 0.0).collect();
-    let mut wf = w_orig.clone();
-    for &i in &dead {
-        hm[i * k + i] = 1.0;
-        wf.chunks_exact_mut(k).for_each(|row| row[i] = 0.0);
-    }
+    // Dead inputs (zero Hessian diagonal) get H[i,i] = 1 and a zero weight column; both are applied
+    // while copying into processing order rather than on extra copies.
+    let hraw = h.matrix();
+    let dead: Vec<bool> = (0..k).map(|i| hraw[i * k + i] == 0.0).collect();
+    let diag: Vec<f32> = (0..k).map(|i| if dead[i] { 1.0 } else { hraw[i * k + i] }).collect();
     let gs = cfg.group_size.unwrap_or(k);
     if cfg.static_groups {
-        fill_params(&wf, k, &mut scales, &mut zeros, g_count, |g| g * gs..((g + 1) * gs).min(k), cfg);
+        let zeroed;
+        let src = if dead.contains(&true) {
+            zeroed = gather_cols(&w_orig, k, &(0..k).collect::<Vec<_>>(), &dead);
+            &zeroed
+        } else {
+            &w_orig
+        };
+        fill_params(src, k, &mut scales, &mut zeros, g_count, |g| g * gs..((g + 1) * gs).min(k), cfg);
     }
-
-    let diag: Vec<f32> = (0..k).map(|i| hm[i * k + i]).collect();
     let perm = processing_order(&diag, k, cfg);
     let groups = group_layout(perm.as_deref(), k, cfg);
-    if let Some(p) = &perm {
-        wf = permute_cols(&wf, k, p);
-        hm = permute_sym(&hm, k, p);
-    }
+    let order: Vec<usize> = match &perm {
+        Some(p) => p.iter().map(|&c| c as usize).collect(),
+        None => (0..k).collect(),
+    };
+    let mut wf = gather_cols(&w_orig, k, &order, &dead);
 
-    let factors = damped_factors(&hm, k, cfg)?;
+    let factors = damped_factors(hraw, &order, &dead, &diag, cfg)?;
     let u = &factors.u_inv;
 
     // The sweep.
@@ -92,7 +105,7 @@ fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Res
     let mut row_loss = vec![0f64; n];
     let bs = cfg.block_size;
     let mut err = vec![0f32; n * bs];
-    let rows_per_task = (n / (4 * rayon::current_num_threads())).max(1);
+    let rows_per_task = (n / (4 * rayon::current_num_threads())).next_multiple_of(RI).max(RI);
     for i1 in (0..k).step_by(bs) {
         let i2 = (i1 + bs).min(k);
         let width = i2 - i1;
@@ -102,34 +115,18 @@ fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Res
             .zip(scales.par_chunks_mut(g_count * rows_per_task).zip(zeros.par_chunks_mut(g_count * rows_per_task)))
             .zip(row_loss.par_chunks_mut(rows_per_task))
             .for_each(|((((wr, cr), er), (sr, zr)), lr)| {
-                for (t, loss) in lr.iter_mut().enumerate() {
-                    let row = &mut wr[t * k..(t + 1) * k];
-                    let (srow, zrow) = (&mut sr[t * g_count..(t + 1) * g_count], &mut zr[t * g_count..(t + 1) * g_count]);
-                    // Groups starting in this block take their parameters from the row as it stands at
-                    // the block start: in-block updates are not yet visible (the reference's timing).
+                // Groups starting in this block take their parameters from the row as it stands at
+                // the block start: in-block updates are not yet visible (the reference's timing).
+                for (t, row) in wr.chunks_exact(k).enumerate() {
                     for &(s, len, g) in groups.dynamic.iter().filter(|d| (i1..i2).contains(&d.0)) {
                         let p = find_params(&row[s..s + len], maxq, cfg.sym, cfg.mse);
-                        srow[g as usize] = p.scale;
-                        zrow[g as usize] = p.zero;
-                    }
-                    let erow = &mut er[t * bs..t * bs + width];
-                    for i in i1..i2 {
-                        let g = groups.of_pos[i] as usize;
-                        let p = GroupParams { scale: srow[g], zero: zrow[g] };
-                        let wi = row[i];
-                        let q = quantize_code(wi, p, maxq as f32);
-                        let diff = wi - dequantize_code(q, p);
-                        let d = u[i * k + i];
-                        let e = diff / d;
-                        *loss += (diff as f64 * diff as f64) / (d as f64 * d as f64) / 2.0;
-                        cr[t * k + i] = q as u8;
-                        erow[i - i1] = e;
-                        let urow = &u[i * k + i + 1..i * k + i2];
-                        for (x, &hv) in row[i + 1..i2].iter_mut().zip(urow) {
-                            *x -= e * hv;
-                        }
+                        sr[t * g_count + g as usize] = p.scale;
+                        zr[t * g_count + g as usize] = p.zero;
                     }
                 }
+                let block = Block { i1, i2, k, bs, g_count, maxq: maxq as f32 };
+                let rows = Rows { w: wr, codes: cr, err: er, scales: sr, zeros: zr };
+                sweep_block(&block, rows, lr, &groups.of_pos, u);
             });
         if i2 < k {
             let rest = k - i2;
@@ -143,10 +140,6 @@ fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Res
     // Back to the original column order.
     let mut codes = vec![0u8; n * k];
     let mut g_idx = vec![0u32; k];
-    let order: Vec<usize> = match &perm {
-        Some(p) => p.iter().map(|&c| c as usize).collect(),
-        None => (0..k).collect(),
-    };
     for (pos, &c) in order.iter().enumerate() {
         g_idx[c] = groups.of_pos[pos];
     }
@@ -172,11 +165,15 @@ fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Res
     // Losses on the undamped Hessian. For GPTQ the trace follows from the solver's own sum: with
     // δ = W − Q and e the scaled errors, δ = e·U, so δ H_d δᵀ = ‖e‖² exactly; subtract the damping.
     let loss_estimate: f64 = row_loss.iter().sum();
-    let delta_gptq = residual(&w_orig, &q, &dead, &order, k);
-    let loss_gptq = 2.0 * loss_estimate - damping_term(&delta_gptq, k, &factors.added_diag);
-    let rtn = rtn_dense(&w_orig, n, k, cfg);
-    let delta_rtn = residual(&w_orig, &rtn, &dead, &order, k);
-    let loss_rtn = trace_with_factor(&delta_rtn, n, k, &factors.r_upper) - damping_term(&delta_rtn, k, &factors.added_diag);
+    let loss_gptq = 2.0 * loss_estimate - damping_term(&w_orig, &q, &dead, &order, &factors.added_diag);
+    let loss_rtn = if compare_rtn {
+        let rtn = rtn_dense(&w_orig, n, k, cfg);
+        let delta_rtn = residual(&w_orig, &rtn, &dead, &order, k);
+        trace_with_factor(&delta_rtn, n, k, &factors.r_upper_cm)
+            - damping_term(&w_orig, &rtn, &dead, &order, &factors.added_diag)
+    } else {
+        f64::NAN
+    };
 
     let kf = k as f64;
     let flops = 2.0 * kf.powi(3) / 3.0 + (n as f64) * kf * kf + (n as f64) * kf * bs as f64;
@@ -190,6 +187,83 @@ fn solve(w: &MatView<'_>, h: &Hessian, cfg: &QuantConfig, start: Instant) -> Res
         flops,
     };
     Ok((q, report))
+}
+
+/// The block of columns `i1..i2` being swept.
+struct Block {
+    i1: usize,
+    i2: usize,
+    k: usize,
+    bs: usize,
+    g_count: usize,
+    maxq: f32,
+}
+
+/// A run of consecutive rows: weights `[r, k]`, codes `[r, k]`, block errors `[r, bs]`, group
+/// parameters `[r, g_count]`.
+struct Rows<'a> {
+    w: &'a mut [f32],
+    codes: &'a mut [u8],
+    err: &'a mut [f32],
+    scales: &'a [f32],
+    zeros: &'a [f32],
+}
+
+/// Sweeps the block over every row of `rows`, [`RI`] rows at a time, adding each row's share of the
+/// loss estimate to `loss`.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn sweep_block(b: &Block, rows: Rows<'_>, loss: &mut [f64], group_of_pos: &[u32], u: &[f32]) {
+    let mut t = 0;
+    while t < loss.len() {
+        let r = RI.min(loss.len() - t);
+        let view = Rows {
+            w: &mut rows.w[t * b.k..(t + r) * b.k],
+            codes: &mut rows.codes[t * b.k..(t + r) * b.k],
+            err: &mut rows.err[t * b.bs..(t + r) * b.bs],
+            scales: &rows.scales[t * b.g_count..(t + r) * b.g_count],
+            zeros: &rows.zeros[t * b.g_count..(t + r) * b.g_count],
+        };
+        let l = &mut loss[t..t + r];
+        if r == RI { sweep_rows::<RI>(b, view, l, group_of_pos, u) } else { sweep_rows::<1>(b, view, l, group_of_pos, u) }
+        t += if r == RI { RI } else { 1 };
+    }
+}
+
+/// Rows swept together: one row alone is a serial chain (divide, round, update the next column)
+/// that leaves the core idle; R independent chains interleave.
+const RI: usize = 4;
+
+/// Quantizes columns `i1..i2` of `R` rows in column order, feeding each column's scaled error into
+/// the rest of the block. Per element the arithmetic is the reference's, in the same order (no FMA).
+#[inline(always)]
+fn sweep_rows<const R: usize>(b: &Block, rows: Rows<'_>, loss: &mut [f64], group_of_pos: &[u32], u: &[f32]) {
+    let k = b.k;
+    let mut lossv = [0f64; R];
+    for i in b.i1..b.i2 {
+        let g = group_of_pos[i] as usize;
+        let d = u[i * k + i];
+        let mut e = [0f32; R];
+        for t in 0..R {
+            let p = GroupParams { scale: rows.scales[t * b.g_count + g], zero: rows.zeros[t * b.g_count + g] };
+            let wi = rows.w[t * k + i];
+            let q = quantize_code(wi, p, b.maxq);
+            let diff = wi - dequantize_code(q, p);
+            e[t] = diff / d;
+            lossv[t] += (diff as f64 * diff as f64) / (d as f64 * d as f64) / 2.0;
+            rows.codes[t * k + i] = q as u8;
+            rows.err[t * b.bs + i - b.i1] = e[t];
+        }
+        let urow = &u[i * k + i + 1..i * k + b.i2];
+        for t in 0..R {
+            let w = &mut rows.w[t * k + i + 1..t * k + b.i2];
+            for (x, &hv) in w.iter_mut().zip(urow) {
+                *x -= e[t] * hv;
+            }
+        }
+    }
+    for t in 0..R {
+        loss[t] += lossv[t];
+    }
 }
 
 /// Per-row parameters for `groups` ranges of columns of the dense `[n, k]` matrix `w`.
@@ -266,33 +340,31 @@ fn group_layout(perm: Option<&[u32]>, k: usize, cfg: &QuantConfig) -> Groups {
     }
 }
 
-fn permute_cols(w: &[f32], k: usize, perm: &[u32]) -> Vec<f32> {
+/// Columns of the dense `[n, k]` matrix `w` in `order`, dead columns zeroed.
+fn gather_cols(w: &[f32], k: usize, order: &[usize], dead: &[bool]) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     out.par_chunks_mut(k).zip(w.par_chunks(k)).for_each(|(dst, src)| {
-        for (d, &c) in dst.iter_mut().zip(perm) {
-            *d = src[c as usize];
+        for (d, &c) in dst.iter_mut().zip(order) {
+            *d = if dead[c] { 0.0 } else { src[c] };
         }
     });
     out
 }
 
-fn permute_sym(h: &[f32], k: usize, perm: &[u32]) -> Vec<f32> {
-    let mut out = vec![0f32; h.len()];
-    out.par_chunks_mut(k).enumerate().for_each(|(i, dst)| {
-        let src = &h[perm[i] as usize * k..(perm[i] as usize + 1) * k];
-        for (d, &c) in dst.iter_mut().zip(perm) {
-            *d = src[c as usize];
-        }
-    });
-    out
+/// The undamped Hessian seen in processing order, with dead inputs' diagonal set to 1.
+struct PermutedHessian<'a> {
+    h: &'a [f32],
+    order: &'a [usize],
+    dead: &'a [bool],
 }
 
 /// Triangular factors of the damped Hessian `H_d = H + diag(added_diag)`.
 struct Factors {
     /// Upper Cholesky factor of `H_d⁻¹` (the reference's `Hinv`), row-major.
     u_inv: Vec<f32>,
-    /// Upper triangular `R` with `H_d = R Rᵀ`, row-major (for exact loss traces).
-    r_upper: Vec<f32>,
+    /// Upper triangular `R` with `H_d = R Rᵀ`, column-major, lower triangle unspecified (for exact
+    /// loss traces).
+    r_upper_cm: Vec<f32>,
     added_diag: Vec<f32>,
     damp_percent: f32,
     diag_floor: bool,
@@ -300,8 +372,10 @@ struct Factors {
 
 /// Damps `h` and factors it, raising the damping after a failed Cholesky as GPTQModel does (steps of
 /// `damp_auto_increment` while below 1), then one last try with the diagonal floored at its mean.
-fn damped_factors(h: &[f32], k: usize, cfg: &QuantConfig) -> Result<Factors> {
-    let mean = ((0..k).map(|i| h[i * k + i] as f64).sum::<f64>() / k as f64) as f32;
+fn damped_factors(h: &[f32], order: &[usize], dead: &[bool], diag: &[f32], cfg: &QuantConfig) -> Result<Factors> {
+    let k = order.len();
+    let src = PermutedHessian { h, order, dead };
+    let mean = (diag.iter().map(|&d| d as f64).sum::<f64>() / k as f64) as f32;
     if !(mean > 0.0 && mean.is_finite()) {
         return Err(Error::NotPositiveDefinite(format!(
             "the Hessian's mean diagonal is {mean}: it must be positive (are the activations all zero?)"
@@ -310,7 +384,7 @@ fn damped_factors(h: &[f32], k: usize, cfg: &QuantConfig) -> Result<Factors> {
     let mut damp = cfg.damp_percent;
     loop {
         let added = vec![damp * mean; k];
-        if let Some(f) = factor(h, k, added, damp, false) {
+        if let Some(f) = factor(&src, added, damp, false) {
             return Ok(f);
         }
         if cfg.damp_auto_increment == 0.0 {
@@ -323,8 +397,8 @@ fn damped_factors(h: &[f32], k: usize, cfg: &QuantConfig) -> Result<Factors> {
             break;
         }
     }
-    let added: Vec<f32> = (0..k).map(|i| (mean - h[i * k + i]).max(0.0) + mean).collect();
-    factor(h, k, added, 1.0, true).ok_or_else(|| {
+    let added: Vec<f32> = order.iter().map(|&c| (mean - diag[c]).max(0.0) + mean).collect();
+    factor(&src, added, 1.0, true).ok_or_else(|| {
         Error::NotPositiveDefinite(format!(
             "Cholesky failed with damping raised to 1.0 and the diagonal floored at its mean ({mean}); \
              the Hessian is far from positive semi-definite"
@@ -334,64 +408,81 @@ fn damped_factors(h: &[f32], k: usize, cfg: &QuantConfig) -> Result<Factors> {
 
 /// With J the exchange matrix, Cholesky of `J H_d J = L Lᵀ` gives `H_d = R Rᵀ` with `R = J L J` upper,
 /// hence `H_d⁻¹ = R⁻ᵀ R⁻¹` and `R⁻¹` is the upper Cholesky factor of `H_d⁻¹`: one factorization and one
-/// triangular inverse instead of the reference's three O(k³) steps.
-fn factor(h: &[f32], k: usize, added: Vec<f32>, damp: f32, diag_floor: bool) -> Option<Factors> {
-    // For a symmetric matrix the reversed flat array is J H J in either storage order.
-    let mut l: Vec<f32> = h.iter().rev().copied().collect();
-    for i in 0..k {
-        l[i * k + i] += added[k - 1 - i];
-    }
+/// triangular inverse instead of the reference's three O(k³) steps. In column-major storage `J M J` is
+/// the reversed array, so every reordering here is a sequential reversal plus one blocked transpose.
+fn factor(src: &PermutedHessian<'_>, added: Vec<f32>, damp: f32, diag_floor: bool) -> Option<Factors> {
+    let k = src.order.len();
+    // J H_p J with the damping on its diagonal, H_p the Hessian in processing order.
+    let rev: Vec<usize> = src.order.iter().rev().copied().collect();
+    let mut l = vec![0f32; k * k];
+    l.par_chunks_mut(k).enumerate().for_each(|(a, row)| {
+        let hrow = &src.h[rev[a] * k..(rev[a] + 1) * k];
+        for (v, &c) in row.iter_mut().zip(&rev) {
+            *v = hrow[c];
+        }
+        if src.dead[rev[a]] {
+            row[a] = 1.0;
+        }
+        row[a] += added[k - 1 - a];
+    });
     let par = threads::faer_par();
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f32>(k, par, Default::default()));
     let lm = MatMut::from_column_major_slice_mut(&mut l, k, k);
     cholesky_in_place(lm, LltRegularization::default(), par, MemStack::new(&mut mem), Default::default()).ok()?;
     let mut linv = vec![0f32; k * k];
-    invert_lower_triangular(
-        MatMut::from_column_major_slice_mut(&mut linv, k, k),
-        MatRef::from_column_major_slice(&l, k, k),
-        par,
-    );
-    if linv.iter().any(|v| !v.is_finite()) {
+    // Written through a row-major view, so the reversed array is U in row-major order.
+    invert_lower_triangular(rm_mut(&mut linv, k, k, k), MatRef::from_column_major_slice(&l, k, k), par);
+    if linv.par_iter().any(|v| !v.is_finite()) {
         return None;
     }
-    // M(i, j) = L(k-1-i, k-1-j), stored column-major at [(k-1-j)·k + (k-1-i)]; written row-major.
-    let unreverse = |src: &[f32]| {
-        let mut dst = vec![0f32; k * k];
-        dst.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
-            for (j, v) in row.iter_mut().enumerate().skip(i) {
-                *v = src[(k - 1 - j) * k + (k - 1 - i)];
-            }
-        });
-        dst
-    };
-    Some(Factors { u_inv: unreverse(&linv), r_upper: unreverse(&l), added_diag: added, damp_percent: damp, diag_floor })
+    // Reversed, U is upper triangular row-major with zeros below, and R upper triangular column-major
+    // (its lower triangle is left-over input that nothing reads).
+    linv.reverse();
+    l.reverse();
+    Some(Factors {
+        u_inv: linv,
+        r_upper_cm: l,
+        added_diag: added,
+        damp_percent: damp,
+        diag_floor,
+    })
 }
 
-/// `W − Q` in processing order, with dead columns (zero Hessian diagonal) zeroed.
-fn residual(w: &[f32], q: &Quantized, dead: &[usize], order: &[usize], k: usize) -> Vec<f32> {
-    let deq = q.dequantize();
+/// `W − Q` of row `r` at column `c`.
+#[inline(always)]
+fn delta(w: &[f32], q: &Quantized, r: usize, c: usize) -> f32 {
+    let (k, g) = (q.in_features, q.num_groups());
+    let gi = r * g + q.g_idx[c] as usize;
+    w[r * k + c] - dequantize_code(q.codes[r * k + c] as f32, GroupParams { scale: q.scales[gi], zero: q.zeros[gi] as f32 })
+}
+
+/// `W − Q` in processing order, with dead columns zeroed (their Hessian rows are zero).
+fn residual(w: &[f32], q: &Quantized, dead: &[bool], order: &[usize], k: usize) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
-    out.par_chunks_mut(k).zip(w.par_chunks(k).zip(deq.par_chunks(k))).for_each(|(o, (wr, qr))| {
-        for (pos, &c) in order.iter().enumerate() {
-            o[pos] = wr[c] - qr[c];
+    out.par_chunks_mut(k).enumerate().for_each(|(r, o)| {
+        for (d, &c) in o.iter_mut().zip(order) {
+            *d = if dead[c] { 0.0 } else { delta(w, q, r, c) };
         }
     });
-    if !dead.is_empty() {
-        let dead_pos: Vec<usize> = order.iter().enumerate().filter(|(_, c)| dead.contains(c)).map(|(p, _)| p).collect();
-        out.par_chunks_mut(k).for_each(|o| dead_pos.iter().for_each(|&p| o[p] = 0.0));
-    }
     out
 }
 
-/// `Σ_i added[i] · ‖δ[:, i]‖²`: the part of `tr(δ H_d δᵀ)` that comes from damping.
-fn damping_term(delta: &[f32], k: usize, added: &[f32]) -> f64 {
-    delta
-        .par_chunks(k)
-        .map(|row| row.iter().zip(added).map(|(&d, &a)| a as f64 * d as f64 * d as f64).sum::<f64>())
-        .sum()
+/// `Σ_i added[i] · ‖δ[:, i]‖²` over live columns (`added` in processing order): the part of
+/// `tr(δ H_d δᵀ)` that comes from damping.
+fn damping_term(w: &[f32], q: &Quantized, dead: &[bool], order: &[usize], added: &[f32]) -> f64 {
+    let mut weight = vec![0f32; order.len()];
+    for (pos, &c) in order.iter().enumerate() {
+        weight[c] = if dead[c] { 0.0 } else { added[pos] };
+    }
+    // Per-row sums collected in order, then added sequentially: reproducible whatever the scheduling.
+    let rows: Vec<f64> = (0..q.out_features)
+        .into_par_iter()
+        .map(|r| (0..order.len()).map(|c| weight[c] as f64 * (delta(w, q, r, c) as f64).powi(2)).sum::<f64>())
+        .collect();
+    rows.iter().sum()
 }
 
-/// `tr(δ H_d δᵀ) = ‖δ R‖²_F` with one triangular matmul.
+/// `tr(δ H_d δᵀ) = ‖δ R‖²_F` with one triangular matmul (`r` column-major, upper triangle read).
 fn trace_with_factor(delta: &[f32], n: usize, k: usize, r: &[f32]) -> f64 {
     let mut prod = vec![0f32; n * k];
     tri_matmul(
@@ -400,10 +491,11 @@ fn trace_with_factor(delta: &[f32], n: usize, k: usize, r: &[f32]) -> f64 {
         Accum::Replace,
         rm(delta, n, k, k),
         BlockStructure::Rectangular,
-        rm(r, k, k, k),
+        MatRef::from_column_major_slice(r, k, k),
         BlockStructure::TriangularUpper,
         1.0f32,
         threads::faer_par(),
     );
-    prod.par_iter().map(|&v| v as f64 * v as f64).sum()
+    let rows: Vec<f64> = prod.par_chunks(k).map(|row| row.iter().map(|&v| v as f64 * v as f64).sum()).collect();
+    rows.iter().sum()
 }

@@ -61,7 +61,7 @@ pub struct QuantReport {
     pub loss_estimate: f64,
     /// `tr((W − Q) H (W − Q)ᵀ)` of this result on the undamped Hessian.
     pub loss_gptq: f64,
-    /// The same trace for round-to-nearest with the same bits and groups.
+    /// The same trace for round-to-nearest with the same bits and groups (NaN unless requested).
     pub loss_rtn: f64,
     /// `damp_percent` finally used (larger than requested when a Cholesky failed).
     pub damp_percent_used: f32,
