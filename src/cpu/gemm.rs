@@ -34,7 +34,7 @@ const MR: usize = 4;
 /// Output columns per panel-path tile.
 const NP: usize = 64;
 /// Largest M for which the direct path is used.
-pub const DIRECT_MAX_M: usize = 16;
+pub const DIRECT_MAX_M: usize = 24;
 
 /// Mutable output matrix `[rows, cols]` with a row stride.
 pub enum OutMatMut<'a> {
@@ -208,16 +208,16 @@ fn direct_tile(x: &DirectArgs<'_>, n0: usize, tile: &mut [f32], acc: &mut [f32])
     for (si, &seg) in x.plan.segments.iter().enumerate() {
         for r0 in (0..m).step_by(MR) {
             let s = Segment { n0, width, seg, si, r0 };
-            match (x.bits, MR.min(m - r0)) {
-                (4, 4) => segment::<4, 4>(x, &s, acc),
-                (4, 3) => segment::<4, 3>(x, &s, acc),
-                (4, 2) => segment::<4, 2>(x, &s, acc),
-                (4, _) => segment::<4, 1>(x, &s, acc),
-                (_, 4) => segment::<8, 4>(x, &s, acc),
-                (_, 3) => segment::<8, 3>(x, &s, acc),
-                (_, 2) => segment::<8, 2>(x, &s, acc),
-                (_, _) => segment::<8, 1>(x, &s, acc),
+            macro_rules! dispatch {
+                ($($r:literal)*) => {
+                    match (x.bits, MR.min(m - r0)) {
+                        $((4, $r) => segment::<4, 8, $r>(x, &s, acc),)*
+                        $((_, $r) => segment::<8, 4, $r>(x, &s, acc),)*
+                        _ => unreachable!("row count is 1..=MR"),
+                    }
+                };
             }
+            dispatch!(1 2 3 4 5 6 7 8);
         }
     }
     for r in 0..m {
@@ -238,30 +238,37 @@ struct Segment {
 
 /// Adds rows `r0..r0+R` of `A · dequant(W)ᵀ` restricted to one group run into `acc`. The inner loops
 /// run over `LANES` output columns, so `gacc` is R vector registers and each packed word is unpacked
-/// once for R rows of A.
+/// once for R rows of A. `PF = 32 / BITS` values per word; fixed-size arrays keep the hot loop free of
+/// bounds checks.
 #[inline(always)]
-fn segment<const BITS: u32, const R: usize>(x: &DirectArgs<'_>, s: &Segment, acc: &mut [f32]) {
-    let pf = (32 / BITS) as usize;
+fn segment<const BITS: u32, const PF: usize, const R: usize>(x: &DirectArgs<'_>, s: &Segment, acc: &mut [f32]) {
     let mask = (1u32 << BITS) - 1;
     let (n, k) = (x.n, x.k);
     let (k0, k1, g) = s.seg;
+    let words_per_run = (k1 - k0) / PF;
     let rows: [&[f32]; R] = std::array::from_fn(|r| &x.a[(s.r0 + r) * k + k0..(s.r0 + r) * k + k1]);
     let sbase = g as usize * n + s.n0;
     let nseg = x.plan.segments.len();
     for jc in (0..s.width).step_by(LANES) {
         let lanes = LANES.min(s.width - jc);
         let mut gacc = [[0f32; LANES]; R];
-        for (wi, w) in (k0 / pf..k1 / pf).enumerate() {
-            let base = w * n + s.n0 + jc;
-            let mut words = [0u32; LANES];
-            words[..lanes].copy_from_slice(&x.qweight[base..base + lanes]);
-            for i in 0..pf {
+        for wi in 0..words_per_run {
+            let base = (k0 / PF + wi) * n + s.n0 + jc;
+            let words: [u32; LANES] = if lanes == LANES {
+                x.qweight[base..base + LANES].try_into().unwrap()
+            } else {
+                let mut w = [0u32; LANES];
+                w[..lanes].copy_from_slice(&x.qweight[base..base + lanes]);
+                w
+            };
+            let a: [&[f32; PF]; R] = std::array::from_fn(|r| rows[r][wi * PF..(wi + 1) * PF].try_into().unwrap());
+            for i in 0..PF {
                 let mut q = [0f32; LANES];
                 for l in 0..LANES {
                     q[l] = ((words[l] >> (BITS * i as u32)) & mask) as i32 as f32;
                 }
                 for r in 0..R {
-                    let av = rows[r][wi * pf + i];
+                    let av = a[r][i];
                     for l in 0..LANES {
                         gacc[r][l] += av * q[l];
                     }
