@@ -41,3 +41,14 @@ fn committed_header_is_up_to_date() {
         "include/gptq.h is stale: run `GPTQ_BLESS=1 cargo test --test header` and commit the result"
     );
 }
+
+#[test]
+fn readme_c_quick_start_is_the_tested_program() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let program = std::fs::read_to_string(root.join("tests/c/readme_quickstart.c")).unwrap();
+    assert!(
+        readme.contains(&format!("```c\n{program}```")),
+        "README.md's C quick start differs from tests/c/readme_quickstart.c"
+    );
+}
