@@ -32,7 +32,7 @@ const LANES: usize = 16;
 /// Rows of A processed together by the direct path (amortizes unpacking over MR rows).
 const MR: usize = 4;
 /// Output columns per panel-path tile.
-const NP: usize = 64;
+const NP: usize = 128;
 /// Largest M for which the direct path is used.
 pub const DIRECT_MAX_M: usize = 24;
 
