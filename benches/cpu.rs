@@ -100,7 +100,7 @@ fn bench_gemm() {
     let layers: Vec<QuantizedLayer> = (0..4).map(|s| random_layer(n, k, 3 + s)).collect();
     let mut rng = Lcg(4);
     let wf = Mat::<f32>::from_fn(k, n, |_, _| rng.next() * 0.01);
-    for m in [1usize, 4, 16, 32, 128] {
+    for m in [1usize, 4, 16, 32, 64, 128] {
         let a = rng.vec(m * k, 1.0);
         let view = MatView::dense(Elements::F32(&a), m, k, "A").unwrap();
         let mut c = vec![0f32; m * n];
