@@ -15,6 +15,33 @@
 
 
 /**
+ * CUDA's stream type, declared here so the header needs no CUDA header: pass a `cudaStream_t` or
+ * `CUstream` (NULL = the legacy default stream).
+ */
+typedef struct CUstream_st CUstream_st;
+
+/**
+ * An open GPTQ checkpoint: a model directory (sharded or not) or a single `.safetensors` file,
+ * memory-mapped. Immutable: every function taking a `const gptq_checkpoint *` may run on the same
+ * handle from several threads at once. Strings, shapes and tensor data it hands out stay valid until
+ * `gptq_checkpoint_close`. The files must not be modified while it is open.
+ */
+typedef struct gptq_checkpoint gptq_checkpoint;
+
+/**
+ * A checkpoint being written. Calls on one handle are serialized by an internal lock, so it may be
+ * shared across threads. Temporary files are renamed into place only by `gptq_checkpoint_writer_finish`;
+ * `gptq_checkpoint_writer_abort` discards them. Both free the handle.
+ */
+typedef struct gptq_checkpoint_writer gptq_checkpoint_writer;
+
+/**
+ * A layer uploaded to one GPU in the kernels' layout. Immutable: `gptq_cuda_gemm` may run on one
+ * plan from several streams and threads at once. Free with `gptq_cuda_layer_free`.
+ */
+typedef struct gptq_cuda_layer gptq_cuda_layer;
+
+/**
  * A layer Hessian `H = (2/n) Σ xᵀx` (f32, `[in_features, in_features]`).
  *
  * Thread-safety: every function may be called on the same handle from several threads at once; calls
@@ -32,16 +59,6 @@ typedef struct gptq_layer gptq_layer;
  * Result of every fallible libgptq function. Values are stable and never reused.
  */
 typedef int32_t gptq_status;
-
-/**
- * What `n` in the Hessian's running average `H = (2/n) Σ xᵀx` counts.
- */
-typedef uint32_t gptq_sample_count;
-
-/**
- * Element type of a tensor argument.
- */
-typedef uint32_t gptq_dtype;
 
 /**
  * Everything needed to size export buffers. Filled by `gptq_layer_info`; set
@@ -74,9 +91,73 @@ typedef struct gptq_layer_properties {
 } gptq_layer_properties;
 
 /**
+ * A zero-copy view of a pass-through tensor of an open checkpoint (embeddings, norms, `lm_head`, ...).
+ * Filled by `gptq_checkpoint_tensor` and `gptq_checkpoint_find_tensor`; set
+ * `struct_size = sizeof(gptq_tensor_view)` before the call. Every pointer stays valid until the
+ * checkpoint is closed.
+ */
+typedef struct gptq_tensor_view {
+  size_t struct_size;
+  /**
+   * The tensor's name (NUL-terminated UTF-8).
+   */
+  const char *name;
+  /**
+   * The safetensors dtype name: `"F16"`, `"BF16"`, `"F32"`, `"F64"`, `"I8"`, `"I16"`, `"I32"`,
+   * `"I64"`, `"U8"`, `"U16"`, `"U32"`, `"U64"`, `"BOOL"`, `"F8_E4M3"` or `"F8_E5M2"`.
+   */
+  const char *dtype;
+  /**
+   * Bytes per element.
+   */
+  size_t element_size;
+  size_t ndim;
+  /**
+   * `ndim` dimensions (NULL when `ndim` is 0).
+   */
+  const size_t *shape;
+  /**
+   * The raw little-endian bytes inside the memory-mapped file. Aligned to `element_size` in files
+   * written by libgptq or the `safetensors` library; other writers may not align them.
+   */
+  const void *data;
+  size_t nbytes;
+} gptq_tensor_view;
+
+/**
  * How zero points are stored in `qzeros`.
  */
 typedef uint32_t gptq_format;
+
+/**
+ * Options of `gptq_checkpoint_writer_new`. Set `struct_size = sizeof(gptq_checkpoint_write_options)`.
+ */
+typedef struct gptq_checkpoint_write_options {
+  size_t struct_size;
+  /**
+   * `GPTQ_FORMAT_V1` (the default; what every engine reads) or `GPTQ_FORMAT_V2` (GPTQModel).
+   */
+  gptq_format format;
+  /**
+   * Largest shard in bytes; 0 writes a single `model.safetensors`.
+   */
+  uint64_t max_shard_size;
+  /**
+   * The source model's `config.json` as UTF-8 JSON text, copied with its `quantization_config`
+   * replaced; NULL keeps an existing `config.json` in the target directory (or writes a minimal one).
+   */
+  const char *source_config_json;
+} gptq_checkpoint_write_options;
+
+/**
+ * Element type of a tensor argument.
+ */
+typedef uint32_t gptq_dtype;
+
+/**
+ * What `n` in the Hessian's running average `H = (2/n) Σ xᵀx` counts.
+ */
+typedef uint32_t gptq_sample_count;
 
 /**
  * Shape and parameters of a packed layer (for `gptq_layer_import`). Set `struct_size =
@@ -278,6 +359,16 @@ typedef struct gptq_quant_report {
 #define GPTQ_STATUS_IO 14
 
 /**
+ * No usable CUDA driver, NVRTC or device (every CUDA entry point on a machine without a GPU).
+ */
+#define GPTQ_STATUS_NO_DEVICE 15
+
+/**
+ * A CUDA driver or NVRTC call failed; the message carries CUDA's own error text.
+ */
+#define GPTQ_STATUS_CUDA 16
+
+/**
  * An internal panic was caught at the API boundary (a libgptq bug; please report it).
  */
 #define GPTQ_STATUS_PANIC 99
@@ -349,6 +440,253 @@ gptq_status gptq_set_num_threads(size_t num_threads);
  * The number of threads in the library's CPU pool. Thread-safe.
  */
 size_t gptq_get_num_threads(void);
+
+/**
+ * Opens a GPTQ checkpoint: a model directory (`config.json` and/or `quantize_config.json`;
+ * `model.safetensors` or the shards of `model.safetensors.index.json`) or a single `.safetensors`
+ * file (its config from the JSON files beside it, else its `gptq_*` metadata). `path` is a
+ * NUL-terminated UTF-8 path.
+ *
+ * Only headers are read: every header, and every quantized layer's tensor names, dtypes and shapes,
+ * are validated against the config here; tensor contents when a layer is fetched. On success `*out`
+ * receives a new handle owned by the caller (close with `gptq_checkpoint_close`); on error it is
+ * untouched and the last-error message names the file and the tensor or config key.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT` (path not UTF-8),
+ * `_IO` (missing or unreadable file, an index naming a missing shard), `_INVALID_FORMAT` (malformed
+ * header, JSON or index; a tensor missing from a layer; a wrong layer dtype), `_SHAPE_MISMATCH`
+ * (layer shapes inconsistent with the config), `_UNSUPPORTED` (bits, group size, checkpoint format
+ * or tensor dtype the library does not handle). Thread-safe.
+ */
+gptq_status gptq_checkpoint_open(const char *path, struct gptq_checkpoint **out);
+
+/**
+ * Closes a checkpoint, unmapping its files; every string, shape and data pointer it handed out becomes
+ * invalid. Layers fetched from it stay valid (they own their data). NULL is a no-op. The handle must
+ * not be in use by another thread or used again.
+ */
+void gptq_checkpoint_close(struct gptq_checkpoint *checkpoint);
+
+/**
+ * Writes the number of quantized layers to `*out`. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`,
+ * `_MISALIGNED`. Thread-safe.
+ */
+gptq_status gptq_checkpoint_num_layers(const struct gptq_checkpoint *checkpoint, size_t *out);
+
+/**
+ * Writes the name of quantized layer `index` (`0 ≤ index < num_layers`, sorted by name; e.g.
+ * `"model.layers.0.self_attn.q_proj"`) to `*name`. The string is owned by the checkpoint and valid
+ * until it is closed. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`
+ * (index out of range). Thread-safe.
+ */
+gptq_status gptq_checkpoint_layer_name(const struct gptq_checkpoint *checkpoint,
+                                       size_t index,
+                                       const char **name);
+
+/**
+ * Describes the quantized layer `name` without loading it (its headers, plus its `g_idx` for
+ * `act_order`), into `*info` as `gptq_layer_info` would describe the loaded layer.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_STRUCT_SIZE`, `_INVALID_ARGUMENT` (no
+ * such layer, name not UTF-8); on error `*info` is untouched. Thread-safe.
+ */
+gptq_status gptq_checkpoint_layer_info(const struct gptq_checkpoint *checkpoint,
+                                       const char *name,
+                                       struct gptq_layer_properties *info);
+
+/**
+ * Loads the quantized layer `name`, validating its contents (g_idx range, zero points, finite scales
+ * and bias) and converting it from the checkpoint's format. On success `*out` receives a new layer
+ * owned by the caller (free with `gptq_layer_free`; it does not depend on the checkpoint staying
+ * open); on error it is untouched and the message names the file and the tensor.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT` (no such layer, name
+ * not UTF-8), `_INVALID_FORMAT`, `_NON_FINITE`, `_OUT_OF_MEMORY`. Thread-safe.
+ */
+gptq_status gptq_checkpoint_get_layer(const struct gptq_checkpoint *checkpoint,
+                                      const char *name,
+                                      struct gptq_layer **out);
+
+/**
+ * Writes the number of pass-through tensors (everything that is not part of a quantized layer) to
+ * `*out`. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`. Thread-safe.
+ */
+gptq_status gptq_checkpoint_num_tensors(const struct gptq_checkpoint *checkpoint, size_t *out);
+
+/**
+ * Fills `*view` with pass-through tensor `index` (`0 ≤ index < num_tensors`, sorted by name). No data
+ * is copied: the view points into the mapped file.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_STRUCT_SIZE`, `_INVALID_ARGUMENT`
+ * (index out of range); on error `*view` is untouched. Thread-safe.
+ */
+gptq_status gptq_checkpoint_tensor(const struct gptq_checkpoint *checkpoint,
+                                   size_t index,
+                                   struct gptq_tensor_view *view);
+
+/**
+ * Fills `*view` with the pass-through tensor named `name`, as `gptq_checkpoint_tensor` does.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_STRUCT_SIZE`, `_INVALID_ARGUMENT` (no
+ * such pass-through tensor, name not UTF-8); on error `*view` is untouched. Thread-safe.
+ */
+gptq_status gptq_checkpoint_find_tensor(const struct gptq_checkpoint *checkpoint,
+                                        const char *name,
+                                        struct gptq_tensor_view *view);
+
+/**
+ * Writes the checkpoint's quantization config, as compact JSON text, to `*json`: the object it was
+ * read from (unknown keys included, GPTQModel's `meta` and `dynamic` too) with `quant_method`, `bits`,
+ * `group_size`, `desc_act`, `sym`, `static_groups`, `true_sequential`, `damp_percent` and
+ * `checkpoint_format` always present. The string is owned by the checkpoint and valid until it is
+ * closed. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`. Thread-safe.
+ */
+gptq_status gptq_checkpoint_config(const struct gptq_checkpoint *checkpoint,
+                                   const char **json);
+
+/**
+ * Starts writing a checkpoint into the directory `dir` (NUL-terminated UTF-8; created if missing).
+ * `quant_config_json` is the quantization config as JSON text (the content of a
+ * `quantize_config.json`: at least `bits`; `group_size`, `sym`, `desc_act`, GPTQModel's `dynamic`
+ * and any other keys are honoured or kept). `options` may be NULL for the defaults (v1, one file).
+ *
+ * Nothing visible changes in `dir` until `gptq_checkpoint_writer_finish`. On success `*out` receives
+ * a new writer owned by the caller, to be consumed by `_finish` or `_abort`; on error it is untouched.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_STRUCT_SIZE`, `_INVALID_ENUM` (format),
+ * `_INVALID_ARGUMENT` (strings not UTF-8, source config not a JSON object), `_INVALID_FORMAT` (bad
+ * JSON or config values), `_UNSUPPORTED` (bits, group size), `_IO` (cannot create `dir`). Thread-safe.
+ */
+gptq_status gptq_checkpoint_writer_new(const char *dir,
+                                       const char *quant_config_json,
+                                       const struct gptq_checkpoint_write_options *options,
+                                       struct gptq_checkpoint_writer **out);
+
+/**
+ * Adds a quantized layer under the module name `name` (tensors `<name>.qweight`, `.qzeros`,
+ * `.scales`, `.g_idx` and `.bias` if the layer has one). The layer's bits, group size and sym must
+ * match the config's (after its `dynamic` overrides for `name`); an act-order layer needs `desc_act`.
+ * The layer is copied; it may be freed after the call. A full shard may be written to a temporary
+ * file here.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT` (mismatch with the
+ * config, duplicate name, name not UTF-8), `_UNSUPPORTED` (a zero point of 0 with v1), `_IO`,
+ * `_POISONED`. On error the writer is unchanged and stays usable. Thread-safe (serialized per handle).
+ */
+gptq_status gptq_checkpoint_writer_add_layer(struct gptq_checkpoint_writer *writer,
+                                             const char *name,
+                                             const struct gptq_layer *layer);
+
+/**
+ * Adds a pass-through tensor: `dtype` is a safetensors dtype name (see `gptq_tensor_view`), `shape`
+ * holds `ndim` dimensions (may be NULL when `ndim` is 0), and `data` its `nbytes` little-endian bytes,
+ * which must equal the product of the shape times the element size. The data is copied.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ENUM` (dtype),
+ * `_SHAPE_MISMATCH` (nbytes), `_INVALID_ARGUMENT` (duplicate or reserved name, strings not UTF-8),
+ * `_IO`, `_POISONED`. On error the writer is unchanged and stays usable. Thread-safe (serialized per
+ * handle).
+ */
+gptq_status gptq_checkpoint_writer_add_tensor(struct gptq_checkpoint_writer *writer,
+                                              const char *name,
+                                              const char *dtype,
+                                              const size_t *shape,
+                                              size_t ndim,
+                                              const void *data,
+                                              size_t nbytes);
+
+/**
+ * Writes the remaining files (shards, `model.safetensors.index.json` when sharded,
+ * `quantize_config.json`, `config.json`), syncs them, and renames them into place, replacing an older
+ * checkpoint's files in `dir`. On error every temporary file is removed and `dir` is as before.
+ *
+ * The writer is freed in every case, success or not, and must not be used again. NULL is a
+ * `_NULL_POINTER` error. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`,
+ * `_INVALID_ARGUMENT` (nothing was added), `_INVALID_FORMAT` (an existing `config.json` to update is
+ * not JSON), `_IO`, `_POISONED`. Must not race with other calls on the same handle.
+ */
+gptq_status gptq_checkpoint_writer_finish(struct gptq_checkpoint_writer *writer);
+
+/**
+ * Discards a writer: removes every temporary file and frees the handle; `dir` is left as it was
+ * before `gptq_checkpoint_writer_new` (a directory it created is removed if empty). NULL is a no-op.
+ * Never fails. Must not race with other calls on the same handle.
+ */
+void gptq_checkpoint_writer_abort(struct gptq_checkpoint_writer *writer);
+
+/**
+ * Writes the number of CUDA devices to `*count`. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`,
+ * `_MISALIGNED`, `_NO_DEVICE` (no driver), `_CUDA`. Thread-safe.
+ */
+gptq_status gptq_cuda_device_count(int32_t *count);
+
+/**
+ * Prepares `device`: retains its primary context and compiles the kernels for its architecture with
+ * NVRTC (or loads them from the cache in `$GPTQ_CACHE_DIR`, else `~/.cache/libgptq`). Call once per
+ * device before timing-sensitive work; `gptq_cuda_layer_new` calls it too. Idempotent.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_INVALID_ARGUMENT`, `_NO_DEVICE` (no driver, no NVRTC, or no such
+ * device), `_CUDA` (compilation or loading failed; the message has the log). Thread-safe.
+ */
+gptq_status gptq_cuda_init(int32_t device);
+
+/**
+ * Uploads `layer` to `device` (4 or 8 bit). Allocates device memory (the only CUDA call that does);
+ * the CPU layer is not needed afterwards. On success `*out` receives a new caller-owned handle.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_UNSUPPORTED`
+ * (bits, or act-order groups that are not whole packed words), `_NO_DEVICE`, `_CUDA` (e.g. out of
+ * device memory). Thread-safe.
+ */
+gptq_status gptq_cuda_layer_new(const struct gptq_layer *layer,
+                                int32_t device,
+                                struct gptq_cuda_layer **out);
+
+/**
+ * Writes to `*bytes` the workspace `gptq_cuda_gemm` needs for `m` rows (it depends on `m` and the
+ * layer only). Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`. Thread-safe.
+ */
+gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer, size_t m, size_t *bytes);
+
+/**
+ * `C[m, out_features] = A[m, in_features] · dequant(W)ᵀ (+ bias)` on `stream`.
+ *
+ * `a` and `c` are device pointers of `dtype` (`GPTQ_DTYPE_F16` or `GPTQ_DTYPE_BF16`) with row strides
+ * `lda ≥ in_features` and `ldc ≥ out_features` elements; `workspace` is device memory of at least
+ * `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites. The stream must belong to
+ * the layer's device's primary context (NULL = legacy default stream). The call only enqueues
+ * kernels: it allocates nothing, never synchronizes, and can be captured in a CUDA graph. Errors
+ * are detected before anything is enqueued; kernel faults surface on the stream as CUDA errors.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ENUM`, `_INVALID_ARGUMENT`,
+ * `_SHAPE_MISMATCH`, `_BUFFER_TOO_SMALL` (workspace), `_CUDA`. Thread-safe.
+ */
+gptq_status gptq_cuda_gemm(const struct gptq_cuda_layer *layer,
+                           const void *a,
+                           gptq_dtype dtype,
+                           size_t m,
+                           size_t lda,
+                           void *c,
+                           size_t ldc,
+                           void *workspace,
+                           size_t workspace_bytes,
+                           struct CUstream_st *stream);
+
+/**
+ * Writes the dequantized weight, fp16 `[out_features, in_features]` (the `nn.Linear` layout), to
+ * the device buffer `out` on `stream`. Stream-ordered like `gptq_cuda_gemm`.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_CUDA`. Thread-safe.
+ */
+gptq_status gptq_cuda_dequantize(const struct gptq_cuda_layer *layer,
+                                 void *out,
+                                 struct CUstream_st *stream);
+
+/**
+ * Frees a CUDA layer and its device memory (this may synchronize the device). NULL is a no-op. No
+ * work using the layer may still be pending or be enqueued afterwards.
+ */
+void gptq_cuda_layer_free(struct gptq_cuda_layer *layer);
 
 /**
  * Creates an empty Hessian for a layer with `in_features` inputs.

@@ -47,6 +47,12 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("I/O error: {0}")]
     Io(String),
+    /// No usable CUDA driver or device (library missing, no GPU, device index out of range).
+    #[error("no CUDA device: {0}")]
+    NoDevice(String),
+    /// A CUDA driver or NVRTC call failed.
+    #[error("CUDA error: {0}")]
+    Cuda(String),
 }
 
 /// Shorthand used across the crate.

@@ -5,6 +5,7 @@
 //! format) and [`cpu`] (threads and GEMM); [`ffi`] is the thin C layer that validates and forwards.
 
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod ffi;
 pub mod format;

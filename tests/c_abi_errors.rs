@@ -1459,6 +1459,8 @@ fn every_status_has_a_distinct_string() {
         GPTQ_STATUS_POISONED,
         GPTQ_STATUS_OUT_OF_MEMORY,
         GPTQ_STATUS_IO,
+        GPTQ_STATUS_NO_DEVICE,
+        GPTQ_STATUS_CUDA,
         GPTQ_STATUS_PANIC,
     ];
     let mut seen = std::collections::HashSet::new();
@@ -1468,8 +1470,8 @@ fn every_status_has_a_distinct_string() {
         assert_ne!(name, "unknown status", "status {s}");
         assert!(seen.insert(name.clone()), "status {s} shares its string {name:?}");
     }
-    assert_eq!(seen.len(), 16);
-    for s in [12345, 15, 98, 100, -1, i32::MIN, i32::MAX] {
+    assert_eq!(seen.len(), 18);
+    for s in [12345, 17, 98, 100, -1, i32::MIN, i32::MAX] {
         assert_eq!(status_name(s), "unknown status", "status {s}");
     }
     // The string is static: the same pointer every time.

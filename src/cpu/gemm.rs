@@ -55,15 +55,16 @@ impl OutMatMut<'_> {
 #[derive(Debug)]
 pub struct GemmPlan {
     /// Column gather of A when groups are not contiguous in K.
-    perm: Option<Vec<u32>>,
+    pub(crate) perm: Option<Vec<u32>>,
     /// `qweight` repacked in permuted K order (only with `perm`).
-    qweight_perm: Option<Vec<u32>>,
+    pub(crate) qweight_perm: Option<Vec<u32>>,
     /// Runs of equal group in (permuted) K order: `(k_start, k_end, group)`.
-    segments: Vec<(usize, usize, u32)>,
-    /// Whether the direct path applies (4/8 bit, every run on a word boundary).
-    direct: bool,
-    scales: Vec<f32>,
-    zeros: Vec<f32>,
+    pub(crate) segments: Vec<(usize, usize, u32)>,
+    /// Whether the direct path applies (4/8 bit, every run on a word boundary); the CUDA kernels
+    /// need the same layout.
+    pub(crate) direct: bool,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) zeros: Vec<f32>,
 }
 
 impl GemmPlan {

@@ -8,12 +8,16 @@
 #![allow(clippy::missing_safety_doc)] // the safety contract of every function is in its C documentation
 
 mod boundary;
+pub mod checkpoint;
+pub mod cuda;
 pub mod hessian;
 pub mod layer;
 pub mod quant;
 pub mod status;
 pub mod types;
 
+pub use checkpoint::*;
+pub use cuda::*;
 pub use hessian::*;
 pub use layer::*;
 pub use quant::*;

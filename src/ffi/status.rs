@@ -37,6 +37,10 @@ pub const GPTQ_STATUS_POISONED: gptq_status = 12;
 pub const GPTQ_STATUS_OUT_OF_MEMORY: gptq_status = 13;
 /// A file could not be read or written.
 pub const GPTQ_STATUS_IO: gptq_status = 14;
+/// No usable CUDA driver, NVRTC or device (every CUDA entry point on a machine without a GPU).
+pub const GPTQ_STATUS_NO_DEVICE: gptq_status = 15;
+/// A CUDA driver or NVRTC call failed; the message carries CUDA's own error text.
+pub const GPTQ_STATUS_CUDA: gptq_status = 16;
 /// An internal panic was caught at the API boundary (a libgptq bug; please report it).
 pub const GPTQ_STATUS_PANIC: gptq_status = 99;
 
@@ -56,6 +60,8 @@ pub(crate) fn status_of(e: &Error) -> gptq_status {
         Error::Poisoned(_) => GPTQ_STATUS_POISONED,
         Error::OutOfMemory(_) => GPTQ_STATUS_OUT_OF_MEMORY,
         Error::Io(_) => GPTQ_STATUS_IO,
+        Error::NoDevice(_) => GPTQ_STATUS_NO_DEVICE,
+        Error::Cuda(_) => GPTQ_STATUS_CUDA,
     }
 }
 
@@ -104,6 +110,8 @@ pub extern "C" fn gptq_status_string(status: gptq_status) -> *const c_char {
         GPTQ_STATUS_POISONED => b"handle poisoned by an earlier panic\0",
         GPTQ_STATUS_OUT_OF_MEMORY => b"out of memory\0",
         GPTQ_STATUS_IO => b"I/O error\0",
+        GPTQ_STATUS_NO_DEVICE => b"no CUDA device\0",
+        GPTQ_STATUS_CUDA => b"CUDA error\0",
         GPTQ_STATUS_PANIC => b"internal panic\0",
         _ => b"unknown status\0",
     };

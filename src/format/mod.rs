@@ -1,8 +1,10 @@
 //! The GPTQ packed layer format (`qweight`, `qzeros`, `scales`, `g_idx`), versions v1 and v2.
 
+pub mod checkpoint;
 pub mod layer;
 pub mod pack;
 
+pub use checkpoint::{Checkpoint, CheckpointWriter, GptqConfig, TensorDtype, WriteOptions};
 pub use layer::{LayerDesc, PackedRef, PackedTensors, QuantizedLayer};
 
 use crate::error::{Error, Result};

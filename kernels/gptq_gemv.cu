@@ -1,0 +1,163 @@
+// GPTQ dequant-GEMM for small M (decode), 4- and 8-bit, fp16/bf16 activations: CUDA C++ compiled at
+// run time by NVRTC (no CUDA headers: half/bfloat16 conversions are done in PTX or with bit tricks).
+//
+// Data layout (prepared once per layer by src/cuda/layer.rs):
+//   qweight  u32 [K/PF, N]   GPTQ packing along K (PF = 32/BITS codes per word, least significant
+//                            first), rows permuted so that every group is one contiguous run of K
+//   gword    i32 [K/PF]      group of each word row (runs are word-aligned, checked on the host)
+//   scale    f32 [G, N]      group scales
+//   szero    f32 [G, N]      scale * zero, so w = scale * q - szero (asymmetric zeros folded)
+//   perm     i32 [K] or null column of A feeding permuted input k (act-order)
+//   A        fp16/bf16 [M, K] with row stride lda; C fp16/bf16 [M, N] with row stride ldc
+//   partial  f32 [S, M, N]   workspace: one slice per split of K
+//
+// Tiles: a block of 128 threads owns 128 consecutive output columns (one 4-byte word per thread per
+// word row: every warp load is one coalesced 128-byte line) and MT rows of A; blockIdx.y splits K so
+// that small-M launches still fill every SM. A's slice of the split is staged in shared memory as f32
+// (gathered through perm), so each activation is converted once per block, not once per thread.
+// Partial sums go to the workspace and gptq_reduce adds the splits, the bias, and converts: two
+// launches, no atomics, deterministic, graph-capturable.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float b2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
+__device__ __forceinline__ u16 f2b(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
+    return (u16)(u >> 16);
+}
+template <bool BF16> __device__ __forceinline__ float load_act(u16 v) { return BF16 ? b2f(v) : h2f(v); }
+template <bool BF16> __device__ __forceinline__ u16 store_act(float v) { return BF16 ? f2b(v) : f2h(v); }
+
+#define THREADS 128
+#define KCHUNK 256  // inputs of A staged per round
+
+template <int BITS, int MT, bool BF16>
+__device__ void gemv_partial(const u16* __restrict__ A, long lda, const u32* __restrict__ qweight,
+                             const int* __restrict__ gword, const float* __restrict__ scale,
+                             const float* __restrict__ szero, const int* __restrict__ perm,
+                             float* __restrict__ partial, int M, int N, int K, int words_per_split) {
+    constexpr int PF = 32 / BITS;
+    constexpr u32 MASK = (1u << BITS) - 1u;
+    __shared__ float sa[MT][KCHUNK];
+    const int n = blockIdx.x * THREADS + threadIdx.x;
+    const int m0 = blockIdx.z * MT;
+    const int w_begin = blockIdx.y * words_per_split;
+    const int w_end = min(w_begin + words_per_split, K / PF);
+    float acc[MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) acc[m] = 0.f;
+
+    for (int wc = w_begin; wc < w_end; wc += KCHUNK / PF) {
+        const int wlim = min(wc + KCHUNK / PF, w_end);
+        const int k0 = wc * PF, klen = (wlim - wc) * PF;
+        __syncthreads();
+        for (int i = threadIdx.x; i < MT * klen; i += THREADS) {
+            const int m = i / klen, kk = i % klen;
+            const int k = k0 + kk;
+            const int col = perm ? perm[k] : k;
+            sa[m][kk] = (m0 + m < M) ? load_act<BF16>(A[(long)(m0 + m) * lda + col]) : 0.f;
+        }
+        __syncthreads();
+        if (n < N) {
+#pragma unroll 4
+            for (int w = wc; w < wlim; w++) {
+                const u32 q = qweight[(long)w * N + n];
+                const int g = gword[w];
+                const float s = scale[(long)g * N + n], sz = szero[(long)g * N + n];
+                const int kb = (w - wc) * PF;
+#pragma unroll
+                for (int i = 0; i < PF; i++) {
+                    const float v = s * (float)((q >> (BITS * i)) & MASK) - sz;
+#pragma unroll
+                    for (int m = 0; m < MT; m++) acc[m] = fmaf(sa[m][kb + i], v, acc[m]);
+                }
+            }
+        }
+    }
+    if (n < N) {
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            if (m0 + m < M) partial[((long)blockIdx.y * M + m0 + m) * N + n] = acc[m];
+    }
+}
+
+template <bool BF16>
+__device__ void reduce(const float* __restrict__ partial, int splits, const float* __restrict__ bias,
+                       u16* __restrict__ C, long ldc, int M, int N) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)M * N) return;
+    const int m = (int)(i / N), n = (int)(i % N);
+    float v = bias ? bias[n] : 0.f;
+    for (int s = 0; s < splits; s++) v += partial[((long)s * M + m) * N + n];
+    C[(long)m * ldc + n] = store_act<BF16>(v);
+}
+
+// out [N, K] fp16 in the original input order: thread per (word row, column).
+template <int BITS>
+__device__ void dequant(const u32* __restrict__ qweight, const int* __restrict__ gword,
+                        const float* __restrict__ scale, const float* __restrict__ szero,
+                        const int* __restrict__ perm, u16* __restrict__ out, int N, int K) {
+    constexpr int PF = 32 / BITS;
+    constexpr u32 MASK = (1u << BITS) - 1u;
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    const int w = blockIdx.y;
+    if (n >= N) return;
+    const u32 q = qweight[(long)w * N + n];
+    const int g = gword[w];
+    const float s = scale[(long)g * N + n], sz = szero[(long)g * N + n];
+#pragma unroll
+    for (int i = 0; i < PF; i++) {
+        const int k = w * PF + i;
+        out[(long)n * K + (perm ? perm[k] : k)] = f2h(s * (float)((q >> (BITS * i)) & MASK) - sz);
+    }
+}
+
+// Stable extern "C" names for module lookup: gptq_gemv_b{BITS}_m{MT}_{f16|bf16}.
+#define GEMV(BITS, MT, BF, NAME)                                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS) NAME(                                   \
+        const u16* A, long lda, const u32* qweight, const int* gword, const float* scale,         \
+        const float* szero, const int* perm, float* partial, int M, int N, int K, int wps) {     \
+        gemv_partial<BITS, MT, BF>(A, lda, qweight, gword, scale, szero, perm, partial, M, N, K, wps); \
+    }
+GEMV(4, 1, false, gptq_gemv_b4_m1_f16)
+GEMV(4, 2, false, gptq_gemv_b4_m2_f16)
+GEMV(4, 4, false, gptq_gemv_b4_m4_f16)
+GEMV(4, 8, false, gptq_gemv_b4_m8_f16)
+GEMV(4, 1, true, gptq_gemv_b4_m1_bf16)
+GEMV(4, 2, true, gptq_gemv_b4_m2_bf16)
+GEMV(4, 4, true, gptq_gemv_b4_m4_bf16)
+GEMV(4, 8, true, gptq_gemv_b4_m8_bf16)
+GEMV(8, 1, false, gptq_gemv_b8_m1_f16)
+GEMV(8, 2, false, gptq_gemv_b8_m2_f16)
+GEMV(8, 4, false, gptq_gemv_b8_m4_f16)
+GEMV(8, 8, false, gptq_gemv_b8_m8_f16)
+GEMV(8, 1, true, gptq_gemv_b8_m1_bf16)
+GEMV(8, 2, true, gptq_gemv_b8_m2_bf16)
+GEMV(8, 4, true, gptq_gemv_b8_m4_bf16)
+GEMV(8, 8, true, gptq_gemv_b8_m8_bf16)
+
+extern "C" __global__ void gptq_reduce_f16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N) {
+    reduce<false>(p, s, b, C, ldc, M, N);
+}
+extern "C" __global__ void gptq_reduce_bf16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N) {
+    reduce<true>(p, s, b, C, ldc, M, N);
+}
+extern "C" __global__ void gptq_dequant_b4(const u32* q, const int* gw, const float* s, const float* sz, const int* p, u16* o, int N, int K) {
+    dequant<4>(q, gw, s, sz, p, o, N, K);
+}
+extern "C" __global__ void gptq_dequant_b8(const u32* q, const int* gw, const float* s, const float* sz, const int* p, u16* o, int N, int K) {
+    dequant<8>(q, gw, s, sz, p, o, N, K);
+}

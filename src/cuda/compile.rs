@@ -1,0 +1,97 @@
+//! NVRTC compilation of `kernels/` straight to a cubin for the device's own architecture (PTX from a
+//! newer NVRTC than the driver would not load), cached on disk by source hash, arch and NVRTC version.
+
+use crate::error::{Error, Result};
+use cudarc::nvrtc::sys as nv;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+/// The kernel sources compiled into one module.
+const SOURCE: &str = include_str!("../../kernels/gptq_gemv.cu");
+
+/// Environment variable overriding the cubin cache directory.
+pub const CACHE_DIR_ENV: &str = "GPTQ_CACHE_DIR";
+
+fn nvrtc_check(r: nv::nvrtcResult, what: &str) -> Result<()> {
+    if r == nv::nvrtcResult::NVRTC_SUCCESS { Ok(()) } else { Err(Error::Cuda(format!("{what}: {r:?}"))) }
+}
+
+/// FNV-1a: a stable hash, so cache names survive Rust upgrades.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os(CACHE_DIR_ENV) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("libgptq"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/libgptq"))
+}
+
+/// The cubin of [`SOURCE`] for compute capability `arch`, from the cache or freshly compiled.
+pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
+    // SAFETY: only probes whether the library can be opened.
+    if !unsafe { nv::is_culib_present() } {
+        return Err(Error::NoDevice("NVRTC (libnvrtc.so) was not found; it is needed to compile the kernels".into()));
+    }
+    let (mut maj, mut min) = (0, 0);
+    // SAFETY: writes two ints.
+    nvrtc_check(unsafe { nv::nvrtcVersion(&mut maj, &mut min) }, "nvrtcVersion")?;
+    // sm_90a unlocks Hopper-only instructions; other architectures use their plain name.
+    let sm = if arch == (9, 0) { "sm_90a".to_string() } else { format!("sm_{}{}", arch.0, arch.1) };
+    let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.cubin", fnv1a(SOURCE.as_bytes()));
+    let cached = cache_dir().map(|d| d.join(&key));
+    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        return Ok(bytes);
+    }
+    let cubin = compile(&sm)?;
+    if let Some(path) = cached {
+        // Best effort, atomically: a failed cache write only costs a recompile next time.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, &cubin).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+    Ok(cubin)
+}
+
+fn compile(sm: &str) -> Result<Vec<u8>> {
+    let src = CString::new(SOURCE).map_err(|_| Error::Cuda("kernel source has a NUL byte".into()))?;
+    let name = CString::new("gptq_gemv.cu").unwrap();
+    let opts: Vec<CString> = [format!("--gpu-architecture={sm}"), "--std=c++17".into(), "-default-device".into()]
+        .into_iter()
+        .map(|o| CString::new(o).unwrap())
+        .collect();
+    let opt_ptrs: Vec<*const std::ffi::c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let mut prog = std::ptr::null_mut();
+    // SAFETY: NVRTC copies the strings; the program is destroyed below on every path.
+    unsafe {
+        nvrtc_check(
+            nv::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()),
+            "nvrtcCreateProgram",
+        )?;
+        let compiled = nv::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
+        let result = if compiled != nv::nvrtcResult::NVRTC_SUCCESS {
+            let mut n = 0;
+            nv::nvrtcGetProgramLogSize(prog, &mut n);
+            let mut log = vec![0u8; n.max(1)];
+            nv::nvrtcGetProgramLog(prog, log.as_mut_ptr().cast());
+            let log = CStr::from_bytes_until_nul(&log).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+            Err(Error::Cuda(format!("NVRTC failed to compile the kernels for {sm}: {log}")))
+        } else {
+            let mut n = 0;
+            nvrtc_check(nv::nvrtcGetCUBINSize(prog, &mut n), "nvrtcGetCUBINSize").and_then(|_| {
+                let mut cubin = vec![0u8; n];
+                nvrtc_check(nv::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()), "nvrtcGetCUBIN").map(|_| cubin)
+            })
+        };
+        nv::nvrtcDestroyProgram(&mut prog);
+        result
+    }
+}

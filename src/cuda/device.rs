@@ -1,0 +1,133 @@
+//! Driver loading, devices and their primary contexts, and the per-device kernel module.
+
+use super::{check, compile};
+use crate::error::{Error, Result};
+use cudarc::driver::sys as cu;
+use once_cell::sync::OnceCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::{Arc, Mutex};
+
+/// Loads libcuda and calls `cuInit` once; fails cleanly where there is no driver.
+fn driver() -> Result<()> {
+    static INIT: OnceCell<std::result::Result<(), Error>> = OnceCell::new();
+    INIT.get_or_init(|| {
+        // SAFETY: only probes whether the library can be opened (cudarc panics on a missing library
+        // at the first call, so this check must come first).
+        if !unsafe { cu::is_culib_present() } {
+            return Err(Error::NoDevice("the CUDA driver library (libcuda.so) was not found".into()));
+        }
+        // SAFETY: plain driver call.
+        check(unsafe { cu::cuInit(0) }, "cuInit")
+    })
+    .clone()
+}
+
+/// Number of CUDA devices (an error, not 0, where there is no driver).
+pub fn device_count() -> Result<usize> {
+    driver()?;
+    let mut n = 0;
+    // SAFETY: plain driver call writing one int.
+    check(unsafe { cu::cuDeviceGetCount(&mut n) }, "cuDeviceGetCount")?;
+    Ok(n.max(0) as usize)
+}
+
+/// A device with its primary context (the one PyTorch and TensorRT use) and the compiled kernels.
+pub struct Device {
+    pub ordinal: usize,
+    pub(crate) ctx: cu::CUcontext,
+    pub sm_count: u32,
+    /// Compute capability, e.g. (9, 0).
+    pub arch: (u32, u32),
+    module: cu::CUmodule,
+    functions: Mutex<HashMap<String, usize>>,
+}
+
+// SAFETY: CUDA contexts, modules and functions are usable from any thread; the function cache is
+// behind a mutex.
+unsafe impl Send for Device {}
+unsafe impl Sync for Device {}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("ordinal", &self.ordinal).field("arch", &self.arch).finish()
+    }
+}
+
+/// Makes `ctx` current for the guard's lifetime and restores the caller's context afterwards.
+pub(crate) struct CtxGuard;
+
+impl CtxGuard {
+    pub(crate) fn push(ctx: cu::CUcontext) -> Result<CtxGuard> {
+        // SAFETY: `ctx` is a retained primary context.
+        check(unsafe { cu::cuCtxPushCurrent_v2(ctx) }, "cuCtxPushCurrent")?;
+        Ok(CtxGuard)
+    }
+}
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        let mut old = std::ptr::null_mut();
+        // SAFETY: pops the context pushed in `push`.
+        unsafe { cu::cuCtxPopCurrent_v2(&mut old) };
+    }
+}
+
+static DEVICES: OnceCell<Mutex<HashMap<usize, Arc<Device>>>> = OnceCell::new();
+
+/// Retains device `ordinal`'s primary context and compiles (or loads from the disk cache) the
+/// kernels for its architecture. Idempotent; later calls return the same device.
+pub fn init(ordinal: usize) -> Result<Arc<Device>> {
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(Error::NoDevice(format!("device {ordinal} does not exist ({count} CUDA devices)")));
+    }
+    let map = DEVICES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = map.get(&ordinal) {
+        return Ok(d.clone());
+    }
+    let mut dev = 0;
+    // SAFETY: plain driver calls writing to locals.
+    unsafe {
+        check(cu::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
+    }
+    let attr = |a: cu::CUdevice_attribute| -> Result<u32> {
+        let mut v = 0;
+        // SAFETY: writes one int.
+        check(unsafe { cu::cuDeviceGetAttribute(&mut v, a, dev) }, "cuDeviceGetAttribute")?;
+        Ok(v as u32)
+    };
+    let arch = (
+        attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+        attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+    );
+    let sm_count = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let mut ctx = std::ptr::null_mut();
+    // SAFETY: retains the primary context (released never: it lives as long as the process).
+    check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
+    let cubin = compile::kernels_cubin(arch)?;
+    let _g = CtxGuard::push(ctx)?;
+    let mut module = std::ptr::null_mut();
+    // SAFETY: `cubin` is a complete cubin image for this device's architecture.
+    check(unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) }, "cuModuleLoadData")?;
+    let d = Arc::new(Device { ordinal, ctx, sm_count, arch, module, functions: Mutex::new(HashMap::new()) });
+    map.insert(ordinal, d.clone());
+    Ok(d)
+}
+
+impl Device {
+    /// A kernel of the module by its `extern "C"` name.
+    pub(crate) fn function(&self, name: &str) -> Result<cu::CUfunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&f) = cache.get(name) {
+            return Ok(f as cu::CUfunction);
+        }
+        let cname = CString::new(name).map_err(|_| Error::InvalidArgument("kernel name".into()))?;
+        let mut f = std::ptr::null_mut();
+        // SAFETY: the module is loaded for the life of the process.
+        check(unsafe { cu::cuModuleGetFunction(&mut f, self.module, cname.as_ptr()) }, name)?;
+        cache.insert(name.to_string(), f as usize);
+        Ok(f)
+    }
+}

@@ -1,0 +1,275 @@
+//! A layer prepared for one GPU, and the stream-ordered GEMM and dequantization on it.
+
+use super::device::{init, CtxGuard, Device};
+use super::check;
+use crate::error::{Error, Result};
+use crate::format::QuantizedLayer;
+use cudarc::driver::sys as cu;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// Activation (A and C) element type on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActDType {
+    F16,
+    BF16,
+}
+
+/// Threads per GEMV block = output columns per block (kernels/gptq_gemv.cu).
+const THREADS: usize = 128;
+
+/// Device memory owned by a layer.
+struct DevBuf(cu::CUdeviceptr);
+
+/// A layer in device memory, in the kernels' layout: K permuted so every group is contiguous,
+/// asymmetric zeros folded into `scale·zero`. Immutable, so one plan may serve many streams at once.
+pub struct CudaLayer {
+    device: Arc<Device>,
+    bits: u32,
+    k: usize,
+    n: usize,
+    qweight: DevBuf,
+    gword: DevBuf,
+    scale: DevBuf,
+    szero: DevBuf,
+    perm: Option<DevBuf>,
+    bias: Option<DevBuf>,
+}
+
+// SAFETY: device pointers are plain integers; the memory is only freed in Drop.
+unsafe impl Send for CudaLayer {}
+unsafe impl Sync for CudaLayer {}
+
+fn upload<T: Copy>(data: &[T], what: &str) -> Result<DevBuf> {
+    let bytes = std::mem::size_of_val(data).max(4);
+    let mut ptr = 0;
+    // SAFETY: allocates `bytes` and copies `data` (the current context is the layer's device).
+    unsafe {
+        check(cu::cuMemAlloc_v2(&mut ptr, bytes), &format!("cuMemAlloc ({what}, {bytes} bytes)"))?;
+        if let Err(e) = check(cu::cuMemcpyHtoD_v2(ptr, data.as_ptr().cast(), std::mem::size_of_val(data)), what) {
+            cu::cuMemFree_v2(ptr);
+            return Err(e);
+        }
+    }
+    Ok(DevBuf(ptr))
+}
+
+impl CudaLayer {
+    /// Uploads `layer` to device `ordinal` (initializing the device and its kernels if needed).
+    /// Supported: 4 and 8 bit, any group size, act-order whose groups are runs of whole words.
+    pub fn new(layer: &QuantizedLayer, ordinal: usize) -> Result<CudaLayer> {
+        let d = *layer.desc();
+        if d.bits != 4 && d.bits != 8 {
+            return Err(Error::Unsupported(format!("the CUDA kernels support 4 and 8 bit, not {}", d.bits)));
+        }
+        let plan = layer.gemm_plan();
+        if !plan.direct {
+            return Err(Error::Unsupported(
+                "the CUDA kernels need every g_idx group to be a run of whole packed words".into(),
+            ));
+        }
+        let (k, n) = (d.in_features, d.out_features);
+        let pf = (32 / d.bits) as usize;
+        let mut gword = vec![0i32; k / pf];
+        for &(s, e, g) in &plan.segments {
+            gword[s / pf..e / pf].fill(g as i32);
+        }
+        let szero: Vec<f32> = plan.scales.iter().zip(&plan.zeros).map(|(s, z)| s * z).collect();
+        let device = init(ordinal)?;
+        let _ctx = CtxGuard::push(device.ctx)?;
+        let qweight = plan.qweight_perm.as_deref().unwrap_or(layer.qweight());
+        let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
+        let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
+        Ok(CudaLayer {
+            bits: d.bits,
+            k,
+            n,
+            qweight: upload(qweight, "qweight")?,
+            gword: upload(&gword, "group index")?,
+            scale: upload(&plan.scales, "scales")?,
+            szero: upload(&szero, "scaled zeros")?,
+            perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
+            bias: bias.map(|b| upload(&b, "bias")).transpose()?,
+            device,
+        })
+    }
+
+    pub fn device(&self) -> usize {
+        self.device.ordinal
+    }
+
+    /// (rows of A per block, splits of K, word rows per split) for `m` rows.
+    fn launch_shape(&self, m: usize) -> (usize, usize, usize) {
+        let mt = match m {
+            1 => 1,
+            2 => 2,
+            3 | 4 => 4,
+            _ => 8,
+        };
+        let words = self.k / (32 / self.bits) as usize;
+        let blocks = self.n.div_ceil(THREADS) * m.div_ceil(mt);
+        // Enough blocks for four waves on every SM, but at least 64 words per split.
+        let want = (4 * self.device.sm_count as usize).div_ceil(blocks).clamp(1, (words / 64).max(1));
+        let wps = words.div_ceil(want);
+        (mt, words.div_ceil(wps), wps)
+    }
+
+    /// Workspace bytes `gemm` needs for `m` rows.
+    pub fn workspace_size(&self, m: usize) -> usize {
+        let (_, splits, _) = self.launch_shape(m.max(1));
+        splits * m.max(1) * self.n * 4
+    }
+
+    fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
+        if stream.is_null() {
+            return Ok(()); // the legacy default stream of the context we make current
+        }
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: queries the stream's context.
+        check(unsafe { cu::cuStreamGetCtx(stream, &mut ctx) }, "cuStreamGetCtx")?;
+        if ctx != self.device.ctx {
+            return Err(Error::InvalidArgument(format!(
+                "the stream does not belong to device {}'s primary context, where this layer lives",
+                self.device.ordinal
+            )));
+        }
+        Ok(())
+    }
+
+    /// `C[m, n] = A[m, k] · Wᵀ (+ bias)` on `stream`. A and C are device pointers (fp16 or bf16) with row
+    /// strides `lda`, `ldc` in elements; `workspace` holds at least [`workspace_size`](Self::workspace_size)
+    /// bytes. Enqueues two kernels; allocates and synchronizes nothing.
+    ///
+    /// # Safety
+    /// The pointers must be device memory of this layer's device, valid for the extents described, and
+    /// not written by other work while the kernels run.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        &self,
+        a: u64,
+        dtype: ActDType,
+        m: usize,
+        lda: usize,
+        c: u64,
+        ldc: usize,
+        workspace: u64,
+        workspace_bytes: usize,
+        stream: cu::CUstream,
+    ) -> Result<()> {
+        if m == 0 || m > i32::MAX as usize || self.n > i32::MAX as usize {
+            return Err(Error::Shape(format!("m must be in 1..=2^31-1, got {m}")));
+        }
+        if lda < self.k || ldc < self.n {
+            return Err(Error::InvalidArgument(format!(
+                "lda {lda} must be >= in_features {} and ldc {ldc} >= out_features {}",
+                self.k, self.n
+            )));
+        }
+        if a % 2 != 0 || c % 2 != 0 || workspace % 4 != 0 {
+            return Err(Error::Misaligned("A and C must be 2-byte aligned, the workspace 4-byte aligned".into()));
+        }
+        let need = self.workspace_size(m);
+        if workspace_bytes < need || workspace == 0 {
+            return Err(Error::BufferTooSmall(format!(
+                "workspace has {workspace_bytes} bytes, gemm with m = {m} needs {need}"
+            )));
+        }
+        self.stream_check(stream)?;
+        let (mt, splits, wps) = self.launch_shape(m);
+        let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
+        let gemv = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{suffix}", self.bits))?;
+        let reduce = self.device.function(&format!("gptq_reduce_{suffix}"))?;
+        let _ctx = CtxGuard::push(self.device.ctx)?;
+        let (mi, ni, ki, wpsi, si) = (m as i32, self.n as i32, self.k as i32, wps as i32, splits as i32);
+        let (lda64, ldc64) = (lda as i64, ldc as i64);
+        let perm = self.perm.as_ref().map_or(0, |p| p.0);
+        let bias = self.bias.as_ref().map_or(0, |b| b.0);
+        let mut args: [*mut c_void; 12] = [
+            (&raw const a).cast_mut().cast(),
+            (&raw const lda64).cast_mut().cast(),
+            (&raw const self.qweight.0).cast_mut().cast(),
+            (&raw const self.gword.0).cast_mut().cast(),
+            (&raw const self.scale.0).cast_mut().cast(),
+            (&raw const self.szero.0).cast_mut().cast(),
+            (&raw const perm).cast_mut().cast(),
+            (&raw const workspace).cast_mut().cast(),
+            (&raw const mi).cast_mut().cast(),
+            (&raw const ni).cast_mut().cast(),
+            (&raw const ki).cast_mut().cast(),
+            (&raw const wpsi).cast_mut().cast(),
+        ];
+        let grid = (self.n.div_ceil(THREADS) as u32, splits as u32, m.div_ceil(mt) as u32);
+        // SAFETY: argument types and order match the kernel's signature; extents were checked above.
+        unsafe {
+            check(
+                cu::cuLaunchKernel(gemv, grid.0, grid.1, grid.2, THREADS as u32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
+                "launching the GEMV kernel",
+            )?;
+        }
+        let mut rargs: [*mut c_void; 7] = [
+            (&raw const workspace).cast_mut().cast(),
+            (&raw const si).cast_mut().cast(),
+            (&raw const bias).cast_mut().cast(),
+            (&raw const c).cast_mut().cast(),
+            (&raw const ldc64).cast_mut().cast(),
+            (&raw const mi).cast_mut().cast(),
+            (&raw const ni).cast_mut().cast(),
+        ];
+        let total = m * self.n;
+        // SAFETY: as above.
+        unsafe {
+            check(
+                cu::cuLaunchKernel(reduce, total.div_ceil(256) as u32, 1, 1, 256, 1, 1, 0, stream, rargs.as_mut_ptr(), std::ptr::null_mut()),
+                "launching the reduction kernel",
+            )
+        }
+    }
+
+    /// Writes the dequantized weight, `[n, k]` fp16 in the original input order, to `out` on `stream`.
+    ///
+    /// # Safety
+    /// `out` must be device memory of this layer's device holding `n·k` fp16 values.
+    pub unsafe fn dequantize(&self, out: u64, stream: cu::CUstream) -> Result<()> {
+        if out % 2 != 0 {
+            return Err(Error::Misaligned("out must be 2-byte aligned".into()));
+        }
+        self.stream_check(stream)?;
+        let f = self.device.function(&format!("gptq_dequant_b{}", self.bits))?;
+        let _ctx = CtxGuard::push(self.device.ctx)?;
+        let (ni, ki) = (self.n as i32, self.k as i32);
+        let perm = self.perm.as_ref().map_or(0, |p| p.0);
+        let mut args: [*mut c_void; 8] = [
+            (&raw const self.qweight.0).cast_mut().cast(),
+            (&raw const self.gword.0).cast_mut().cast(),
+            (&raw const self.scale.0).cast_mut().cast(),
+            (&raw const self.szero.0).cast_mut().cast(),
+            (&raw const perm).cast_mut().cast(),
+            (&raw const out).cast_mut().cast(),
+            (&raw const ni).cast_mut().cast(),
+            (&raw const ki).cast_mut().cast(),
+        ];
+        let words = self.k / (32 / self.bits) as usize;
+        // SAFETY: argument types and order match the kernel's signature.
+        unsafe {
+            check(
+                cu::cuLaunchKernel(f, self.n.div_ceil(THREADS) as u32, words as u32, 1, THREADS as u32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
+                "launching the dequantization kernel",
+            )
+        }
+    }
+}
+
+impl Drop for CudaLayer {
+    fn drop(&mut self) {
+        // Freeing may implicitly synchronize; it happens only when the caller frees the layer.
+        if let Ok(_g) = CtxGuard::push(self.device.ctx) {
+            for b in [Some(&self.qweight), Some(&self.gword), Some(&self.scale), Some(&self.szero), self.perm.as_ref(), self.bias.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                // SAFETY: allocated by `upload`, freed once.
+                unsafe { cu::cuMemFree_v2(b.0) };
+            }
+        }
+    }
+}

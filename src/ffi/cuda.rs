@@ -1,0 +1,145 @@
+//! The CUDA entry points. On a machine without a CUDA driver every one returns
+//! `GPTQ_STATUS_NO_DEVICE` with a message; none of them panics.
+
+use super::boundary::*;
+use super::layer::gptq_layer;
+use super::status::gptq_status;
+use super::types::*;
+use crate::cuda::{ActDType, CudaLayer};
+use crate::error::Error;
+use std::ffi::c_void;
+
+/// CUDA's stream type, declared here so the header needs no CUDA header: pass a `cudaStream_t` or
+/// `CUstream` (NULL = the legacy default stream).
+pub struct CUstream_st {
+    _opaque: [u8; 0],
+}
+
+/// A layer uploaded to one GPU in the kernels' layout. Immutable: `gptq_cuda_gemm` may run on one
+/// plan from several streams and threads at once. Free with `gptq_cuda_layer_free`.
+pub struct gptq_cuda_layer {
+    inner: CudaLayer,
+}
+
+fn device_index(device: i32) -> Result<usize, Error> {
+    usize::try_from(device).map_err(|_| Error::InvalidArgument(format!("device {device} is negative")))
+}
+
+/// Writes the number of CUDA devices to `*count`. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`,
+/// `_MISALIGNED`, `_NO_DEVICE` (no driver), `_CUDA`. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gptq_cuda_device_count(count: *mut i32) -> gptq_status {
+    guard(|| {
+        let out = unsafe { deref_mut(count, "count")? };
+        *out = crate::cuda::device_count()? as i32;
+        Ok(())
+    })
+}
+
+/// Prepares `device`: retains its primary context and compiles the kernels for its architecture with
+/// NVRTC (or loads them from the cache in `$GPTQ_CACHE_DIR`, else `~/.cache/libgptq`). Call once per
+/// device before timing-sensitive work; `gptq_cuda_layer_new` calls it too. Idempotent.
+///
+/// Returns `GPTQ_STATUS_OK`, `_INVALID_ARGUMENT`, `_NO_DEVICE` (no driver, no NVRTC, or no such
+/// device), `_CUDA` (compilation or loading failed; the message has the log). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn gptq_cuda_init(device: i32) -> gptq_status {
+    guard(|| crate::cuda::init(device_index(device)?).map(|_| ()))
+}
+
+/// Uploads `layer` to `device` (4 or 8 bit). Allocates device memory (the only CUDA call that does);
+/// the CPU layer is not needed afterwards. On success `*out` receives a new caller-owned handle.
+///
+/// Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_UNSUPPORTED`
+/// (bits, or act-order groups that are not whole packed words), `_NO_DEVICE`, `_CUDA` (e.g. out of
+/// device memory). Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gptq_cuda_layer_new(
+    layer: *const gptq_layer,
+    device: i32,
+    out: *mut *mut gptq_cuda_layer,
+) -> gptq_status {
+    guard(|| {
+        let l = &unsafe { deref(layer, "layer")? }.inner;
+        let out = unsafe { deref_mut(out, "out")? };
+        let inner = CudaLayer::new(l, device_index(device)?)?;
+        *out = into_handle(gptq_cuda_layer { inner });
+        Ok(())
+    })
+}
+
+/// Writes to `*bytes` the workspace `gptq_cuda_gemm` needs for `m` rows (it depends on `m` and the
+/// layer only). Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gptq_cuda_workspace_size(layer: *const gptq_cuda_layer, m: usize, bytes: *mut usize) -> gptq_status {
+    guard(|| {
+        let l = unsafe { deref(layer, "layer")? };
+        let out = unsafe { deref_mut(bytes, "bytes")? };
+        *out = l.inner.workspace_size(m);
+        Ok(())
+    })
+}
+
+/// `C[m, out_features] = A[m, in_features] · dequant(W)ᵀ (+ bias)` on `stream`.
+///
+/// `a` and `c` are device pointers of `dtype` (`GPTQ_DTYPE_F16` or `GPTQ_DTYPE_BF16`) with row strides
+/// `lda ≥ in_features` and `ldc ≥ out_features` elements; `workspace` is device memory of at least
+/// `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites. The stream must belong to
+/// the layer's device's primary context (NULL = legacy default stream). The call only enqueues
+/// kernels: it allocates nothing, never synchronizes, and can be captured in a CUDA graph. Errors
+/// are detected before anything is enqueued; kernel faults surface on the stream as CUDA errors.
+///
+/// Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ENUM`, `_INVALID_ARGUMENT`,
+/// `_SHAPE_MISMATCH`, `_BUFFER_TOO_SMALL` (workspace), `_CUDA`. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gptq_cuda_gemm(
+    layer: *const gptq_cuda_layer,
+    a: *const c_void,
+    dtype: gptq_dtype,
+    m: usize,
+    lda: usize,
+    c: *mut c_void,
+    ldc: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut CUstream_st,
+) -> gptq_status {
+    guard(|| {
+        let l = unsafe { deref(layer, "layer")? };
+        let dt = match dtype {
+            GPTQ_DTYPE_F16 => ActDType::F16,
+            GPTQ_DTYPE_BF16 => ActDType::BF16,
+            _ => return Err(Error::InvalidEnum(format!("dtype {dtype}: the CUDA GEMM takes F16 or BF16"))),
+        };
+        for (p, name) in [(a as usize, "a"), (c as usize, "c"), (workspace as usize, "workspace")] {
+            if p == 0 {
+                return Err(Error::NullPointer(format!("{name} is NULL")));
+            }
+        }
+        // SAFETY: the caller guarantees device pointers of the described extents (header contract).
+        unsafe { l.inner.gemm(a as u64, dt, m, lda, c as u64, ldc, workspace as u64, workspace_bytes, stream.cast()) }
+    })
+}
+
+/// Writes the dequantized weight, fp16 `[out_features, in_features]` (the `nn.Linear` layout), to
+/// the device buffer `out` on `stream`. Stream-ordered like `gptq_cuda_gemm`.
+///
+/// Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_CUDA`. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gptq_cuda_dequantize(layer: *const gptq_cuda_layer, out: *mut c_void, stream: *mut CUstream_st) -> gptq_status {
+    guard(|| {
+        let l = unsafe { deref(layer, "layer")? };
+        if out.is_null() {
+            return Err(Error::NullPointer("out is NULL".into()));
+        }
+        // SAFETY: header contract, as for gptq_cuda_gemm.
+        unsafe { l.inner.dequantize(out as u64, stream.cast()) }
+    })
+}
+
+/// Frees a CUDA layer and its device memory (this may synchronize the device). NULL is a no-op. No
+/// work using the layer may still be pending or be enqueued afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gptq_cuda_layer_free(layer: *mut gptq_cuda_layer) {
+    unsafe { free_handle(layer) }
+}

@@ -1,0 +1,323 @@
+//! CUDA backend tests. Without a driver they check that every entry point fails cleanly with
+//! GPTQ_STATUS_NO_DEVICE; with a GPU they check the kernels against the CPU path on fresh random
+//! data (outputs poisoned first), CUDA-graph replay, and two streams on one plan.
+
+use cudarc::driver::sys as cu;
+use gptq::cpu::{gemm, OutMatMut};
+use gptq::ffi::*;
+use gptq::format::pack::{pack_qweight, pack_rows};
+use gptq::format::{CheckpointFormat, LayerDesc, PackedRef};
+use gptq::{Elements, MatView, QuantizedLayer};
+use half::{bf16, f16};
+use std::ffi::{c_void, CStr};
+
+fn gpu_available() -> bool {
+    let mut n = 0;
+    let s = unsafe { gptq_cuda_device_count(&mut n) };
+    if s != GPTQ_STATUS_OK || n == 0 {
+        eprintln!("NOTICE: no CUDA device ({}); GPU tests skipped", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
+        return false;
+    }
+    true
+}
+
+#[test]
+fn without_a_driver_every_cuda_entry_point_reports_no_device() {
+    if unsafe { cu::is_culib_present() } {
+        eprintln!("NOTICE: a CUDA driver is present; the no-driver test does not apply");
+        return;
+    }
+    let mut n = -1;
+    assert_eq!(unsafe { gptq_cuda_device_count(&mut n) }, GPTQ_STATUS_NO_DEVICE);
+    assert_eq!(n, -1, "count written on error");
+    let msg = unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy().into_owned();
+    assert!(msg.contains("libcuda"), "{msg}");
+    assert_eq!(gptq_cuda_init(0), GPTQ_STATUS_NO_DEVICE);
+    let h = gptq_test_layer(random_layer(1, 4, Some(128), 256, 128, false, true));
+    let mut cl = 0x1 as *mut gptq_cuda_layer;
+    assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_NO_DEVICE);
+    assert_eq!(cl, 0x1 as *mut gptq_cuda_layer, "out written on error");
+    h.free();
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
+    }
+}
+
+fn random_layer(seed: u64, bits: u32, gs: Option<usize>, k: usize, n: usize, act_order: bool, sym: bool) -> QuantizedLayer {
+    let mut rng = Rng(seed);
+    let maxq = (1u32 << bits) - 1;
+    let g = gs.map_or(1, |g| k.div_ceil(g));
+    let codes: Vec<u8> = (0..n * k).map(|_| (rng.next() % (maxq as u64 + 1)) as u8).collect();
+    let zeros: Vec<u32> = (0..g * n).map(|_| if sym { 1 << (bits - 1) } else { 1 + (rng.next() % maxq as u64) as u32 }).collect();
+    let scales: Vec<f16> = (0..g * n).map(|_| f16::from_f32(0.002 + 0.01 * rng.uniform().abs())).collect();
+    let gsz = gs.unwrap_or(k);
+    let mut order: Vec<usize> = (0..k).collect();
+    if act_order {
+        for i in (1..k).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+    }
+    let mut g_idx = vec![0i32; k];
+    for (pos, &c) in order.iter().enumerate() {
+        g_idx[c] = (pos / gsz) as i32;
+    }
+    let qweight: Vec<i32> = pack_qweight(&codes, bits, n, k).into_iter().map(|v| v as i32).collect();
+    let qzeros: Vec<i32> = pack_rows(&zeros, bits, n).into_iter().map(|v| v as i32).collect();
+    let bias: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.uniform())).collect();
+    let desc = LayerDesc { bits, group_size: gs, in_features: k, out_features: n, sym };
+    let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: Some(&bias) };
+    QuantizedLayer::from_packed(desc, CheckpointFormat::V2, t).unwrap()
+}
+
+/// Minimal device-memory helpers for the tests (the library itself never allocates in GEMM calls).
+mod gpu {
+    use super::cu;
+    pub fn ok(r: cu::CUresult) {
+        assert_eq!(r, cu::CUresult::CUDA_SUCCESS);
+    }
+    pub fn ctx() {
+        unsafe {
+            let mut dev = 0;
+            ok(cu::cuDeviceGet(&mut dev, 0));
+            let mut ctx = std::ptr::null_mut();
+            ok(cu::cuDevicePrimaryCtxRetain(&mut ctx, dev));
+            ok(cu::cuCtxSetCurrent(ctx));
+        }
+    }
+    pub struct Buf(pub u64, pub usize);
+    impl Buf {
+        pub fn new(bytes: usize) -> Buf {
+            let mut p = 0;
+            unsafe { ok(cu::cuMemAlloc_v2(&mut p, bytes.max(4))) };
+            Buf(p, bytes)
+        }
+        pub fn from<T: Copy>(data: &[T]) -> Buf {
+            let b = Buf::new(std::mem::size_of_val(data));
+            unsafe { ok(cu::cuMemcpyHtoD_v2(b.0, data.as_ptr().cast(), b.1)) };
+            b
+        }
+        pub fn read<T: Copy + Default>(&self, n: usize) -> Vec<T> {
+            let mut v = vec![T::default(); n];
+            unsafe { ok(cu::cuMemcpyDtoH_v2(v.as_mut_ptr().cast(), self.0, n * std::mem::size_of::<T>())) };
+            v
+        }
+        pub fn fill16(&self, v: u16) {
+            unsafe { ok(cu::cuMemsetD16_v2(self.0, v, self.1 / 2)) };
+        }
+    }
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            unsafe { cu::cuMemFree_v2(self.0) };
+        }
+    }
+    pub fn stream() -> cu::CUstream {
+        let mut s = std::ptr::null_mut();
+        unsafe { ok(cu::cuStreamCreate(&mut s, 1)) };
+        s
+    }
+    pub fn sync(s: cu::CUstream) {
+        unsafe { ok(cu::cuStreamSynchronize(s)) };
+    }
+}
+
+const POISON: u16 = 0x7E00; // fp16 and (as 0x7E00 bf16) NaN bit patterns differ; check both below
+
+fn is_nan_bits(bits: u16, bf: bool) -> bool {
+    if bf { bf16::from_bits(bits).is_nan() } else { f16::from_bits(bits).is_nan() }
+}
+
+/// Runs the CUDA GEMM for `m` rows and compares with the CPU path; returns the relative error.
+fn check_one(cl: *mut gptq_cuda_layer, cpu: &QuantizedLayer, m: usize, bf: bool, stream: cu::CUstream, rng: &mut Rng) -> f64 {
+    let (k, n) = (cpu.desc().in_features, cpu.desc().out_features);
+    let lda = k + 8;
+    let a32: Vec<f32> = (0..m * lda).map(|_| rng.uniform()).collect();
+    let bits: Vec<u16> = a32.iter().map(|&v| if bf { bf16::from_f32(v).to_bits() } else { f16::from_f32(v).to_bits() }).collect();
+    let a_dev = gpu::Buf::from(&bits);
+    let ldc = n + 4;
+    let c_dev = gpu::Buf::new(m * ldc * 2);
+    c_dev.fill16(if bf { 0x7FC0 } else { POISON });
+    let mut ws = 0usize;
+    assert_eq!(unsafe { gptq_cuda_workspace_size(cl, m, &mut ws) }, GPTQ_STATUS_OK);
+    let ws_dev = gpu::Buf::new(ws);
+    let dtype = if bf { GPTQ_DTYPE_BF16 } else { GPTQ_DTYPE_F16 };
+    let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, dtype, m, lda, c_dev.0 as *mut c_void, ldc, ws_dev.0 as *mut c_void, ws, stream.cast()) };
+    assert_eq!(s, GPTQ_STATUS_OK, "{}", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
+    gpu::sync(stream);
+    let got: Vec<u16> = c_dev.read(m * ldc);
+    // CPU reference on exactly the rounded activations.
+    let a_vals: Vec<f32> = bits.iter().map(|&b| if bf { bf16::from_bits(b).to_f32() } else { f16::from_bits(b).to_f32() }).collect();
+    let view = MatView::new(Elements::F32(&a_vals), m, k, lda, "A").unwrap();
+    let mut want = vec![0f32; m * n];
+    gemm(cpu, &view, OutMatMut::F32(&mut want), n).unwrap();
+    let (mut num, mut den) = (0f64, 0f64);
+    for r in 0..m {
+        for j in 0..ldc {
+            let b = got[r * ldc + j];
+            if j >= n {
+                assert!(is_nan_bits(b, bf), "padding C[{r},{j}] overwritten");
+                continue;
+            }
+            assert!(!is_nan_bits(b, bf), "C[{r},{j}] not written (m {m})");
+            let v = if bf { bf16::from_bits(b).to_f64() } else { f16::from_bits(b).to_f64() };
+            let w = want[r * n + j] as f64;
+            num += (v - w) * (v - w);
+            den += w * w;
+        }
+    }
+    (num / den).sqrt()
+}
+
+#[test]
+fn cuda_gemm_matches_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(99);
+    let ms: Vec<usize> = (1..=16).chain([31, 64, 127, 256]).collect();
+    let cases: &[(u32, Option<usize>, bool, bool, usize, usize)] = &[
+        (4, Some(128), false, true, 4096, 4096),
+        (4, Some(128), true, true, 4096, 11008),
+        (4, Some(128), false, false, 11008, 4096),
+        (4, Some(32), true, false, 512, 1000),
+        (4, Some(64), false, true, 1024, 776),
+        (4, None, false, false, 768, 512),
+        (8, Some(128), false, true, 4096, 4096),
+        (8, Some(32), true, true, 1024, 1032),
+        (8, None, false, true, 512, 256),
+    ];
+    for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
+        let cpu = random_layer(i as u64 + 1, bits, gs, k, n, act, sym);
+        let mut cl = std::ptr::null_mut();
+        let layer_handle = gptq_test_layer(cpu);
+        let s = unsafe { gptq_cuda_layer_new(layer_handle.0, 0, &mut cl) };
+        assert_eq!(s, GPTQ_STATUS_OK, "{}", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
+        for &m in &ms {
+            for bf in [false, true] {
+                let e = check_one(cl, &layer_handle.1, m, bf, stream, &mut rng);
+                let bound = if bf { 1e-2 } else { 2e-3 };
+                assert!(e < bound, "bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n} m {m} bf16 {bf}: rel err {e:e}");
+            }
+        }
+        eprintln!("case {i}: bits {bits} gs {gs:?} act {act} K {k} N {n}: all M pass");
+        unsafe { gptq_cuda_layer_free(cl) };
+        layer_handle.free();
+    }
+}
+
+/// A `gptq_layer` handle made through the C ABI (export + import) so the test uses only public calls.
+struct Handle(*const gptq_layer, QuantizedLayer, *mut gptq_layer);
+impl Handle {
+    fn free(self) {
+        unsafe { gptq_layer_free(self.2) };
+    }
+}
+fn gptq_test_layer(cpu: QuantizedLayer) -> Handle {
+    let d = *cpu.desc();
+    let t = cpu.to_packed(CheckpointFormat::V2).unwrap();
+    let desc = gptq_layer_desc {
+        struct_size: std::mem::size_of::<gptq_layer_desc>(),
+        bits: d.bits,
+        group_size: d.group_size.map_or(-1, |g| g as i32),
+        in_features: d.in_features,
+        out_features: d.out_features,
+        sym: d.sym as i32,
+        format: GPTQ_FORMAT_V2,
+    };
+    let scales: Vec<u16> = t.scales.iter().map(|v| v.to_bits()).collect();
+    let bias: Vec<u16> = t.bias.as_ref().unwrap().iter().map(|v| v.to_bits()).collect();
+    let mut out = std::ptr::null_mut();
+    let s = unsafe {
+        gptq_layer_import(
+            &desc, t.qweight.as_ptr(), t.qweight.len(), t.qzeros.as_ptr(), t.qzeros.len(), scales.as_ptr(), scales.len(),
+            t.g_idx.as_ptr(), t.g_idx.len(), bias.as_ptr(), bias.len(), &mut out,
+        )
+    };
+    assert_eq!(s, GPTQ_STATUS_OK);
+    Handle(out, cpu, out)
+}
+
+#[test]
+fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let cpu = random_layer(7, 4, Some(128), 4096, 4096, true, true);
+    let h = gptq_test_layer(cpu);
+    let mut cl = std::ptr::null_mut();
+    assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
+    let (k, n, m) = (4096usize, 4096usize, 5usize);
+    let mut rng = Rng(5);
+    let a: Vec<u16> = (0..m * k).map(|_| f16::from_f32(rng.uniform()).to_bits()).collect();
+    let a_dev = gpu::Buf::from(&a);
+    let mut ws = 0;
+    unsafe { gptq_cuda_workspace_size(cl, m, &mut ws) };
+    let run = |c: &gpu::Buf, w: &gpu::Buf, s: cu::CUstream| unsafe {
+        gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c.0 as *mut c_void, n, w.0 as *mut c_void, ws, s.cast())
+    };
+    let s1 = gpu::stream();
+    let (c1, w1) = (gpu::Buf::new(m * n * 2), gpu::Buf::new(ws));
+    c1.fill16(POISON);
+    assert_eq!(run(&c1, &w1, s1), GPTQ_STATUS_OK);
+    gpu::sync(s1);
+    let direct: Vec<u16> = c1.read(m * n);
+
+    // Graph capture and replay.
+    let (c2, w2) = (gpu::Buf::new(m * n * 2), gpu::Buf::new(ws));
+    c2.fill16(POISON);
+    unsafe {
+        gpu::ok(cu::cuStreamBeginCapture_v2(s1, cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+        assert_eq!(run(&c2, &w2, s1), GPTQ_STATUS_OK);
+        let mut graph = std::ptr::null_mut();
+        gpu::ok(cu::cuStreamEndCapture(s1, &mut graph));
+        let mut exec = std::ptr::null_mut();
+        gpu::ok(cu::cuGraphInstantiateWithFlags(&mut exec, graph, 0));
+        gpu::ok(cu::cuGraphLaunch(exec, s1));
+        gpu::ok(cu::cuGraphLaunch(exec, s1));
+        gpu::sync(s1);
+        cu::cuGraphExecDestroy(exec);
+        cu::cuGraphDestroy(graph);
+    }
+    assert_eq!(c2.read::<u16>(m * n), direct, "graph replay differs from a direct launch");
+
+    // Two streams on one plan at once, each with its own workspace and output.
+    let s2 = gpu::stream();
+    let (c3, w3, c4, w4) = (gpu::Buf::new(m * n * 2), gpu::Buf::new(ws), gpu::Buf::new(m * n * 2), gpu::Buf::new(ws));
+    c3.fill16(POISON);
+    c4.fill16(POISON);
+    for _ in 0..10 {
+        assert_eq!(run(&c3, &w3, s1), GPTQ_STATUS_OK);
+        assert_eq!(run(&c4, &w4, s2), GPTQ_STATUS_OK);
+    }
+    gpu::sync(s1);
+    gpu::sync(s2);
+    assert_eq!(c3.read::<u16>(m * n), direct);
+    assert_eq!(c4.read::<u16>(m * n), direct);
+
+    // A workspace that is too small is refused before anything is enqueued.
+    let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c3.0 as *mut c_void, n, w3.0 as *mut c_void, ws - 4, s1.cast()) };
+    assert_eq!(s, GPTQ_STATUS_BUFFER_TOO_SMALL);
+
+    // Dequantization matches the CPU's (fp16 of the same f32 value).
+    let out = gpu::Buf::new(n * k * 2);
+    out.fill16(POISON);
+    assert_eq!(unsafe { gptq_cuda_dequantize(cl, out.0 as *mut c_void, s1.cast()) }, GPTQ_STATUS_OK);
+    gpu::sync(s1);
+    let got: Vec<u16> = out.read(n * k);
+    let mut want = vec![0f32; n * k];
+    h.1.dequantize_into(&mut want);
+    let bad = got.iter().zip(&want).filter(|(g, w)| (f16::from_bits(**g).to_f32() - **w).abs() > 1e-3 * w.abs().max(1e-3)).count();
+    assert_eq!(bad, 0, "{bad} dequantized values differ");
+    unsafe { gptq_cuda_layer_free(cl) };
+    h.free();
+}
