@@ -653,7 +653,8 @@ gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer, size_t
  *
  * `a` and `c` are device pointers of `dtype` (`GPTQ_DTYPE_F16` or `GPTQ_DTYPE_BF16`) with row strides
  * `lda ≥ in_features` and `ldc ≥ out_features` elements; `workspace` is device memory of at least
- * `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites. The stream must belong to
+ * `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites (it may be NULL when that
+ * size is 0). The stream must belong to
  * the layer's device's primary context (NULL = legacy default stream). The call only enqueues
  * kernels: it allocates nothing, never synchronizes, and can be captured in a CUDA graph. Errors
  * are detected before anything is enqueued; kernel faults surface on the stream as CUDA errors.

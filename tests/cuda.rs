@@ -305,6 +305,7 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     assert_eq!(c4.read::<u16>(m * n), direct);
 
     // A workspace that is too small is refused before anything is enqueued.
+    assert!(ws > 0, "m = 5 on 4096x4096 splits K");
     let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c3.0 as *mut c_void, n, w3.0 as *mut c_void, ws - 4, s1.cast()) };
     assert_eq!(s, GPTQ_STATUS_BUFFER_TOO_SMALL);
 

@@ -17,6 +17,8 @@ pub enum ActDType {
 
 /// Threads per GEMV block = output columns per block (kernels/gptq_gemv.cu).
 const THREADS: usize = 128;
+/// Most inputs of A one GEMV block stages in shared memory (kernels/gptq_gemv.cu).
+const KSPAN: usize = 1024;
 
 /// Device memory owned by a layer.
 struct DevBuf(cu::CUdeviceptr);
@@ -31,6 +33,7 @@ pub struct CudaLayer {
     qweight: DevBuf,
     gword: DevBuf,
     scale: DevBuf,
+    scale_len: usize,
     szero: DevBuf,
     perm: Option<DevBuf>,
     bias: Option<DevBuf>,
@@ -87,6 +90,7 @@ impl CudaLayer {
             qweight: upload(qweight, "qweight")?,
             gword: upload(&gword, "group index")?,
             scale: upload(&plan.scales, "scales")?,
+            scale_len: plan.scales.len(),
             szero: upload(&szero, "scaled zeros")?,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
@@ -98,6 +102,37 @@ impl CudaLayer {
         self.device.ordinal
     }
 
+    /// Device address and size of the buffers every GEMM must read (packed weights, scales, scaled
+    /// zeros): what a benchmark's read floor streams.
+    #[doc(hidden)]
+    pub fn weight_buffers(&self) -> Vec<(u64, usize)> {
+        let words = self.k / (32 / self.bits) as usize;
+        let g = self.scale_len / self.n;
+        vec![(self.qweight.0, words * self.n * 4), (self.scale.0, g * self.n * 4), (self.szero.0, g * self.n * 4)]
+    }
+
+    /// Launches the read-floor kernel over `bytes` (a multiple of 16) at `src` on `stream`.
+    ///
+    /// # Safety
+    /// `src` must be device memory of this layer's device with `bytes` readable bytes; `sink` 4-byte
+    /// aligned device memory of at least 4096 bytes.
+    #[doc(hidden)]
+    pub unsafe fn read_floor(&self, src: u64, bytes: usize, sink: u64, stream: cu::CUstream) -> Result<()> {
+        let f = self.device.function("gptq_read_floor")?;
+        let _ctx = CtxGuard::push(self.device.ctx)?;
+        let n16 = (bytes / 16) as i64;
+        let mut args: [*mut c_void; 3] =
+            [(&raw const src).cast_mut().cast(), (&raw const n16).cast_mut().cast(), (&raw const sink).cast_mut().cast()];
+        let blocks = (self.device.sm_count * 8).min(1024);
+        // SAFETY: matches the kernel's signature; extents are the caller's contract.
+        unsafe {
+            check(
+                cu::cuLaunchKernel(f, blocks, 1, 1, 512, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
+                "launching the read-floor kernel",
+            )
+        }
+    }
+
     /// (rows of A per block, splits of K, word rows per split) for `m` rows.
     fn launch_shape(&self, m: usize) -> (usize, usize, usize) {
         let mt = match m {
@@ -107,17 +142,20 @@ impl CudaLayer {
             _ => 8,
         };
         let words = self.k / (32 / self.bits) as usize;
+        let cap = KSPAN / (32 / self.bits) as usize;
         let blocks = self.n.div_ceil(THREADS) * m.div_ceil(mt);
-        // Enough blocks for four waves on every SM, but at least 64 words per split.
-        let want = (4 * self.device.sm_count as usize).div_ceil(blocks).clamp(1, (words / 64).max(1));
-        let wps = words.div_ceil(want);
+        // Four blocks (16 warps) per SM measured best (eight: 7% slower at M = 1); every split must
+        // fit the shared-memory staging and give each warp at least two word rows.
+        let want = (4 * self.device.sm_count as usize).div_ceil(blocks);
+        let splits = want.max(words.div_ceil(cap)).min((words / 8).max(1));
+        let wps = words.div_ceil(splits);
         (mt, words.div_ceil(wps), wps)
     }
 
-    /// Workspace bytes `gemm` needs for `m` rows.
+    /// Workspace bytes `gemm` needs for `m` rows (0 when one split suffices).
     pub fn workspace_size(&self, m: usize) -> usize {
         let (_, splits, _) = self.launch_shape(m.max(1));
-        splits * m.max(1) * self.n * 4
+        if splits == 1 { 0 } else { splits * m.max(1) * self.n * 4 }
     }
 
     fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
@@ -169,7 +207,7 @@ impl CudaLayer {
             return Err(Error::Misaligned("A and C must be 2-byte aligned, the workspace 4-byte aligned".into()));
         }
         let need = self.workspace_size(m);
-        if workspace_bytes < need || workspace == 0 {
+        if workspace_bytes < need || (need > 0 && workspace == 0) {
             return Err(Error::BufferTooSmall(format!(
                 "workspace has {workspace_bytes} bytes, gemm with m = {m} needs {need}"
             )));
@@ -184,7 +222,7 @@ impl CudaLayer {
         let (lda64, ldc64) = (lda as i64, ldc as i64);
         let perm = self.perm.as_ref().map_or(0, |p| p.0);
         let bias = self.bias.as_ref().map_or(0, |b| b.0);
-        let mut args: [*mut c_void; 12] = [
+        let mut args: [*mut c_void; 15] = [
             (&raw const a).cast_mut().cast(),
             (&raw const lda64).cast_mut().cast(),
             (&raw const self.qweight.0).cast_mut().cast(),
@@ -193,6 +231,9 @@ impl CudaLayer {
             (&raw const self.szero.0).cast_mut().cast(),
             (&raw const perm).cast_mut().cast(),
             (&raw const workspace).cast_mut().cast(),
+            (&raw const bias).cast_mut().cast(),
+            (&raw const c).cast_mut().cast(),
+            (&raw const ldc64).cast_mut().cast(),
             (&raw const mi).cast_mut().cast(),
             (&raw const ni).cast_mut().cast(),
             (&raw const ki).cast_mut().cast(),
@@ -205,6 +246,9 @@ impl CudaLayer {
                 cu::cuLaunchKernel(gemv, grid.0, grid.1, grid.2, THREADS as u32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
                 "launching the GEMV kernel",
             )?;
+        }
+        if splits == 1 {
+            return Ok(()); // the GEMV kernel wrote C itself
         }
         let mut rargs: [*mut c_void; 7] = [
             (&raw const workspace).cast_mut().cast(),

@@ -84,7 +84,8 @@ pub unsafe extern "C" fn gptq_cuda_workspace_size(layer: *const gptq_cuda_layer,
 ///
 /// `a` and `c` are device pointers of `dtype` (`GPTQ_DTYPE_F16` or `GPTQ_DTYPE_BF16`) with row strides
 /// `lda ≥ in_features` and `ldc ≥ out_features` elements; `workspace` is device memory of at least
-/// `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites. The stream must belong to
+/// `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites (it may be NULL when that
+/// size is 0). The stream must belong to
 /// the layer's device's primary context (NULL = legacy default stream). The call only enqueues
 /// kernels: it allocates nothing, never synchronizes, and can be captured in a CUDA graph. Errors
 /// are detected before anything is enqueued; kernel faults surface on the stream as CUDA errors.
@@ -111,7 +112,7 @@ pub unsafe extern "C" fn gptq_cuda_gemm(
             GPTQ_DTYPE_BF16 => ActDType::BF16,
             _ => return Err(Error::InvalidEnum(format!("dtype {dtype}: the CUDA GEMM takes F16 or BF16"))),
         };
-        for (p, name) in [(a as usize, "a"), (c as usize, "c"), (workspace as usize, "workspace")] {
+        for (p, name) in [(a as usize, "a"), (c as usize, "c")] {
             if p == 0 {
                 return Err(Error::NullPointer(format!("{name} is NULL")));
             }

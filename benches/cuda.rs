@@ -1,0 +1,194 @@
+//! GPU benchmark (issue 4): our 4-bit (and 8-bit) GEMM against cuBLAS fp16 GEMM on the same data,
+//! and against the read floor (a plain kernel streaming the same weight and scale bytes once), all
+//! in one process. Each figure is the median over CUDA-graph replays of many calls that rotate over
+//! weight copies larger than the 50 MB L2, so nothing is timed out of cache; no buffer is zeros.
+//!
+//! Run on a GPU machine: `cargo bench --bench cuda` (or the staged `stage/bench-cuda`).
+//! Optional argument: `quick` (fewer shapes).
+
+use cudarc::cublas::sys as cb;
+use cudarc::driver::sys as cu;
+use gptq::cuda::{ActDType, CudaLayer};
+use gptq::format::{CheckpointFormat, LayerDesc, PackedRef};
+use gptq::QuantizedLayer;
+use half::f16;
+
+fn ok(r: cu::CUresult, what: &str) {
+    assert_eq!(r, cu::CUresult::CUDA_SUCCESS, "{what}");
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0
+    }
+}
+
+fn alloc(bytes: usize) -> u64 {
+    let mut p = 0;
+    unsafe { ok(cu::cuMemAlloc_v2(&mut p, bytes), "cuMemAlloc") };
+    p
+}
+
+fn upload_random_f16(n: usize, rng: &mut Rng, scale: f32) -> u64 {
+    let v: Vec<u16> = (0..n).map(|_| f16::from_f32(((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale).to_bits()).collect();
+    let p = alloc(n * 2);
+    unsafe { ok(cu::cuMemcpyHtoD_v2(p, v.as_ptr().cast(), n * 2), "upload") };
+    p
+}
+
+/// A random symmetric layer (random packed words are uniformly random codes).
+fn random_layer(bits: u32, k: usize, n: usize, rng: &mut Rng) -> QuantizedLayer {
+    let g = k / 128;
+    let qweight: Vec<i32> = (0..k * bits as usize / 32 * n).map(|_| (rng.next() >> 16) as i32).collect();
+    let zero_word = if bits == 4 { 0x7777_7777u32 } else { 0x7F7F_7F7F };
+    let qzeros = vec![zero_word as i32; g * n * bits as usize / 32];
+    let scales: Vec<f16> = (0..g * n).map(|_| f16::from_f32(0.001 + (rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 0.01)).collect();
+    let desc = LayerDesc { bits, group_size: Some(128), in_features: k, out_features: n, sym: true };
+    let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: None, bias: None };
+    QuantizedLayer::from_packed(desc, CheckpointFormat::V1, t).unwrap()
+}
+
+/// Median microseconds per call of `calls` enqueued by `f(i)` (i = call index), captured once in a
+/// graph and replayed `reps` times.
+fn time_graph(stream: cu::CUstream, calls: usize, reps: usize, mut f: impl FnMut(usize)) -> f64 {
+    unsafe {
+        // Warm-up outside the graph.
+        for i in 0..calls.min(4) {
+            f(i);
+        }
+        ok(cu::cuStreamSynchronize(stream), "sync");
+        ok(cu::cuStreamBeginCapture_v2(stream, cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "capture");
+        for i in 0..calls {
+            f(i);
+        }
+        let mut graph = std::ptr::null_mut();
+        ok(cu::cuStreamEndCapture(stream, &mut graph), "end capture");
+        let mut exec = std::ptr::null_mut();
+        ok(cu::cuGraphInstantiateWithFlags(&mut exec, graph, 0), "instantiate");
+        ok(cu::cuGraphLaunch(exec, stream), "warm-up replay");
+        let (mut e0, mut e1) = (std::ptr::null_mut(), std::ptr::null_mut());
+        ok(cu::cuEventCreate(&mut e0, 0), "event");
+        ok(cu::cuEventCreate(&mut e1, 0), "event");
+        let mut t = Vec::new();
+        for _ in 0..reps {
+            ok(cu::cuEventRecord(e0, stream), "record");
+            ok(cu::cuGraphLaunch(exec, stream), "replay");
+            ok(cu::cuEventRecord(e1, stream), "record");
+            ok(cu::cuEventSynchronize(e1), "event sync");
+            let mut ms = 0f32;
+            ok(cu::cuEventElapsedTime_v2(&mut ms, e0, e1), "elapsed");
+            t.push(ms as f64 * 1e3 / calls as f64);
+        }
+        cu::cuGraphExecDestroy(exec);
+        cu::cuGraphDestroy(graph);
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    if !unsafe { cu::is_culib_present() } || gptq::cuda::device_count().unwrap_or(0) == 0 {
+        println!("NOTICE: no CUDA device; nothing to benchmark");
+        return;
+    }
+    unsafe {
+        let mut dev = 0;
+        ok(cu::cuDeviceGet(&mut dev, 0), "device");
+        let mut ctx = std::ptr::null_mut();
+        ok(cu::cuDevicePrimaryCtxRetain(&mut ctx, dev), "ctx");
+        ok(cu::cuCtxSetCurrent(ctx), "set ctx");
+    }
+    let dev = gptq::cuda::init(0).unwrap();
+    println!("device 0: compute capability {}.{}, {} SMs", dev.arch.0, dev.arch.1, dev.sm_count);
+    let mut stream = std::ptr::null_mut();
+    unsafe { ok(cu::cuStreamCreate(&mut stream, 1), "stream") };
+    let mut handle = std::ptr::null_mut();
+    unsafe {
+        assert_eq!(cb::cublasCreate_v2(&mut handle), cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        assert_eq!(cb::cublasSetStream_v2(handle, stream.cast()), cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+    }
+    let shapes: &[(usize, usize)] = if quick {
+        &[(4096, 4096), (8192, 28672)]
+    } else {
+        &[(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]
+    };
+    let ms: &[usize] = if quick { &[1, 16, 64] } else { &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096] };
+    let mut rng = Rng(7);
+    let sink = alloc(1 << 16);
+    println!("{:>6} {:>12} {:>4} {:>10} {:>10} {:>8} {:>10} {:>8}", "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor");
+    for &(k, n) in shapes {
+        for bits in [4u32, 8] {
+            // Enough copies that one rotation exceeds the L2 by far.
+            let layer_bytes = k * n * bits as usize / 8;
+            let copies = (200usize << 20).div_ceil(layer_bytes).clamp(2, 32);
+            let layers: Vec<CudaLayer> = (0..copies).map(|_| CudaLayer::new(&random_layer(bits, k, n, &mut rng), 0).unwrap()).collect();
+            let dense_copies = (200usize << 20).div_ceil(k * n * 2).clamp(2, 8);
+            let dense: Vec<u64> = if bits == 4 { (0..dense_copies).map(|_| upload_random_f16(k * n, &mut rng, 0.02)).collect() } else { Vec::new() };
+            let floor = time_graph(stream, 2 * copies, 9, |i| unsafe {
+                for &(p, b) in &layers[i % copies].weight_buffers() {
+                    layers[0].read_floor(p, b / 16 * 16, sink, stream).unwrap();
+                }
+            });
+            for &m in ms {
+                if bits == 8 && m > 16 {
+                    continue;
+                }
+                let a = upload_random_f16(m * k, &mut rng, 2.0);
+                let c = alloc(m * n * 2);
+                let ws_bytes = layers[0].workspace_size(m);
+                let ws = alloc(ws_bytes.max(4));
+                let calls = 2 * copies;
+                let ours = time_graph(stream, calls, 9, |i| unsafe {
+                    layers[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
+                });
+                let cublas = if bits == 4 {
+                    let (alpha, beta) = (1f32, 0f32);
+                    time_graph(stream, 2 * dense_copies, 9, |i| unsafe {
+                        // Row-major C[m, n] = A[m, k] · W[n, k]ᵀ is column-major Cᵀ = W · Aᵀ.
+                        let st = cb::cublasGemmEx(
+                            handle,
+                            cb::cublasOperation_t::CUBLAS_OP_T,
+                            cb::cublasOperation_t::CUBLAS_OP_N,
+                            n as i32,
+                            m as i32,
+                            k as i32,
+                            (&raw const alpha).cast(),
+                            dense[i % dense_copies] as *const _,
+                            cb::cudaDataType::CUDA_R_16F,
+                            k as i32,
+                            a as *const _,
+                            cb::cudaDataType::CUDA_R_16F,
+                            k as i32,
+                            (&raw const beta).cast(),
+                            c as *mut _,
+                            cb::cudaDataType::CUDA_R_16F,
+                            n as i32,
+                            cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            cb::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+                        );
+                        assert_eq!(st, cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+                    })
+                } else {
+                    f64::NAN
+                };
+                println!(
+                    "{m:>6} {:>12} {bits:>4} {ours:>10.1} {cublas:>10.1} {:>7.2}x {floor:>10.1} {:>7.0}%",
+                    format!("{k}x{n}"),
+                    cublas / ours,
+                    100.0 * floor / ours
+                );
+                unsafe {
+                    cu::cuMemFree_v2(a);
+                    cu::cuMemFree_v2(c);
+                    cu::cuMemFree_v2(ws);
+                }
+            }
+            for p in dense {
+                unsafe { cu::cuMemFree_v2(p) };
+            }
+        }
+    }
+}
