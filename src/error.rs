@@ -55,6 +55,32 @@ pub enum Error {
     Cuda(String),
 }
 
+impl Error {
+    /// The same kind of error (so the same C status) with its message rewritten, e.g. prefixed with
+    /// the file or tensor it concerns.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Error {
+        use Error::*;
+        match self {
+            NullPointer(m) => NullPointer(f(m)),
+            InvalidArgument(m) => InvalidArgument(f(m)),
+            Shape(m) => Shape(f(m)),
+            Unsupported(m) => Unsupported(f(m)),
+            InvalidEnum(m) => InvalidEnum(f(m)),
+            StructSize(m) => StructSize(f(m)),
+            NonFinite(m) => NonFinite(f(m)),
+            NotPositiveDefinite(m) => NotPositiveDefinite(f(m)),
+            InvalidFormat(m) => InvalidFormat(f(m)),
+            Misaligned(m) => Misaligned(f(m)),
+            BufferTooSmall(m) => BufferTooSmall(f(m)),
+            Poisoned(m) => Poisoned(f(m)),
+            OutOfMemory(m) => OutOfMemory(f(m)),
+            Io(m) => Io(f(m)),
+            NoDevice(m) => NoDevice(f(m)),
+            Cuda(m) => Cuda(f(m)),
+        }
+    }
+}
+
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -30,25 +30,5 @@ pub const QUANTIZE_CONFIG_FILE: &str = "quantize_config.json";
 
 /// Prefixes an error's message with `ctx` (a file, tensor or layer), keeping its kind and so its status.
 pub(crate) fn context(e: Error, ctx: impl std::fmt::Display) -> Error {
-    let wrap = |m: String| format!("{ctx}: {m}");
-    match e {
-        Error::NullPointer(m) => Error::NullPointer(wrap(m)),
-        Error::InvalidArgument(m) => Error::InvalidArgument(wrap(m)),
-        Error::Shape(m) => Error::Shape(wrap(m)),
-        Error::Unsupported(m) => Error::Unsupported(wrap(m)),
-        Error::InvalidEnum(m) => Error::InvalidEnum(wrap(m)),
-        Error::StructSize(m) => Error::StructSize(wrap(m)),
-        Error::NonFinite(m) => Error::NonFinite(wrap(m)),
-        Error::NotPositiveDefinite(m) => Error::NotPositiveDefinite(wrap(m)),
-        Error::InvalidFormat(m) => Error::InvalidFormat(wrap(m)),
-        Error::Misaligned(m) => Error::Misaligned(wrap(m)),
-        Error::BufferTooSmall(m) => Error::BufferTooSmall(wrap(m)),
-        Error::Poisoned(m) => Error::Poisoned(wrap(m)),
-        Error::OutOfMemory(m) => Error::OutOfMemory(wrap(m)),
-        Error::Io(m) => Error::Io(wrap(m)),
-        // Kinds the checkpoint code never produces (device errors, ...) pass through unchanged, so
-        // that adding a variant elsewhere does not need a change here.
-        #[allow(unreachable_patterns)]
-        other => other,
-    }
+    e.map_message(|m| format!("{ctx}: {m}"))
 }
