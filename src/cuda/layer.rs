@@ -35,8 +35,11 @@ pub struct CudaLayer {
     scale: DevBuf,
     scale_len: usize,
     szero: DevBuf,
+    zero: DevBuf,
     perm: Option<DevBuf>,
     bias: Option<DevBuf>,
+    /// Use the f16x2 kernel for 4-bit fp16 (on unless `GPTQ_CUDA_F32_MATH` is set, for A/B benches).
+    f16x2: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -92,8 +95,10 @@ impl CudaLayer {
             scale: upload(&plan.scales, "scales")?,
             scale_len: plan.scales.len(),
             szero: upload(&szero, "scaled zeros")?,
+            zero: upload(&plan.zeros, "zeros")?,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
+            f16x2: std::env::var_os("GPTQ_CUDA_F32_MATH").is_none(),
             device,
         })
     }
@@ -215,20 +220,23 @@ impl CudaLayer {
         self.stream_check(stream)?;
         let (mt, splits, wps) = self.launch_shape(m);
         let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
-        let gemv = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{suffix}", self.bits))?;
+        // 4-bit fp16 has an f16x2 kernel (half the instructions per code); bf16 and 8 bit use f32 math.
+        let variant = if self.bits == 4 && dtype == ActDType::F16 && self.f16x2 { "f16h2" } else { suffix };
+        let gemv = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{variant}", self.bits))?;
         let reduce = self.device.function(&format!("gptq_reduce_{suffix}"))?;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         let (mi, ni, ki, wpsi, si) = (m as i32, self.n as i32, self.k as i32, wps as i32, splits as i32);
         let (lda64, ldc64) = (lda as i64, ldc as i64);
         let perm = self.perm.as_ref().map_or(0, |p| p.0);
         let bias = self.bias.as_ref().map_or(0, |b| b.0);
-        let mut args: [*mut c_void; 15] = [
+        let mut args: [*mut c_void; 16] = [
             (&raw const a).cast_mut().cast(),
             (&raw const lda64).cast_mut().cast(),
             (&raw const self.qweight.0).cast_mut().cast(),
             (&raw const self.gword.0).cast_mut().cast(),
             (&raw const self.scale.0).cast_mut().cast(),
             (&raw const self.szero.0).cast_mut().cast(),
+            (&raw const self.zero.0).cast_mut().cast(),
             (&raw const perm).cast_mut().cast(),
             (&raw const workspace).cast_mut().cast(),
             (&raw const bias).cast_mut().cast(),
@@ -307,7 +315,7 @@ impl Drop for CudaLayer {
     fn drop(&mut self) {
         // Freeing may implicitly synchronize; it happens only when the caller frees the layer.
         if let Ok(_g) = CtxGuard::push(self.device.ctx) {
-            for b in [Some(&self.qweight), Some(&self.gword), Some(&self.scale), Some(&self.szero), self.perm.as_ref(), self.bias.as_ref()]
+            for b in [Some(&self.qweight), Some(&self.gword), Some(&self.scale), Some(&self.szero), Some(&self.zero), self.perm.as_ref(), self.bias.as_ref()]
                 .into_iter()
                 .flatten()
             {
