@@ -118,7 +118,10 @@ fn main() {
     let ms: &[usize] = if quick { &[1, 16, 64] } else { &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096] };
     let mut rng = Rng(7);
     let sink = alloc(1 << 16);
-    println!("{:>6} {:>12} {:>4} {:>10} {:>10} {:>8} {:>10} {:>8}", "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor");
+    println!(
+        "{:>6} {:>12} {:>4} {:>10} {:>10} {:>8} {:>10} {:>8} {:>10}",
+        "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor", "bf16 us"
+    );
     for &(k, n) in shapes {
         for bits in [4u32, 8] {
             // Enough copies that one rotation exceeds the L2 by far.
@@ -143,6 +146,10 @@ fn main() {
                 let calls = 2 * copies;
                 let ours = time_graph(stream, calls, 9, |i| unsafe {
                     layers[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
+                });
+                // The same call with the buffers read as bf16 (random bits are fine for timing).
+                let ours_bf16 = time_graph(stream, calls, 9, |i| unsafe {
+                    layers[i % copies].gemm(a, ActDType::BF16, m, k, c, n, ws, ws_bytes, stream).unwrap();
                 });
                 let cublas = if bits == 4 {
                     let (alpha, beta) = (1f32, 0f32);
@@ -175,7 +182,7 @@ fn main() {
                     f64::NAN
                 };
                 println!(
-                    "{m:>6} {:>12} {bits:>4} {ours:>10.1} {cublas:>10.1} {:>7.2}x {floor:>10.1} {:>7.0}%",
+                    "{m:>6} {:>12} {bits:>4} {ours:>10.1} {cublas:>10.1} {:>7.2}x {floor:>10.1} {:>7.0}% {ours_bf16:>10.1}",
                     format!("{k}x{n}"),
                     cublas / ours,
                     100.0 * floor / ours

@@ -150,48 +150,42 @@ __device__ void gemv(const u16* __restrict__ A, long lda, const u32* __restrict_
     finish<MT, BF16>(acc, red, warp, lane, m0, partial, bias, C, ldc, M, N);
 }
 
-// ---- fp16 activations, 4 bit: dequantize and multiply in f16x2 -------------------------------------
-// A 4-bit word holds 8 codes; (q >> 4j) & 0x000F000F ORed into 0x64006400 is the f16x2 pair
-// (1024 + code_j, 1024 + code_{j+4}) in one LOP3. Subtracting 1024 + zero is exact (small integers);
-// one rounding for the scale multiply; the 4 pair products of a word are accumulated in f16x2 and then
-// added to f32 accumulators. About half the instructions per code of the f32 path, which is
-// instruction-bound at 4 bit (it reaches ~70% of the read floor at M = 1, 8 bit ~80%).
-__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+// ---- 4 bit, fp16 or bf16 activations: dequantize and multiply in packed 16-bit pairs -------------
+// A 4-bit word holds 8 codes; (q >> 4j) & 0x000F000F ORed into a magic constant is the pair
+// (base + code_j, base + code_{j+4}) in one LOP3: base 1024 for f16 (0x6400), 128 for bf16 (0x4300),
+// where the spacing is 1 so the codes are exact. Subtracting base + zero is exact; one rounding for
+// the scale multiply; the 4 pair products of a word are accumulated in the pair type, then added to
+// f32 accumulators. About half the instructions per code of the f32 path, which is instruction-bound
+// at 4 bit. bf16 math uses FMAs only (fma.rn.bf16x2 exists from sm_80; add/mul only from sm_90).
+template <bool BF> __device__ __forceinline__ u32 pfma(u32 a, u32 b, u32 c) {
     u32 r;
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    if (BF) asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    else asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
     return r;
 }
-__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
-    u32 r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
-    u32 r;
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-__device__ __forceinline__ u32 nibble_pair(u32 q) {
-    u32 r;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(q), "r"(0x000F000Fu), "r"(0x64006400u));
-    return r;
-}
-__device__ __forceinline__ u32 h2dup(float f) {
-    const u32 h = f2h(f);
+template <bool BF> __device__ __forceinline__ u32 pdup(float f) {
+    const u32 h = BF ? f2b(f) : f2h(f);
     return h | (h << 16);
 }
-__device__ __forceinline__ float h2sum(u32 v) {
-    return h2f((u16)(v & 0xffffu)) + h2f((u16)(v >> 16));
+template <bool BF> __device__ __forceinline__ float psum(u32 v) {
+    return load_act<BF>((u16)(v & 0xffffu)) + load_act<BF>((u16)(v >> 16));
+}
+template <bool BF> __device__ __forceinline__ u32 code_pair(u32 q) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(q), "r"(0x000F000Fu), "r"(BF ? 0x43004300u : 0x64006400u));
+    return r;
 }
 
-template <int MT>
-__device__ void gemv_h2(const u16* __restrict__ A, long lda, const u32* __restrict__ qweight,
-                        const int* __restrict__ gword, const float* __restrict__ scale,
-                        const float* __restrict__ zero, const int* __restrict__ perm,
-                        float* __restrict__ partial, const float* __restrict__ bias, u16* __restrict__ C,
-                        long ldc, int M, int N, int K, int words_per_split) {
-    __shared__ u32 sp[MT][KSPAN / 2];  // A as (a_j, a_{j+4}) f16 pairs, 4 per word
+template <int MT, bool BF>
+__device__ void gemv_pair(const u16* __restrict__ A, long lda, const u32* __restrict__ qweight,
+                          const int* __restrict__ gword, const float* __restrict__ scale,
+                          const float* __restrict__ zero, const int* __restrict__ perm,
+                          float* __restrict__ partial, const float* __restrict__ bias, u16* __restrict__ C,
+                          long ldc, int M, int N, int K, int words_per_split) {
+    __shared__ u32 sp[MT][KSPAN / 2];  // A as (a_j, a_{j+4}) pairs, 4 per word
     __shared__ float red[WARPS][MT][THREADS];
+    const float base = BF ? 128.f : 1024.f;
+    const u32 one = pdup<BF>(1.f), neg_zero = 0x80008000u;  // -0 in both formats
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n0 = blockIdx.x * THREADS + lane * 4;
     const int m0 = blockIdx.z * MT;
@@ -226,9 +220,9 @@ __device__ void gemv_h2(const u16* __restrict__ A, long lda, const u32* __restri
             if (g != cur_g) {
                 const float4 sv = *reinterpret_cast<const float4*>(scale + (long)g * N + n0);
                 const float4 zv = *reinterpret_cast<const float4*>(zero + (long)g * N + n0);
-                s2[0] = h2dup(sv.x); s2[1] = h2dup(sv.y); s2[2] = h2dup(sv.z); s2[3] = h2dup(sv.w);
-                z2[0] = h2dup(1024.f + zv.x); z2[1] = h2dup(1024.f + zv.y);
-                z2[2] = h2dup(1024.f + zv.z); z2[3] = h2dup(1024.f + zv.w);
+                s2[0] = pdup<BF>(sv.x); s2[1] = pdup<BF>(sv.y); s2[2] = pdup<BF>(sv.z); s2[3] = pdup<BF>(sv.w);
+                z2[0] = pdup<BF>(-(base + zv.x)); z2[1] = pdup<BF>(-(base + zv.y));
+                z2[2] = pdup<BF>(-(base + zv.z)); z2[3] = pdup<BF>(-(base + zv.w));
                 cur_g = g;
             }
             const int pb = (w - w_begin) * 4;
@@ -236,23 +230,24 @@ __device__ void gemv_h2(const u16* __restrict__ A, long lda, const u32* __restri
 #pragma unroll
             for (int m = 0; m < MT; m++)
 #pragma unroll
-                for (int c = 0; c < 4; c++) h[m][c] = 0;
+                for (int c = 0; c < 4; c++) h[m][c] = neg_zero;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
 #pragma unroll
                 for (int c = 0; c < 4; c++) {
-                    const u32 wv = hmul2(hsub2(nibble_pair(q[c] >> (4 * j)), z2[c]), s2[c]);
+                    // (pair - (base + zero)) exactly, then times the scale with one rounding.
+                    const u32 wv = pfma<BF>(pfma<BF>(code_pair<BF>(q[c] >> (4 * j)), one, z2[c]), s2[c], neg_zero);
 #pragma unroll
-                    for (int m = 0; m < MT; m++) h[m][c] = hfma2(sp[m][pb + j], wv, h[m][c]);
+                    for (int m = 0; m < MT; m++) h[m][c] = pfma<BF>(sp[m][pb + j], wv, h[m][c]);
                 }
             }
 #pragma unroll
             for (int m = 0; m < MT; m++)
 #pragma unroll
-                for (int c = 0; c < 4; c++) acc[m][c] += h2sum(h[m][c]);
+                for (int c = 0; c < 4; c++) acc[m][c] += psum<BF>(h[m][c]);
         }
     }
-    finish<MT, false>(acc, red, warp, lane, m0, partial, bias, C, ldc, M, N);
+    finish<MT, BF>(acc, red, warp, lane, m0, partial, bias, C, ldc, M, N);
 }
 
 template <bool BF16>
@@ -294,17 +289,21 @@ __device__ void dequant(const u32* __restrict__ qweight, const int* __restrict__
         u16* C, long ldc, int M, int N, int K, int wps) {                                          \
         gemv<BITS, MT, BF>(A, lda, qweight, gword, scale, szero, perm, partial, bias, C, ldc, M, N, K, wps); \
     }
-#define GEMV_H2(MT, NAME)                                                                          \
+#define GEMV_PAIR(MT, BF, NAME)                                                                    \
     extern "C" __global__ void __launch_bounds__(THREADS) NAME(                                    \
         const u16* A, long lda, const u32* qweight, const int* gword, const float* scale,          \
         const float* szero, const float* zero, const int* perm, float* partial, const float* bias, \
         u16* C, long ldc, int M, int N, int K, int wps) {                                          \
-        gemv_h2<MT>(A, lda, qweight, gword, scale, zero, perm, partial, bias, C, ldc, M, N, K, wps); \
+        gemv_pair<MT, BF>(A, lda, qweight, gword, scale, zero, perm, partial, bias, C, ldc, M, N, K, wps); \
     }
-GEMV_H2(1, gptq_gemv_b4_m1_f16h2)
-GEMV_H2(2, gptq_gemv_b4_m2_f16h2)
-GEMV_H2(4, gptq_gemv_b4_m4_f16h2)
-GEMV_H2(8, gptq_gemv_b4_m8_f16h2)
+GEMV_PAIR(1, false, gptq_gemv_b4_m1_f16x2)
+GEMV_PAIR(2, false, gptq_gemv_b4_m2_f16x2)
+GEMV_PAIR(4, false, gptq_gemv_b4_m4_f16x2)
+GEMV_PAIR(8, false, gptq_gemv_b4_m8_f16x2)
+GEMV_PAIR(1, true, gptq_gemv_b4_m1_bf16x2)
+GEMV_PAIR(2, true, gptq_gemv_b4_m2_bf16x2)
+GEMV_PAIR(4, true, gptq_gemv_b4_m4_bf16x2)
+GEMV_PAIR(8, true, gptq_gemv_b4_m8_bf16x2)
 GEMV(4, 1, false, gptq_gemv_b4_m1_f16)
 GEMV(4, 2, false, gptq_gemv_b4_m2_f16)
 GEMV(4, 4, false, gptq_gemv_b4_m4_f16)

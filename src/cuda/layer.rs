@@ -38,8 +38,9 @@ pub struct CudaLayer {
     zero: DevBuf,
     perm: Option<DevBuf>,
     bias: Option<DevBuf>,
-    /// Use the f16x2 kernel for 4-bit fp16 (on unless `GPTQ_CUDA_F32_MATH` is set, for A/B benches).
-    f16x2: bool,
+    /// Use the packed-pair (f16x2/bf16x2) kernels for 4 bit (on unless `GPTQ_CUDA_F32_MATH` is set,
+    /// for A/B benchmarks).
+    pair_math: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -98,7 +99,7 @@ impl CudaLayer {
             zero: upload(&plan.zeros, "zeros")?,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
-            f16x2: std::env::var_os("GPTQ_CUDA_F32_MATH").is_none(),
+            pair_math: std::env::var_os("GPTQ_CUDA_F32_MATH").is_none(),
             device,
         })
     }
@@ -220,8 +221,9 @@ impl CudaLayer {
         self.stream_check(stream)?;
         let (mt, splits, wps) = self.launch_shape(m);
         let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
-        // 4-bit fp16 has an f16x2 kernel (half the instructions per code); bf16 and 8 bit use f32 math.
-        let variant = if self.bits == 4 && dtype == ActDType::F16 && self.f16x2 { "f16h2" } else { suffix };
+        // 4 bit has packed-pair kernels (half the instructions per code); 8 bit uses f32 math.
+        let pairs = format!("{suffix}x2");
+        let variant = if self.bits == 4 && self.pair_math { &pairs } else { suffix };
         let gemv = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{variant}", self.bits))?;
         let reduce = self.device.function(&format!("gptq_reduce_{suffix}"))?;
         let _ctx = CtxGuard::push(self.device.ctx)?;
