@@ -583,8 +583,9 @@ gptq_status gptq_checkpoint_writer_add_layer(struct gptq_checkpoint_writer *writ
  * which must equal the product of the shape times the element size. The data is copied.
  *
  * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ENUM` (dtype),
- * `_SHAPE_MISMATCH` (nbytes), `_INVALID_ARGUMENT` (duplicate or reserved name, strings not UTF-8),
- * `_IO`, `_POISONED`. On error the writer is unchanged and stays usable. Thread-safe (serialized per
+ * `_SHAPE_MISMATCH` (nbytes), `_INVALID_ARGUMENT` (duplicate or reserved name, a `<layer>.bias` for a
+ * quantized layer's name that is not F16 of shape `[out_features]`, strings not UTF-8), `_IO`,
+ * `_POISONED`. On error the writer is unchanged and stays usable. Thread-safe (serialized per
  * handle).
  */
 gptq_status gptq_checkpoint_writer_add_tensor(struct gptq_checkpoint_writer *writer,
@@ -598,7 +599,11 @@ gptq_status gptq_checkpoint_writer_add_tensor(struct gptq_checkpoint_writer *wri
 /**
  * Writes the remaining files (shards, `model.safetensors.index.json` when sharded,
  * `quantize_config.json`, `config.json`), syncs them, and renames them into place, replacing an older
- * checkpoint's files in `dir`. On error every temporary file is removed and `dir` is as before.
+ * checkpoint's files in `dir` and removing its weight files that the new one does not use. The old
+ * `config.json` and `quantize_config.json` are moved aside first and the new ones renamed in last, so
+ * a crash during the renames can leave `dir` without configs (the old files then remain under hidden
+ * `.<name>.libgptq-*.old` names) but never with a mix of old and new files that looks complete. On
+ * error every temporary file is removed, renames already done are undone, and `dir` is as before.
  *
  * The writer is freed in every case, success or not, and must not be used again. NULL is a
  * `_NULL_POINTER` error. Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`,

@@ -45,6 +45,10 @@ const N: usize = 32;
 
 /// A 4-bit, group-32, symmetric layer with a bias, imported through the C ABI.
 fn make_layer(seed: u32) -> *mut gptq_layer {
+    make_layer_with(seed, true)
+}
+
+fn make_layer_with(seed: u32, with_bias: bool) -> *mut gptq_layer {
     let desc = gptq_layer_desc { struct_size: size_of::<gptq_layer_desc>(), bits: 4, group_size: 32, in_features: K, out_features: N, sym: 1, format: GPTQ_FORMAT_V1 };
     let qweight: Vec<i32> = (0..K / 8 * N).map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) as i32).collect();
     let qzeros = [0x7777_7777i32; 2 * N / 8];
@@ -53,7 +57,7 @@ fn make_layer(seed: u32) -> *mut gptq_layer {
     let bias: Vec<u16> = (0..N).map(|i| half::f16::from_f32(i as f32 / 8.0).to_bits()).collect();
     let mut out = null_mut();
     ok(unsafe {
-        gptq_layer_import(&desc, qweight.as_ptr(), qweight.len(), qzeros.as_ptr(), qzeros.len(), scales.as_ptr(), scales.len(), g_idx.as_ptr(), g_idx.len(), bias.as_ptr(), bias.len(), &mut out)
+        gptq_layer_import(&desc, qweight.as_ptr(), qweight.len(), qzeros.as_ptr(), qzeros.len(), scales.as_ptr(), scales.len(), g_idx.as_ptr(), g_idx.len(), if with_bias { bias.as_ptr() } else { null() }, if with_bias { bias.len() } else { 0 }, &mut out)
     });
     out
 }
@@ -197,4 +201,29 @@ fn bad_arguments_and_files_get_their_status_and_leave_outputs_untouched() {
     for l in layers {
         unsafe { gptq_layer_free(l) };
     }
+}
+
+#[test]
+fn a_bad_bias_for_a_quantized_layer_is_refused_and_the_writer_stays_usable() {
+    let dir = scratch("bias");
+    let mut w = null_mut();
+    ok(unsafe { gptq_checkpoint_writer_new(path_c(&dir).as_ptr(), cstr(CONFIG).as_ptr(), null(), &mut w) });
+    let layer = make_layer_with(3, false);
+    ok(unsafe { gptq_checkpoint_writer_add_layer(w, cstr("m.l").as_ptr(), layer) });
+    // A pass-through bias of a quantized layer is that layer's bias to readers: F16 [N] only.
+    let wide = [0u8; 4 * N];
+    check(unsafe { gptq_checkpoint_writer_add_tensor(w, cstr("m.l.bias").as_ptr(), cstr("F32").as_ptr(), [N].as_ptr(), 1, wide.as_ptr().cast(), 4 * N) }, GPTQ_STATUS_INVALID_ARGUMENT, &["\"m.l.bias\"", "F16"]);
+    // Added first, the layer is refused instead.
+    ok(unsafe { gptq_checkpoint_writer_add_tensor(w, cstr("m.k.bias").as_ptr(), cstr("F16").as_ptr(), [2 * N].as_ptr(), 1, wide.as_ptr().cast(), 4 * N) });
+    check(unsafe { gptq_checkpoint_writer_add_layer(w, cstr("m.k").as_ptr(), layer) }, GPTQ_STATUS_INVALID_ARGUMENT, &["\"m.k.bias\"", "F16"]);
+    // The writer is still usable and the result readable.
+    ok(unsafe { gptq_checkpoint_writer_add_tensor(w, cstr("m.l.bias").as_ptr(), cstr("F16").as_ptr(), [N].as_ptr(), 1, wide.as_ptr().cast(), 2 * N) });
+    ok(unsafe { gptq_checkpoint_writer_finish(w) });
+    let mut ck = null_mut();
+    ok(unsafe { gptq_checkpoint_open(path_c(&dir).as_ptr(), &mut ck) });
+    let mut n = 0usize;
+    ok(unsafe { gptq_checkpoint_num_layers(ck, &mut n) });
+    assert_eq!(n, 1);
+    unsafe { gptq_checkpoint_close(ck) };
+    unsafe { gptq_layer_free(layer) };
 }

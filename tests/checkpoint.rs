@@ -806,3 +806,329 @@ fn index_problems_are_refused() {
     write_reference(&other_path, &tensors);
     assert_err(Checkpoint::open(&dir), is_format, &["model.norm.weight", "stored twice", &holder, &other]);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Review fixes (issue 3): failure injection, commit rollback, config merging, odd inputs.
+
+/// Every file in `dir` (sub-directories skipped) with its bytes, sorted by name.
+fn snapshot_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_failed_shard_write_keeps_every_tensor_and_the_writer_usable() {
+    let mut rng = Rng::new(31);
+    let model = random_model(&mut rng, 4, true, false);
+    let dir = scratch("flush-fail").join("out");
+    let opts = WriteOptions { max_shard_size: Some(100), ..Default::default() };
+    let mut w = CheckpointWriter::new(&dir, model.config.clone(), opts).unwrap();
+    let (first, rest) = model.layers.split_first().unwrap();
+    w.add_layer(&first.0, &first.1).unwrap();
+    // The next layer does not fit the shard, so the first is flushed: make that write fail.
+    std::fs::remove_dir(&dir).unwrap();
+    assert_err(w.add_layer(&rest[0].0, &rest[0].1), |e| matches!(e, Error::Io(_)), &["out"]);
+    // Once the cause is fixed, the same writer finishes with every tensor.
+    std::fs::create_dir(&dir).unwrap();
+    for (name, l) in rest {
+        w.add_layer(name, l).unwrap();
+    }
+    for (name, dt, shape, data) in &model.tensors {
+        w.add_tensor(name, *dt, shape, data).unwrap();
+    }
+    let summary = w.finish().unwrap();
+    assert_eq!(summary.num_layers, 3);
+    assert_model_reads_back(&Checkpoint::open(&dir).unwrap(), &model, CheckpointFormat::V1, "after a failed flush");
+}
+
+#[test]
+fn a_failed_commit_rolls_back_to_the_old_checkpoint() {
+    let mut rng = Rng::new(37);
+    let a = random_model(&mut rng, 4, true, false);
+    let b = random_model(&mut rng, 8, false, false);
+    let sharded = WriteOptions { max_shard_size: Some(3000), ..Default::default() };
+    // Learn the shard names the new checkpoint will use.
+    let probe = scratch("commit-probe");
+    write_model(&probe, &b, sharded.clone()).unwrap();
+    let index: Value = serde_json::from_slice(&std::fs::read(probe.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let mut shards: Vec<String> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
+    shards.sort();
+    shards.dedup();
+    assert!(shards.len() >= 2, "{shards:?}");
+
+    // An unsharded checkpoint to replace by a sharded one; a directory blocks the rename of a later
+    // shard, after the first one was already renamed into place.
+    let dir = scratch("commit-rollback");
+    write_model(&dir, &a, WriteOptions::default()).unwrap();
+    let before = snapshot_files(&dir);
+    let blocker = dir.join(shards.last().unwrap());
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"x").unwrap();
+    assert_err(write_model(&dir, &b, sharded.clone()), |e| matches!(e, Error::Io(_)), &[shards.last().unwrap()]);
+    assert_eq!(snapshot_files(&dir), before, "the old checkpoint is byte-identical, nothing else is left");
+    assert_model_reads_back(&Checkpoint::open(&dir).unwrap(), &a, CheckpointFormat::V1, "after a failed shard rename");
+    std::fs::remove_dir_all(&blocker).unwrap();
+
+    // The very last rename (config.json) fails: the new weights and quantize_config.json go again.
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::fs::create_dir(dir.join("config.json")).unwrap();
+    let before = snapshot_files(&dir);
+    assert_err(write_model(&dir, &b, sharded.clone()), |e| matches!(e, Error::Io(_)), &["config.json"]);
+    assert_eq!(snapshot_files(&dir), before);
+    assert_model_reads_back(&Checkpoint::open(&dir).unwrap(), &a, CheckpointFormat::V1, "after a failed config rename");
+    std::fs::remove_dir(dir.join("config.json")).unwrap();
+
+    // With nothing in the way, the sharded checkpoint replaces the single file, leaving nothing stale.
+    write_model(&dir, &b, sharded).unwrap();
+    assert!(!dir.join("model.safetensors").exists());
+    let names: Vec<String> = snapshot_files(&dir).into_iter().map(|f| f.0).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "no temporary or moved-aside files: {names:?}");
+    assert_model_reads_back(&Checkpoint::open(&dir).unwrap(), &b, CheckpointFormat::V1, "sharded rewrite");
+}
+
+#[test]
+fn a_non_ascii_file_name_shaped_like_a_shard_is_left_alone() {
+    let mut rng = Rng::new(41);
+    let dir = scratch("non-ascii");
+    // 32 bytes, like model-00001-of-00003.safetensors, with a two-byte character across byte 11.
+    let odd = "model-0000é-of-0003.safetensors";
+    assert_eq!(odd.len(), 32);
+    std::fs::write(dir.join(odd), b"not mine").unwrap();
+    let model = random_model(&mut rng, 4, true, false);
+    write_model(&dir, &model, WriteOptions::default()).unwrap();
+    write_model(&dir, &model, WriteOptions { max_shard_size: Some(3000), ..Default::default() }).unwrap();
+    assert_eq!(std::fs::read(dir.join(odd)).unwrap(), b"not mine");
+    assert_model_reads_back(&Checkpoint::open(&dir).unwrap(), &model, CheckpointFormat::V1, "non-ascii neighbour");
+}
+
+#[test]
+fn config_json_and_quantize_config_json_are_merged() {
+    // sym/desc_act may differ (they do not change how stored tensors decode); config.json wins.
+    let (dir, _) = good_raw_checkpoint("merge-sym");
+    write_json(&dir.join("config.json"), &json!({"quantization_config": {"bits": 4, "group_size": 32, "sym": false, "desc_act": true}}));
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert!(ck.config_source().contains("config.json"), "{}", ck.config_source());
+    assert_eq!((ck.config().sym, ck.config().desc_act), (false, true));
+    ck.layer("m.l").unwrap();
+
+    // dynamic only in quantize_config.json is applied.
+    let (dir, _) = good_raw_checkpoint("merge-dynamic");
+    let dynamic = json!({"+:m\\.l$": {"desc_act": true}});
+    write_json(&dir.join("quantize_config.json"), &json!({"bits": 4, "group_size": 32, "sym": true, "dynamic": dynamic}));
+    write_json(&dir.join("config.json"), &json!({"quantization_config": {"bits": 4, "group_size": 32, "sym": true}}));
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(ck.config().dynamic(), dynamic.as_object());
+    assert!(ck.layer_info("m.l").unwrap().desc_act);
+    assert!(ck.config_source().contains("quantize_config.json"), "{}", ck.config_source());
+    // A dynamic excluding the layer, from quantize_config.json, is enforced too.
+    write_json(&dir.join("quantize_config.json"), &json!({"bits": 4, "group_size": 32, "dynamic": {"-:m\\.l$": {}}}));
+    assert_err(Checkpoint::open(&dir), is_format, &["m.l", "excludes"]);
+    // config.json's own dynamic wins over quantize_config.json's.
+    write_json(&dir.join("config.json"), &json!({"quantization_config": {"bits": 4, "group_size": 32, "dynamic": {"+:m\\.x$": {}}}}));
+    assert!(!Checkpoint::open(&dir).unwrap().layer_info("m.l").unwrap().desc_act);
+
+    // bits, group_size and checkpoint_format change the layout: disagreeing is refused.
+    for (key, value) in [("bits", json!(8)), ("group_size", json!(64)), ("checkpoint_format", json!("gptq_v2"))] {
+        let mut q = json!({"bits": 4, "group_size": 32});
+        q[key] = value;
+        write_json(&dir.join("config.json"), &json!({"quantization_config": q}));
+        assert_err(Checkpoint::open(&dir), is_format, &["config.json", "quantize_config.json", "disagree", key]);
+    }
+}
+
+#[test]
+fn zero_element_layer_tensors_with_huge_dimensions_are_refused() {
+    let (dir, file) = good_raw_checkpoint("huge-dims");
+    let (h, data) = split(&file);
+    let end = data.len();
+    for rows in [1u64 << 60, (1u64 << 59) + 1] {
+        let mut h = h.clone();
+        h["z.qweight"] = json!({"dtype": "I32", "shape": [rows, 0], "data_offsets": [end, end]});
+        h["z.qzeros"] = json!({"dtype": "I32", "shape": [0, 0], "data_offsets": [end, end]});
+        h["z.scales"] = json!({"dtype": "F16", "shape": [0, 0], "data_offsets": [end, end]});
+        join(&file, &serde_json::to_vec(&h).unwrap(), &data);
+        assert_err(Checkpoint::open(&dir), |e| matches!(e, Error::Shape(_)), &["model.safetensors", "z.qweight"]);
+    }
+    // Out-features too large to pack.
+    let mut h = h.clone();
+    h["z.qweight"] = json!({"dtype": "I32", "shape": [0, 1u64 << 60], "data_offsets": [end, end]});
+    h["z.qzeros"] = json!({"dtype": "I32", "shape": [0, 0], "data_offsets": [end, end]});
+    h["z.scales"] = json!({"dtype": "F16", "shape": [0, 0], "data_offsets": [end, end]});
+    join(&file, &serde_json::to_vec(&h).unwrap(), &data);
+    assert_err(Checkpoint::open(&dir), |e| matches!(e, Error::Shape(_)), &["model.safetensors", "z.qweight"]);
+}
+
+#[test]
+fn shard_names_in_the_index_must_be_plain_file_names() {
+    let mut rng = Rng::new(43);
+    let dir = scratch("index-names");
+    let model = random_model(&mut rng, 4, true, false);
+    write_model(&dir, &model, WriteOptions { max_shard_size: Some(3000), ..Default::default() }).unwrap();
+    let index_path = dir.join("model.safetensors.index.json");
+    let index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    for bad_name in ["C:x", "C:\\x", "..", ".", "/abs", "a/b", "a\\b", "", "./x"] {
+        let mut bad = index.clone();
+        bad["weight_map"]["model.norm.weight"] = json!(bad_name);
+        write_json(&index_path, &bad);
+        assert_err(Checkpoint::open(&dir), is_format, &["model.safetensors.index.json", "not a plain file name"]);
+    }
+    write_json(&index_path, &index);
+    Checkpoint::open(&dir).unwrap();
+}
+
+#[test]
+fn a_pass_through_bias_of_a_quantized_layer_must_fit_it() {
+    let mut rng = Rng::new(47);
+    let dir = scratch("writer-bias");
+    let l = random_layer(&mut rng, 4, Some(32), 64, 16, true, false, false, false);
+    let mut w = CheckpointWriter::new(&dir, GptqConfig::new(4, Some(32), true, false).unwrap(), WriteOptions::default()).unwrap();
+    w.add_layer("a", &l).unwrap();
+    let arg = |e: &Error| matches!(e, Error::InvalidArgument(_));
+    assert_err(w.add_tensor("a.bias", TensorDtype::F32, &[16], &[0; 64]), arg, &["\"a.bias\"", "F16", "[16]", "F32"]);
+    assert_err(w.add_tensor("a.bias", TensorDtype::F16, &[8], &[0; 16]), arg, &["\"a.bias\"", "[8]"]);
+    // Added before the layer: the layer is refused instead.
+    w.add_tensor("b.bias", TensorDtype::F16, &[2, 8], &[0; 32]).unwrap();
+    assert_err(w.add_layer("b", &l), arg, &["\"b.bias\"", "[16]"]);
+    w.add_tensor("c.bias", TensorDtype::F16, &[16], &[0; 32]).unwrap();
+    w.add_layer("c", &l).unwrap();
+    // A fitting bias, and a `.bias` of something that is not a layer, are fine.
+    w.add_tensor("a.bias", TensorDtype::F16, &[16], &[0; 32]).unwrap();
+    w.finish().unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert!(ck.layer_info("a").unwrap().has_bias && ck.layer_info("c").unwrap().has_bias);
+    assert_eq!(ck.layer("a").unwrap().bias().unwrap(), &[f16::ZERO; 16][..]);
+    assert_eq!(ck.tensor_names(), ["b.bias"]);
+}
+
+#[test]
+fn dropping_or_aborting_an_unused_writer_removes_the_directories_it_created() {
+    let base = scratch("writer-dirs");
+    let cfg = || GptqConfig::new(4, Some(32), true, false).unwrap();
+    let w = CheckpointWriter::new(base.join("x/y"), cfg(), WriteOptions::default()).unwrap();
+    assert!(base.join("x/y").is_dir());
+    drop(w);
+    assert!(!base.join("x").exists(), "both created levels are removed");
+    let mut w = CheckpointWriter::new(base.join("x/y"), cfg(), WriteOptions::default()).unwrap();
+    w.add_tensor("t", TensorDtype::F16, &[1], &[0; 2]).unwrap();
+    w.abort();
+    assert!(!base.join("x").exists());
+    // A directory that existed is kept, and so is one that is no longer empty.
+    drop(CheckpointWriter::new(&base, cfg(), WriteOptions::default()).unwrap());
+    assert!(base.is_dir());
+    let w = CheckpointWriter::new(base.join("x/y"), cfg(), WriteOptions::default()).unwrap();
+    std::fs::write(base.join("x/mine"), b"1").unwrap();
+    drop(w);
+    assert!(base.join("x/mine").is_file() && !base.join("x/y").exists());
+}
+
+#[test]
+fn damp_percent_from_a_quant_config_is_written_as_its_decimal_value() {
+    let dir = scratch("damp");
+    let q = gptq::quant::config::QuantConfig { bits: 4, group_size: Some(32), damp_percent: 0.01, ..Default::default() };
+    let mut w = CheckpointWriter::new(&dir, GptqConfig::from_quant_config(&q).unwrap(), WriteOptions::default()).unwrap();
+    w.add_tensor("t", TensorDtype::F16, &[1], &[0; 2]).unwrap();
+    w.finish().unwrap();
+    let text = String::from_utf8(std::fs::read(dir.join("quantize_config.json")).unwrap()).unwrap();
+    assert!(text.contains("\"damp_percent\": 0.01\n") || text.contains("\"damp_percent\": 0.01,"), "{text}");
+}
+
+#[test]
+fn c6_loads_as_v1_with_the_corrupted_zero_points_decoded_as_engines_do() {
+    let case = Case::load("c6");
+    let st = SafeTensors::deserialize(&case.bytes).unwrap();
+    let dir = scratch("oracle-c6");
+    let prefix = "model.layers.0.mlp.down_proj";
+    let tensors: Vec<Raw> = [("qweight", "qweight"), ("qzeros", "qzeros"), ("scales", "scales"), ("packed_g_idx", "g_idx")]
+        .iter()
+        .map(|(src, dst)| {
+            let t = st.tensor(src).unwrap();
+            (format!("{prefix}.{dst}"), t.dtype(), t.shape().to_vec(), t.data().to_vec())
+        })
+        .collect();
+    write_reference(&dir.join("model.safetensors"), &tensors);
+    write_json(&dir.join("quantize_config.json"), &json!({"bits": 2, "group_size": 64, "desc_act": false, "sym": false, "checkpoint_format": "gptq"}));
+
+    let ck = Checkpoint::open(&dir).unwrap();
+    let info = ck.layer_info(prefix).unwrap();
+    assert_eq!(info.format, CheckpointFormat::V1);
+    let (n, k) = (case.cfg_usize("out_features"), case.cfg_usize("in_features"));
+    assert_eq!((info.desc.bits, info.desc.group_size, info.desc.in_features, info.desc.out_features, info.desc.sym), (2, Some(64), k, n, false));
+    let layer = ck.layer(prefix).unwrap();
+
+    // The same tensors straight into the core, as v1.
+    let (qweight, qzeros, scales, g_idx) = (case.i32("qweight"), case.i32("qzeros"), case.f16("scales"), case.i32("packed_g_idx"));
+    let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: None };
+    let direct = QuantizedLayer::from_packed(*layer.desc(), CheckpointFormat::V1, t).unwrap();
+    assert_same_layer(&layer, &direct, "c6");
+    assert_eq!(dequant(&layer), dequant(&direct));
+
+    // Zero points: the oracle's outside the corrupted words; inside them stored + 1 (2^bits where the
+    // all-ones field was written), exactly as engines decode v1.
+    let zero = case.i32("zero"); // [out, G]
+    let g = zero.len() / n;
+    let bad = case.i32("qzeros_bad_words"); // [k, 2]: (group, word column)
+    assert_eq!(bad.len(), 20);
+    let per_word = 32 / 2;
+    let words_per_row = n / per_word;
+    let mut in_bad = vec![false; g * n];
+    let mut fields_at_2_bits = 0;
+    for b in bad.chunks_exact(2) {
+        let (gi, wc) = (b[0] as usize, b[1] as usize);
+        let word = qzeros[gi * words_per_row + wc] as u32;
+        for f in 0..per_word {
+            let col = wc * per_word + f;
+            in_bad[gi * n + col] = true;
+            let stored = (word >> (2 * f)) & 3;
+            assert_eq!(layer.zeros()[gi * n + col], stored + 1, "c6: zero [{gi}, {col}]");
+            fields_at_2_bits += (stored + 1 == 4) as usize;
+        }
+    }
+    assert!(fields_at_2_bits >= 10, "each corrupted word has at least its wrapped field: {fields_at_2_bits}");
+    for gi in 0..g {
+        for col in 0..n {
+            if !in_bad[gi * n + col] {
+                assert_eq!(layer.zeros()[gi * n + col], zero[col * g + gi] as u32, "c6: zero [{gi}, {col}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_open_checkpoint_is_shared_across_threads() {
+    let mut rng = Rng::new(53);
+    let dir = scratch("threads");
+    let model = random_model(&mut rng, 4, false, false);
+    write_model(&dir, &model, WriteOptions { max_shard_size: Some(3000), ..Default::default() }).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    let names: Vec<String> = ck.layers().map(|l| l.name.clone()).collect();
+    let expected: Vec<Vec<f32>> = names.iter().map(|n| dequant(&ck.layer(n).unwrap())).collect();
+    let norm: &[u8] = &model.tensors[1].3;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (ck, names, expected) = (&ck, &names, &expected);
+                s.spawn(move || {
+                    for round in 0..20 {
+                        // Each thread walks the layers in a different order.
+                        for i in 0..names.len() {
+                            let j = (i + t + round) % names.len();
+                            let l = ck.layer(&names[j]).unwrap();
+                            assert_eq!(dequant(&l), expected[j], "thread {t}: {}", names[j]);
+                            assert_eq!(ck.packed(&names[j]).unwrap(), l.to_packed(CheckpointFormat::V1).unwrap());
+                        }
+                        assert_eq!(ck.tensor("model.norm.weight").unwrap().data, norm);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}

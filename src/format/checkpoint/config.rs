@@ -70,7 +70,12 @@ impl GptqConfig {
     /// (`damp_percent` 0.01, `true_sequential`, v1).
     pub fn new(bits: u32, group_size: Option<usize>, sym: bool, desc_act: bool) -> Result<Self> {
         check_bits(bits)?;
-        QuantConfig::group_size_from_i32(group_size.map_or(-1, |g| g as i32))?;
+        let g = match group_size {
+            None => -1,
+            Some(g) => i32::try_from(g)
+                .map_err(|_| Error::Unsupported(format!("group_size {g} (supported: {:?})", crate::quant::config::SUPPORTED_GROUP_SIZES)))?,
+        };
+        QuantConfig::group_size_from_i32(g)?;
         Ok(GptqConfig {
             quant_method: "gptq".into(),
             bits,
@@ -92,7 +97,8 @@ impl GptqConfig {
     pub fn from_quant_config(q: &QuantConfig) -> Result<Self> {
         let mut c = GptqConfig::new(q.bits, q.group_size, q.sym, q.desc_act)?;
         c.static_groups = q.static_groups;
-        c.damp_percent = q.damp_percent as f64;
+        // The f32's shortest decimal form, so that 0.01 is written as 0.01, not 0.009999999776482582.
+        c.damp_percent = q.damp_percent.to_string().parse::<f64>().unwrap_or(q.damp_percent as f64);
         Ok(c)
     }
 
@@ -389,5 +395,22 @@ mod tests {
         assert!(matches!(e, Error::Unsupported(_)), "{e}");
         let e = GptqConfig::from_json(&json!({"bits": 4, "dynamic": {"+:(?<=x)": {}}}), "c").unwrap_err();
         assert!(e.to_string().contains("dynamic key"), "{e}");
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn new_refuses_a_group_size_beyond_i32_instead_of_truncating() {
+        // (1 << 32) + 128 truncates to 128, a supported size.
+        let e = GptqConfig::new(4, Some((1usize << 32) + 128), true, false).unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("4294967424"), "{e}");
+        assert!(GptqConfig::new(4, Some(128), true, false).is_ok());
+    }
+
+    #[test]
+    fn damp_percent_from_an_f32_keeps_its_decimal_value() {
+        let q = QuantConfig { damp_percent: 0.01, ..Default::default() };
+        let c = GptqConfig::from_quant_config(&q).unwrap();
+        assert_eq!(c.damp_percent, 0.01);
+        assert_eq!(serde_json::to_string(&c.to_json()["damp_percent"]).unwrap(), "0.01");
     }
 }

@@ -129,8 +129,11 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens a model directory or a single `.safetensors` file.
     ///
-    /// A directory's config is `config.json`'s `quantization_config` and/or `quantize_config.json`
-    /// (both must agree on bits, group size, sym, desc_act and checkpoint_format when both exist); its
+    /// A directory's config is `config.json`'s `quantization_config` and/or `quantize_config.json`.
+    /// When both exist, `config.json`'s is used, with `dynamic` taken from `quantize_config.json` when
+    /// only that one has it; they must agree on bits, group size and checkpoint_format (which decide
+    /// the tensors' layout), and may differ in the rest (sym, desc_act: the stored zero points and
+    /// g_idx decode the same either way). Its
     /// weights are `model.safetensors`, else the shards listed in `model.safetensors.index.json`, else
     /// AutoGPTQ's `<model_file_base_name>.safetensors`, else the directory's only `.safetensors` file.
     /// A single file takes its config from the JSON files beside it, else from AutoGPTQ's `gptq_*`
@@ -319,6 +322,11 @@ impl Checkpoint {
         check_dtype(scales, TensorDtype::F16)?;
         let qw = check_rank(qweight, 2)?;
         let (rows, n) = (qw[0], qw[1]);
+        // Header dimensions are untrusted: a zero-element tensor may declare any other dimension, so
+        // keep every product below in range before computing anything.
+        if rows.checked_mul(32).is_none() || n.checked_mul(32).is_none() {
+            return Err(mismatch(qweight, "dimensions that fit a layer".to_string()));
+        }
         // qweight has in·bits/32 rows: in_features follows from it (3-bit packs 32 rows into 3 words).
         if (rows * 32) % bits != 0 {
             return Err(mismatch(qweight, format!("a row count that is a multiple of {} for {bits}-bit packing", bits / gcd(bits, 32))));
@@ -549,20 +557,31 @@ fn find_config(dir: &Path) -> Result<FoundConfig> {
         None
     };
     // Engines read config.json; GPTQModel reads quantize_config.json. Both describe one set of
-    // tensors, so they must agree on everything that changes how the tensors decode.
+    // tensors: config.json's is used, but they must agree on what decides the tensors' layout (bits,
+    // group size, checkpoint format). sym and desc_act do not change how stored tensors decode (the
+    // zero points and g_idx are stored), and tools disagree on them in practice.
     let quant = match (from_model, from_file) {
-        (Some(a), Some(b)) => {
-            let key = |c: &GptqConfig| (c.base(), c.checkpoint_format);
-            if key(&a.0) != key(&b.0) {
+        (Some((mut a, a_src)), Some((b, b_src))) => {
+            let key = |c: &GptqConfig| (c.bits, c.group_size, format_name(c.checkpoint_format));
+            if key(&a) != key(&b) {
+                let show = |(bits, g, f): (u32, Option<usize>, &str)| {
+                    format!("bits {bits}, group_size {}, checkpoint_format \"{f}\"", g.map_or(-1, |g| g as i64))
+                };
                 return Err(Error::InvalidFormat(format!(
-                    "{} and {} disagree: {:?} vs {:?}",
-                    a.1,
-                    b.1,
-                    key(&a.0),
-                    key(&b.0)
+                    "{a_src} and {b_src} disagree: {} vs {}",
+                    show(key(&a)),
+                    show(key(&b))
                 )));
             }
-            Some(a)
+            // GPTQModel writes `dynamic` to quantize_config.json; config.json may lack it.
+            let mut src = a_src;
+            if a.dynamic().is_none() {
+                if let Some(d) = b.dynamic() {
+                    a.set_dynamic(Some(d.clone()), &b_src)?;
+                    src = format!("{src} with dynamic from {b_src}");
+                }
+            }
+            Some((a, src))
         }
         (a, b) => a.or(b),
     };
@@ -585,8 +604,11 @@ fn find_weights(dir: &Path, cfg: Option<&GptqConfig>) -> Result<(Vec<PathBuf>, O
         let mut pairs = Vec::with_capacity(map.len());
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| bad(&format!("weight_map[\"{name}\"] is not a file name")))?;
-            // Shards live beside the index; a path could reach outside the model directory.
-            if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
+            // Shards live beside the index; a path could reach outside the model directory. Exactly one
+            // normal component, and no separator or drive colon of any platform.
+            let mut comps = Path::new(file).components();
+            let plain = matches!((comps.next(), comps.next()), (Some(std::path::Component::Normal(_)), None));
+            if !plain || file.contains(['/', '\\', ':']) {
                 return Err(bad(&format!("weight_map[\"{name}\"] = \"{file}\" is not a plain file name")));
             }
             if !shards.iter().any(|s| s == file) {

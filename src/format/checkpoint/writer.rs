@@ -6,6 +6,15 @@
 //! all of them are complete are they renamed into place. Until then an existing checkpoint in the
 //! directory is untouched, and any error (or [`CheckpointWriter::abort`], or dropping the writer)
 //! removes the temporary files.
+//!
+//! The commit itself is a sequence of renames, ordered so that the directory never holds a mix of old
+//! and new files that looks like a complete checkpoint: the old `config.json` and
+//! `quantize_config.json` (what makes a directory look like a model) are moved aside first, then every
+//! old weight file the new checkpoint replaces or no longer uses (`model.safetensors`, shards, the
+//! index), then the new weights and index are renamed in, and the new configs last. An error during
+//! the commit undoes what was done, in reverse, leaving the directory as before. A crash during the
+//! commit can leave the directory without configs (the old files are then still there under hidden
+//! names `.<name>.libgptq-<pid>-<n>.old`), but never with configs beside weights they do not describe.
 
 use super::config::{format_name, GptqConfig};
 use super::reader::{io_error, read_json};
@@ -14,7 +23,7 @@ use super::{INDEX_FILE, QUANTIZE_CONFIG_FILE, SINGLE_FILE};
 use crate::error::{Error, Result};
 use crate::format::{CheckpointFormat, QuantizedLayer};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,8 +105,14 @@ pub struct CheckpointWriter {
     temps: Temps,
     total_size: u64,
     num_layers: usize,
-    /// Whether `new` created `dir` (removed again, if still empty, on failure).
-    created_dir: bool,
+    /// Out-features of every added quantized layer, by prefix (for checking a pass-through `.bias`).
+    layer_out: HashMap<String, usize>,
+    /// Dtype and shape of pass-through tensors named `<prefix>.bias`, by prefix (for checking a layer
+    /// added later under that prefix).
+    biases: HashMap<String, (TensorDtype, Vec<usize>)>,
+    /// The directories `new` created, deepest first (removed again, if still empty, unless finished).
+    created_dirs: Vec<PathBuf>,
+    finished: bool,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -119,8 +134,20 @@ impl CheckpointWriter {
                 return Err(Error::InvalidArgument("source_config is not a JSON object".into()));
             }
         }
-        let created_dir = !dir.exists();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, "cannot create the directory", &e))?;
+        // The directories about to be created, deepest first.
+        let mut created_dirs: Vec<PathBuf> = Vec::new();
+        let mut d: &Path = &dir;
+        while !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err() {
+            created_dirs.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            remove_empty_dirs(&created_dirs);
+            return Err(io_error(&dir, "cannot create the directory", &e));
+        }
         let mut config = config;
         config.checkpoint_format = opts.format;
         Ok(CheckpointWriter {
@@ -134,7 +161,10 @@ impl CheckpointWriter {
             temps: Temps::default(),
             total_size: 0,
             num_layers: 0,
-            created_dir,
+            layer_out: HashMap::new(),
+            biases: HashMap::new(),
+            created_dirs,
+            finished: false,
         })
     }
 
@@ -201,20 +231,27 @@ impl CheckpointWriter {
                 return Err(Error::InvalidArgument(format!("tensor \"{nm}\" was already added")));
             }
         }
+        // A `.bias` added earlier with add_tensor becomes this layer's bias for every reader.
+        if let Some((dtype, shape)) = self.biases.get(prefix) {
+            check_bias(&name("bias"), *dtype, shape, n)?;
+        }
         self.make_room(parts.iter().map(|p| p.3.len() as u64).sum())?;
         for (nm, dtype, shape, data) in parts {
             self.claim(&nm)?;
             self.push(Pending { name: nm, dtype, shape, data });
         }
+        self.layer_out.insert(prefix.to_string(), n);
         self.num_layers += 1;
         Ok(())
     }
 
     /// Adds a pass-through tensor (embeddings, norms, `lm_head`, ...): `data` is its little-endian
     /// bytes, `product(shape) · dtype size` of them. Names ending in `.qweight` or `.qzeros` are
-    /// refused, since readers would take them for a quantized layer.
+    /// refused, since readers would take them for a quantized layer. `<prefix>.bias` for a quantized
+    /// layer's prefix (added before or after) is that layer's bias to every reader, so it must be F16
+    /// of shape `[out_features]`.
     pub fn add_tensor(&mut self, name: &str, dtype: TensorDtype, shape: &[usize], data: &[u8]) -> Result<()> {
-        let suffix = name.rsplit_once('.').map_or(name, |(_, s)| s);
+        let (prefix, suffix) = name.rsplit_once('.').unwrap_or(("", name));
         if suffix == "qweight" || suffix == "qzeros" {
             return Err(Error::InvalidArgument(format!(
                 "tensor \"{name}\": names ending in .{suffix} are reserved for quantized layers (use add_layer)"
@@ -232,8 +269,16 @@ impl CheckpointWriter {
         if self.names.contains(name) {
             return Err(Error::InvalidArgument(format!("tensor \"{name}\" was already added")));
         }
+        if suffix == "bias" {
+            if let Some(&n) = self.layer_out.get(prefix) {
+                check_bias(name, dtype, shape, n)?;
+            }
+        }
         self.make_room(data.len() as u64)?;
         self.claim(name)?;
+        if suffix == "bias" {
+            self.biases.insert(prefix.to_string(), (dtype, shape.to_vec()));
+        }
         self.push(Pending { name: name.into(), dtype, shape: shape.to_vec(), data: data.to_vec() });
         Ok(())
     }
@@ -273,31 +318,60 @@ impl CheckpointWriter {
             .map_err(|e| io_error(&path, "cannot create", &e))?;
         self.temps.0.push(path.clone());
         let mut w = std::io::BufWriter::new(&file);
-        fill(&mut w).and_then(|_| w.flush()).map_err(|e| io_error(&path, "cannot write", &e))?;
-        drop(w);
-        file.sync_all().map_err(|e| io_error(&path, "cannot sync", &e))?;
+        let written = fill(&mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| io_error(&path, "cannot write", &e))
+            .and_then(|_| {
+                drop(w);
+                file.sync_all().map_err(|e| io_error(&path, "cannot sync", &e))
+            });
+        if let Err(e) = written {
+            // Do not keep a partial file (a full disk stays full otherwise) until the writer goes.
+            drop(file);
+            if std::fs::remove_file(&path).is_ok() {
+                self.temps.0.retain(|t| t != &path);
+            }
+            return Err(e);
+        }
         Ok(path)
     }
 
+    /// Writes the pending tensors to a new shard. On error they stay pending and nothing else
+    /// changes, so the writer stays usable.
     fn flush(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
         let meta = self.metadata();
+        // Taken out only while writing (write_temp borrows the writer); put back whatever happens.
+        let pending = std::mem::take(&mut self.pending);
         let views: Vec<TensorData<'_>> = pending
             .iter()
             .map(|p| TensorData { name: &p.name, dtype: p.dtype, shape: &p.shape, data: &p.data })
             .collect();
-        let temp = self.write_temp("shard", |w| write_safetensors(w, &views, &meta).map(|_| ()))?;
-        self.total_size += pending.iter().map(|p| p.data.len() as u64).sum::<u64>();
-        self.shards.push(Shard { temp, names: pending.into_iter().map(|p| p.name).collect() });
-        Ok(())
+        let written = self.write_temp("shard", |w| write_safetensors(w, &views, &meta).map(|_| ()));
+        drop(views);
+        match written {
+            Ok(temp) => {
+                self.total_size += pending.iter().map(|p| p.data.len() as u64).sum::<u64>();
+                self.pending_bytes = 0;
+                self.shards.push(Shard { temp, names: pending.into_iter().map(|p| p.name).collect() });
+                Ok(())
+            }
+            Err(e) => {
+                self.pending = pending;
+                Err(e)
+            }
+        }
     }
 
-    /// Writes everything, then renames the files into place. On error nothing in the directory has
-    /// changed except for the temporary files, which are removed.
+    /// Writes everything, then renames the files into place (see the module documentation for the
+    /// order). On error the directory is as it was before: the temporary files are removed and any
+    /// rename already done is undone. A crash during the final renames can leave the directory without
+    /// `config.json`/`quantize_config.json`, never a mix of old and new files that looks complete.
     pub fn finish(mut self) -> Result<WriteSummary> {
         match self.finish_inner() {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                self.finished = true;
+                Ok(s)
+            }
             Err(e) => {
                 self.cleanup();
                 Err(e)
@@ -356,19 +430,7 @@ impl CheckpointWriter {
         // config.json last: it is what marks a directory as a model.
         commits.push((p, "config.json".to_string()));
 
-        // Commit. Each rename atomically replaces one file of an older checkpoint.
-        let mut files = Vec::with_capacity(commits.len());
-        for (temp, name) in &commits {
-            let dest = self.dir.join(name);
-            std::fs::rename(temp, &dest).map_err(|e| io_error(&dest, "cannot rename into place", &e))?;
-            self.temps.0.retain(|t| t != temp);
-            files.push(dest);
-        }
-        self.remove_stale(&shard_names);
-        // Persist the renames; not every platform can sync a directory, and the data is already safe.
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        let files = self.commit(&commits)?;
         Ok(WriteSummary {
             files,
             total_size: self.total_size,
@@ -377,29 +439,94 @@ impl CheckpointWriter {
         })
     }
 
-    /// Removes weight files of an older checkpoint that the new one does not use, so that a loader
-    /// cannot pick them up (transformers prefers `model.safetensors` over an index, for one).
-    fn remove_stale(&self, shard_names: &[String]) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let ours = shard_names.contains(&name);
-            let stale = !ours
-                && (name == SINGLE_FILE
-                    || (name == INDEX_FILE && shard_names.len() == 1)
-                    || is_shard_name(&name));
-            if stale {
-                let _ = std::fs::remove_file(e.path());
+    /// Renames the temporary files `commits` (weights and index first, configs last) into place; see
+    /// the module documentation. On error everything done is undone and the error returned.
+    fn commit(&mut self, commits: &[(PathBuf, String)]) -> Result<Vec<PathBuf>> {
+        let is_config = |name: &str| name == "config.json" || name == QUANTIZE_CONFIG_FILE;
+        let new_names: Vec<&str> = commits.iter().map(|(_, n)| n.as_str()).collect();
+        // What to move aside: the configs first, then every old weight file that a new file replaces or
+        // that the new checkpoint does not use. Directories and the like are left alone (a rename onto
+        // one fails, and is undone).
+        let mut aside: Vec<String> = ["config.json", QUANTIZE_CONFIG_FILE].iter().map(|s| s.to_string()).collect();
+        let mut weights: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(|e| io_error(&self.dir, "cannot list", &e))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| {
+                new_names.contains(&name.as_str())
+                    || name == SINGLE_FILE
+                    || name == INDEX_FILE
+                    || is_shard_name(name)
+            })
+            .filter(|name| !is_config(name))
+            .collect();
+        weights.sort();
+        aside.extend(weights);
+
+        let mut log = CommitLog::default();
+        let result = (|| -> Result<Vec<PathBuf>> {
+            for name in &aside {
+                let path = self.dir.join(name);
+                if !std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+                    continue;
+                }
+                let old = self.aside_path(name);
+                std::fs::rename(&path, &old).map_err(|e| io_error(&path, "cannot move the old file aside", &e))?;
+                log.moved.push((old, path));
+            }
+            sync_dir(&self.dir);
+            let mut files = Vec::with_capacity(commits.len());
+            let mut configs_started = false;
+            for (temp, name) in commits {
+                if is_config(name) && !configs_started {
+                    // The new weights are all in place before any new config appears.
+                    sync_dir(&self.dir);
+                    configs_started = true;
+                }
+                let dest = self.dir.join(name);
+                std::fs::rename(temp, &dest).map_err(|e| io_error(&dest, "cannot rename into place", &e))?;
+                log.placed.push((dest.clone(), temp.clone()));
+                files.push(dest);
+            }
+            Ok(files)
+        })();
+        match result {
+            Ok(files) => {
+                self.temps.0.retain(|t| !commits.iter().any(|(c, _)| c == t));
+                for (old, _) in &log.moved {
+                    let _ = std::fs::remove_file(old);
+                }
+                // Persist the renames; not every platform can sync a directory, and the data is safe.
+                sync_dir(&self.dir);
+                Ok(files)
+            }
+            Err(e) => {
+                // Undo in reverse: the new files go back to their temporary names (removed with the
+                // other temporary files), the old ones come back.
+                for (dest, temp) in log.placed.iter().rev() {
+                    if std::fs::rename(dest, temp).is_err() {
+                        let _ = std::fs::remove_file(dest);
+                    }
+                }
+                for (old, path) in log.moved.iter().rev() {
+                    let _ = std::fs::rename(old, path);
+                }
+                sync_dir(&self.dir);
+                Err(e)
             }
         }
     }
 
+    /// A hidden name for an old file moved aside during the commit.
+    fn aside_path(&self, name: &str) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!(".{name}.libgptq-{}-{n}.old", std::process::id()))
+    }
+
     fn cleanup(&mut self) {
         self.temps.0.retain(|p| std::fs::remove_file(p).is_err() && p.exists());
-        if self.created_dir {
-            // Only succeeds when empty: never removes anything of the caller's.
-            let _ = std::fs::remove_dir(&self.dir);
-        }
+        // Only removes empty directories: never anything of the caller's.
+        remove_empty_dirs(&self.created_dirs);
     }
 
     /// Abandons the checkpoint, removing every temporary file. Dropping the writer does the same.
@@ -410,20 +537,54 @@ impl CheckpointWriter {
 
 impl Drop for CheckpointWriter {
     fn drop(&mut self) {
-        // `Temps` removes uncommitted files itself; this also removes a directory `new` created.
-        if !self.temps.0.is_empty() {
+        // Removes the temporary files and the directories `new` created, if still empty.
+        if !self.finished {
             self.cleanup();
         }
     }
+}
+
+/// The renames done so far by a commit, to undo on error.
+#[derive(Default)]
+struct CommitLog {
+    /// Old files moved aside: (hidden name, original path).
+    moved: Vec<(PathBuf, PathBuf)>,
+    /// New files renamed into place: (final path, temporary path).
+    placed: Vec<(PathBuf, PathBuf)>,
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes each directory (deepest first) if it is empty.
+fn remove_empty_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// A pass-through `<prefix>.bias` of a quantized layer with `n` outputs must be what readers expect.
+fn check_bias(name: &str, dtype: TensorDtype, shape: &[usize], n: usize) -> Result<()> {
+    if dtype != TensorDtype::F16 || shape != [n] {
+        return Err(Error::InvalidArgument(format!(
+            "tensor \"{name}\" is the bias of a quantized layer with {n} outputs, so it must be F16 of shape [{n}], \
+             got {} of shape {shape:?}",
+            dtype.name()
+        )));
+    }
+    Ok(())
 }
 
 /// `model-00001-of-00003.safetensors`.
 fn is_shard_name(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() == "model-00001-of-00003.safetensors".len()
-        && name.starts_with("model-")
-        && name.ends_with(".safetensors")
-        && &name[11..15] == "-of-"
+        && b.starts_with(b"model-")
+        && b.ends_with(b".safetensors")
+        && &b[11..15] == b"-of-"
         && b[6..11].iter().chain(&b[15..20]).all(u8::is_ascii_digit)
 }
 
@@ -477,5 +638,8 @@ mod tests {
         assert!(!is_shard_name("model-0001-of-00003.safetensors"));
         assert!(!is_shard_name("model-0000a-of-00003.safetensors"));
         assert!(!is_shard_name("model.safetensors"));
+        // 32 bytes, with a multi-byte character across byte 11.
+        assert!(!is_shard_name("model-0000é-of-0003.safetensors"));
+        assert!(!is_shard_name("model-0000éof-00003.safetensors"));
     }
 }
