@@ -2,7 +2,7 @@
 //! plus `quantize_config.json` / `config.json`), as transformers, vLLM, AutoGPTQ and GPTQModel use.
 
 use super::boundary::*;
-use super::layer::{gptq_layer, gptq_layer_properties};
+use super::layer::{gptq_layer, gptq_layer_properties, INFO_V1_SIZE};
 use super::status::gptq_status;
 use super::types::*;
 use crate::error::{Error, Result};
@@ -210,20 +210,8 @@ pub unsafe extern "C" fn gptq_checkpoint_layer_info(
             .layer_info(name)
             .ok_or_else(|| Error::InvalidArgument(format!("the checkpoint has no quantized layer \"{name}\"")))?;
         let d = l.desc;
-        let value = gptq_layer_properties {
-            struct_size: std::mem::size_of::<gptq_layer_properties>(),
-            bits: d.bits,
-            group_size: d.group_size.map_or(-1, |g| g as i32),
-            in_features: d.in_features,
-            out_features: d.out_features,
-            num_groups: d.num_groups(),
-            sym: d.sym as i32,
-            act_order: c.has_act_order(name)? as i32,
-            has_bias: l.has_bias as i32,
-            qweight_rows: d.qweight_rows(),
-            qzeros_cols: d.qzeros_cols(),
-        };
-        unsafe { write_versioned(info, &value, std::mem::size_of::<gptq_layer_properties>(), "info") }
+        let value = gptq_layer_properties::new(&d, c.has_act_order(name)?, l.has_bias);
+        unsafe { write_versioned(info, &value, INFO_V1_SIZE, "info") }
     })
 }
 

@@ -64,7 +64,25 @@ pub struct gptq_layer_properties {
     pub qzeros_cols: usize,
 }
 
-const INFO_V1_SIZE: usize = std::mem::size_of::<gptq_layer_properties>();
+pub(crate) const INFO_V1_SIZE: usize = std::mem::size_of::<gptq_layer_properties>();
+
+impl gptq_layer_properties {
+    pub(crate) fn new(d: &LayerDesc, act_order: bool, has_bias: bool) -> Self {
+        gptq_layer_properties {
+            struct_size: INFO_V1_SIZE,
+            bits: d.bits,
+            group_size: d.group_size.map_or(-1, |g| g as i32),
+            in_features: d.in_features,
+            out_features: d.out_features,
+            num_groups: d.num_groups(),
+            sym: d.sym as i32,
+            act_order: act_order as i32,
+            has_bias: has_bias as i32,
+            qweight_rows: d.qweight_rows(),
+            qzeros_cols: d.qzeros_cols(),
+        }
+    }
+}
 
 fn format(v: gptq_format) -> Result<CheckpointFormat> {
     match v {
@@ -80,20 +98,7 @@ fn format(v: gptq_format) -> Result<CheckpointFormat> {
 pub unsafe extern "C" fn gptq_layer_info(layer: *const gptq_layer, info: *mut gptq_layer_properties) -> gptq_status {
     guard(|| {
         let l = &unsafe { deref(layer, "layer")? }.inner;
-        let d = l.desc();
-        let value = gptq_layer_properties {
-            struct_size: INFO_V1_SIZE,
-            bits: d.bits,
-            group_size: d.group_size.map_or(-1, |g| g as i32),
-            in_features: d.in_features,
-            out_features: d.out_features,
-            num_groups: d.num_groups(),
-            sym: d.sym as i32,
-            act_order: l.has_act_order() as i32,
-            has_bias: l.bias().is_some() as i32,
-            qweight_rows: d.qweight_rows(),
-            qzeros_cols: d.qzeros_cols(),
-        };
+        let value = gptq_layer_properties::new(l.desc(), l.has_act_order(), l.bias().is_some());
         unsafe { write_versioned(info, &value, INFO_V1_SIZE, "info") }
     })
 }
