@@ -2,7 +2,8 @@
 //! - GPTQ on a 4096×4096 layer (4 bit, g128, act-order): seconds, and the solver's GFLOP/s as a
 //!   fraction of faer's f32 matmul GFLOP/s;
 //! - the 4-bit dequant-GEMM at M = 1 and M = 32 on K = 4096, N = 11008 against faer's f32 GEMV/GEMM
-//!   on the same shape.
+//!   on the same shape;
+//! - opening a sharded checkpoint of 448 layers (headers only).
 //!
 //! Run: `cargo bench --bench cpu` (set GPTQ_NUM_THREADS to pin the pool; default = all cores).
 
@@ -125,6 +126,39 @@ fn bench_gemm() {
     }
 }
 
+/// Opening a sharded checkpoint of many layers must read only headers: time `Checkpoint::open` on a
+/// model of 448 quantized layers (a 64-layer transformer's 7 projections) in 8 shards.
+fn bench_checkpoint_open() {
+    use gptq::format::checkpoint::{Checkpoint, CheckpointWriter, GptqConfig, WriteOptions};
+    let dir = std::env::temp_dir().join(format!("gptq-bench-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layer = random_layer(256, 512, 9);
+    let cfg = QuantConfig { bits: 4, group_size: Some(128), ..QuantConfig::default() };
+    let mut w = CheckpointWriter::new(
+        &dir,
+        GptqConfig::from_quant_config(&cfg).unwrap(),
+        WriteOptions { max_shard_size: Some(4 << 20), ..WriteOptions::default() },
+    )
+    .unwrap();
+    for l in 0..64 {
+        for p in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
+            w.add_layer(&format!("model.layers.{l}.{p}"), &layer).unwrap();
+        }
+    }
+    let summary = w.finish().unwrap();
+    let shards = summary.files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).count();
+    let t = time(9, || {
+        std::hint::black_box(Checkpoint::open(&dir).unwrap());
+    });
+    println!(
+        "checkpoint open: {} layers in {shards} shards ({:.0} MB): {:.2} ms (target: milliseconds; only headers are read)",
+        summary.num_layers,
+        summary.total_size as f64 / 1e6,
+        t * 1e3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     println!("threads: {}", threads::num_threads());
@@ -134,5 +168,8 @@ fn main() {
     }
     if filter.is_empty() || filter.contains("gemm") {
         bench_gemm();
+    }
+    if filter.is_empty() || filter.contains("checkpoint") {
+        bench_checkpoint_open();
     }
 }
