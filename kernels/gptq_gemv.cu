@@ -116,7 +116,6 @@ __device__ void gemv(const u16* __restrict__ A, long lda, const u32* __restrict_
         for (int c = 0; c < 4; c++) acc[m][c] = 0.f;
 
     if (n0 < N) {
-        // Warp `warp` takes word rows w_begin + warp, + WARPS, ...: the 4 warps stream interleaved rows.
         int cur_g = -1;
         float4 s = make_float4(0.f, 0.f, 0.f, 0.f), sz = s;
         // Warp `warp` takes word rows w_begin + warp, + WARPS, ...: the 4 warps stream interleaved rows.
