@@ -6,7 +6,8 @@
 //                            first), rows permuted so that every group is one contiguous run of K
 //   gword    i32 [K/PF]      group of each word row (runs are word-aligned, checked on the host)
 //   scale    f32 [G, N]      group scales
-//   szero    f32 [G, N]      scale * zero, so w = scale * q - szero (asymmetric zeros folded)
+//   szero    f32 [G, N]      scale * zero, so w = scale * q - szero (f32 path: 8 bit)
+//   zero     f32 [G, N]      zero points (packed-pair path: 4 bit, exact integer subtraction)
 //   perm     i32 [K] or null column of A feeding permuted input k (act-order)
 //   A        fp16/bf16 [M, K] with row stride lda; C fp16/bf16 [M, N] with row stride ldc
 //   partial  f32 [S, M, N]   workspace: one slice per split of K
@@ -16,7 +17,9 @@
 // the 4 warps split the block's K range between them, reducing through shared memory at the end.
 // blockIdx.y splits K across blocks so that small-M launches still put enough loads in flight on every
 // SM to saturate HBM; each block's slice of A (at most KSPAN inputs, MT rows) is staged once in shared
-// memory as f32, gathered through perm, so activations are converted once per block. With one split
+// memory (f32, or f16/bf16 pairs for the 4-bit kernel), gathered through perm, so activations are
+// converted once per block. Why these shapes: at M <= 2 the kernel is bound by HBM; the 4-bit f32
+// version was instruction-bound at ~70% of the read floor, so 4 bit uses packed-pair math (below). With one split
 // the block writes C directly; otherwise partial sums go to the workspace and gptq_reduce adds the
 // splits and the bias and converts: no atomics, deterministic, graph-capturable.
 
