@@ -61,6 +61,26 @@ fn upload<T: Copy>(data: &[T], what: &str) -> Result<DevBuf> {
     Ok(DevBuf(ptr))
 }
 
+/// Enqueues `f` on `stream` with a 1-D block of `threads` and the given grid.
+///
+/// # Safety
+/// `args` must point to values whose types and order match the kernel's signature, and the extents
+/// they describe must be valid device memory.
+unsafe fn launch(
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    threads: u32,
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+    what: &str,
+) -> Result<()> {
+    // SAFETY: the caller's contract above.
+    let r = unsafe {
+        cu::cuLaunchKernel(f, grid.0, grid.1, grid.2, threads, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut())
+    };
+    check(r, what)
+}
+
 impl CudaLayer {
     /// Uploads `layer` to device `ordinal` (initializing the device and its kernels if needed).
     /// Supported: 4 and 8 bit, any group size, act-order whose groups are runs of whole words.
@@ -131,12 +151,7 @@ impl CudaLayer {
             [(&raw const src).cast_mut().cast(), (&raw const n16).cast_mut().cast(), (&raw const sink).cast_mut().cast()];
         let blocks = (self.device.sm_count * 8).min(1024);
         // SAFETY: matches the kernel's signature; extents are the caller's contract.
-        unsafe {
-            check(
-                cu::cuLaunchKernel(f, blocks, 1, 1, 512, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
-                "launching the read-floor kernel",
-            )
-        }
+        unsafe { launch(f, (blocks, 1, 1), 512, stream, &mut args, "launching the read-floor kernel") }
     }
 
     /// (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -251,12 +266,7 @@ impl CudaLayer {
         ];
         let grid = (self.n.div_ceil(THREADS) as u32, splits as u32, m.div_ceil(mt) as u32);
         // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-        unsafe {
-            check(
-                cu::cuLaunchKernel(gemv, grid.0, grid.1, grid.2, THREADS as u32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
-                "launching the GEMV kernel",
-            )?;
-        }
+        unsafe { launch(gemv, grid, THREADS as u32, stream, &mut args, "launching the GEMV kernel")? };
         if splits == 1 {
             return Ok(()); // the GEMV kernel wrote C itself
         }
@@ -271,12 +281,7 @@ impl CudaLayer {
         ];
         let total = m * self.n;
         // SAFETY: as above.
-        unsafe {
-            check(
-                cu::cuLaunchKernel(reduce, total.div_ceil(256) as u32, 1, 1, 256, 1, 1, 0, stream, rargs.as_mut_ptr(), std::ptr::null_mut()),
-                "launching the reduction kernel",
-            )
-        }
+        unsafe { launch(reduce, (total.div_ceil(256) as u32, 1, 1), 256, stream, &mut rargs, "launching the reduction kernel") }
     }
 
     /// Writes the dequantized weight, `[n, k]` fp16 in the original input order, to `out` on `stream`.
@@ -303,13 +308,9 @@ impl CudaLayer {
             (&raw const ki).cast_mut().cast(),
         ];
         let words = self.k / (32 / self.bits) as usize;
+        let grid = (self.n.div_ceil(THREADS) as u32, words as u32, 1);
         // SAFETY: argument types and order match the kernel's signature.
-        unsafe {
-            check(
-                cu::cuLaunchKernel(f, self.n.div_ceil(THREADS) as u32, words as u32, 1, THREADS as u32, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut()),
-                "launching the dequantization kernel",
-            )
-        }
+        unsafe { launch(f, grid, THREADS as u32, stream, &mut args, "launching the dequantization kernel") }
     }
 }
 

@@ -51,10 +51,9 @@ impl Hessian {
         if n_samples == 0 {
             return Err(Error::InvalidArgument("Hessian: n_samples must be at least 1".into()));
         }
-        let mut hess = Hessian::new(in_features, count)?;
-        hess.h = view.to_f32();
-        hess.n = n_samples;
-        Ok(hess)
+        // MatView::dense already checked that the slice holds k² values: copy it directly rather than
+        // allocating a zeroed matrix first.
+        Ok(Hessian { k: in_features, h: view.to_f32(), n: n_samples, count })
     }
 
     pub fn in_features(&self) -> usize {
