@@ -27,16 +27,25 @@ for line in sys.stdin:
 '
 fi
 cp target/release/libgptq.so stage/
+# The kernels as NVRTC sees them, for a register/spill report with nvcc on the device machine.
+cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > stage/kernels.cu
 # A small sharded act-order checkpoint for the interop check (Python safetensors + transformers there).
 cargo run --release --quiet --example interop_fixture -- stage/interop
 cat > stage/run.sh <<'RUN'
 #!/usr/bin/env bash
-# Runs on the device machine from the repository root.
+# Runs on the device machine from the repository root. STAGE_TESTS=0 / STAGE_BENCH=0 skip a part;
+# BENCH_ARGS (e.g. "quick") is passed to the bench.
 set -uo pipefail
 export GPTQ_CACHE_DIR=${GPTQ_CACHE_DIR:-/tmp/gptq-cache}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv || true
 status=0
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+    echo "== kernel resources (nvcc -Xptxas -v, sm_90a)"
+    PATH=$PATH:/usr/local/cuda/bin nvcc -cubin -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
+        stage/kernels.cu -o /tmp/gptq-kernels.cubin 2>&1 | grep -E "error|Compiling entry|registers|spill" | grep -B1 -A1 -E "error|mma|spill [1-9]" | head -60
+fi
 for t in stage/test-*; do
+    [ "${STAGE_TESTS:-1}" = 0 ] && break
     echo "== $t"
     "$t" --nocapture --test-threads=1 || status=1
 done
@@ -44,7 +53,7 @@ if command -v python3 >/dev/null && [ -d stage/interop ]; then
     echo "== interop"
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 .ci/interop_check.py stage/interop || status=1
 fi
-if [ -x stage/bench-cuda ]; then echo "== bench"; stage/bench-cuda || status=1; fi
+if [ "${STAGE_BENCH:-1}" != 0 ] && [ -x stage/bench-cuda ]; then echo "== bench"; stage/bench-cuda ${BENCH_ARGS:-} || status=1; fi
 exit $status
 RUN
 chmod +x stage/run.sh

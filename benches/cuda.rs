@@ -8,7 +8,7 @@
 
 use cudarc::cublas::sys as cb;
 use cudarc::driver::sys as cu;
-use gptq::cuda::{ActDType, CudaLayer};
+use gptq::cuda::{ActDType, CudaLayer, KernelFamily};
 use gptq::format::{CheckpointFormat, LayerDesc, PackedRef};
 use gptq::QuantizedLayer;
 use half::f16;
@@ -38,15 +38,26 @@ fn upload_random_f16(n: usize, rng: &mut Rng, scale: f32) -> u64 {
     p
 }
 
-/// A random symmetric layer (random packed words are uniformly random codes).
-fn random_layer(bits: u32, k: usize, n: usize, rng: &mut Rng) -> QuantizedLayer {
+/// A random symmetric g128 layer (random packed words are uniformly random codes); with `act_order`,
+/// g_idx assigns the groups through a random permutation of the inputs, as desc_act does.
+fn random_layer(bits: u32, k: usize, n: usize, rng: &mut Rng, act_order: bool) -> QuantizedLayer {
     let g = k / 128;
+    let mut order: Vec<usize> = (0..k).collect();
+    if act_order {
+        for i in (1..k).rev() {
+            order.swap(i, (rng.next() >> 20) as usize % (i + 1));
+        }
+    }
+    let mut g_idx = vec![0i32; k];
+    for (pos, &c) in order.iter().enumerate() {
+        g_idx[c] = (pos / 128) as i32;
+    }
     let qweight: Vec<i32> = (0..k * bits as usize / 32 * n).map(|_| (rng.next() >> 16) as i32).collect();
     let zero_word = if bits == 4 { 0x7777_7777u32 } else { 0x7F7F_7F7F };
     let qzeros = vec![zero_word as i32; g * n * bits as usize / 32];
     let scales: Vec<f16> = (0..g * n).map(|_| f16::from_f32(0.001 + (rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 0.01)).collect();
     let desc = LayerDesc { bits, group_size: Some(128), in_features: k, out_features: n, sym: true };
-    let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: None, bias: None };
+    let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: None };
     QuantizedLayer::from_packed(desc, CheckpointFormat::V1, t).unwrap()
 }
 
@@ -119,15 +130,20 @@ fn main() {
     let mut rng = Rng(7);
     let sink = alloc(1 << 16);
     println!(
-        "{:>6} {:>12} {:>4} {:>10} {:>10} {:>8} {:>10} {:>8} {:>10}",
-        "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor", "bf16 us"
+        "{:>6} {:>12} {:>4} {:>10} {:>10} {:>8} {:>10} {:>8} {:>10} {:>10}",
+        "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor", "bf16 us", "cores us"
     );
+    println!("(ours: tensor-core kernel, fp16; cores: the CUDA-core kernel on the same call, M <= 16)");
     for &(k, n) in shapes {
         for bits in [4u32, 8] {
             // Enough copies that one rotation exceeds the L2 by far.
             let layer_bytes = k * n * bits as usize / 8;
             let copies = (200usize << 20).div_ceil(layer_bytes).clamp(2, 32);
-            let layers: Vec<CudaLayer> = (0..copies).map(|_| CudaLayer::new(&random_layer(bits, k, n, &mut rng), 0).unwrap()).collect();
+            let cpu: Vec<QuantizedLayer> = (0..copies).map(|_| random_layer(bits, k, n, &mut rng, false)).collect();
+            let layers: Vec<CudaLayer> = cpu.iter().map(|l| CudaLayer::new(l, 0).unwrap()).collect();
+            assert!(layers[0].uses_tensor_cores());
+            let cores: Vec<CudaLayer> = cpu.iter().map(|l| CudaLayer::with_family(l, 0, KernelFamily::CudaCores).unwrap()).collect();
+            drop(cpu);
             let dense_copies = (200usize << 20).div_ceil(k * n * 2).clamp(2, 8);
             let dense: Vec<u64> = if bits == 4 { (0..dense_copies).map(|_| upload_random_f16(k * n, &mut rng, 0.02)).collect() } else { Vec::new() };
             let floor = time_graph(stream, 2 * copies, 9, |i| unsafe {
@@ -136,12 +152,12 @@ fn main() {
                 }
             });
             for &m in ms {
-                if bits == 8 && m > 16 {
+                if bits == 8 && m > 64 {
                     continue;
                 }
                 let a = upload_random_f16(m * k, &mut rng, 2.0);
                 let c = alloc(m * n * 2);
-                let ws_bytes = layers[0].workspace_size(m);
+                let ws_bytes = layers[0].workspace_size(m).max(cores[0].workspace_size(m));
                 let ws = alloc(ws_bytes.max(4));
                 let calls = 2 * copies;
                 let ours = time_graph(stream, calls, 9, |i| unsafe {
@@ -151,6 +167,13 @@ fn main() {
                 let ours_bf16 = time_graph(stream, calls, 9, |i| unsafe {
                     layers[i % copies].gemm(a, ActDType::BF16, m, k, c, n, ws, ws_bytes, stream).unwrap();
                 });
+                let ours_cores = if m <= 16 {
+                    time_graph(stream, calls, 9, |i| unsafe {
+                        cores[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
+                    })
+                } else {
+                    f64::NAN
+                };
                 let cublas = if bits == 4 {
                     let (alpha, beta) = (1f32, 0f32);
                     time_graph(stream, 2 * dense_copies, 9, |i| unsafe {
@@ -182,7 +205,7 @@ fn main() {
                     f64::NAN
                 };
                 println!(
-                    "{m:>6} {:>12} {bits:>4} {ours:>10.1} {cublas:>10.1} {:>7.2}x {floor:>10.1} {:>7.0}% {ours_bf16:>10.1}",
+                    "{m:>6} {:>12} {bits:>4} {ours:>10.1} {cublas:>10.1} {:>7.2}x {floor:>10.1} {:>7.0}% {ours_bf16:>10.1} {ours_cores:>10.1}",
                     format!("{k}x{n}"),
                     cublas / ours,
                     100.0 * floor / ours
@@ -195,6 +218,32 @@ fn main() {
             }
             for p in dense {
                 unsafe { cu::cuMemFree_v2(p) };
+            }
+        }
+    }
+    // Act-order: the same shapes with g_idx through a random permutation (A gathered while staged).
+    println!("act-order vs plain (4 bit g128 fp16, tensor cores)");
+    println!("{:>6} {:>12} {:>10} {:>10} {:>8}", "M", "KxN", "plain us", "act us", "ratio");
+    for &(k, n) in &[(4096usize, 4096usize), (8192, 28672)] {
+        let copies = (200usize << 20).div_ceil(k * n / 2).clamp(2, 32);
+        let plain: Vec<CudaLayer> = (0..copies).map(|_| CudaLayer::new(&random_layer(4, k, n, &mut rng, false), 0).unwrap()).collect();
+        let act: Vec<CudaLayer> = (0..copies).map(|_| CudaLayer::new(&random_layer(4, k, n, &mut rng, true), 0).unwrap()).collect();
+        for &m in &[1usize, 16, 64, 256] {
+            let a = upload_random_f16(m * k, &mut rng, 2.0);
+            let c = alloc(m * n * 2);
+            let ws_bytes = plain[0].workspace_size(m).max(act[0].workspace_size(m));
+            let ws = alloc(ws_bytes.max(4));
+            let tp = time_graph(stream, 2 * copies, 9, |i| unsafe {
+                plain[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
+            });
+            let ta = time_graph(stream, 2 * copies, 9, |i| unsafe {
+                act[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
+            });
+            println!("{m:>6} {:>12} {tp:>10.1} {ta:>10.1} {:>7.2}x", format!("{k}x{n}"), ta / tp);
+            unsafe {
+                cu::cuMemFree_v2(a);
+                cu::cuMemFree_v2(c);
+                cu::cuMemFree_v2(ws);
             }
         }
     }

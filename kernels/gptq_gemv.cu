@@ -1,5 +1,6 @@
-// GPTQ dequant-GEMM for small M (decode), 4- and 8-bit, fp16/bf16 activations: CUDA C++ compiled at
-// run time by NVRTC (no CUDA headers: half/bfloat16 conversions are done in PTX or with bit tricks).
+// GPTQ dequant-GEMV on CUDA cores for small M, 4- and 8-bit, fp16/bf16 activations: the fallback for
+// layers whose g_idx groups do not fall on 16-input tiles (the tensor-core kernel, gptq_mma.cu,
+// serves every other layer). Compiled at run time by NVRTC after kernels/common.cuh.
 //
 // Data layout (prepared once per layer by src/cuda/layer.rs):
 //   qweight  u32 [K/PF, N]   GPTQ packing along K (PF = 32/BITS codes per word, least significant
@@ -22,29 +23,6 @@
 // version was instruction-bound at ~70% of the read floor, so 4 bit uses packed-pair math (below). With one split
 // the block writes C directly; otherwise partial sums go to the workspace and gptq_reduce adds the
 // splits and the bias and converts: no atomics, deterministic, graph-capturable.
-
-typedef unsigned short u16;
-typedef unsigned int u32;
-
-__device__ __forceinline__ float h2f(u16 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-__device__ __forceinline__ u16 f2h(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-__device__ __forceinline__ float b2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
-__device__ __forceinline__ u16 f2b(float f) {
-    u32 u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
-    u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
-    return (u16)(u >> 16);
-}
-template <bool BF16> __device__ __forceinline__ float load_act(u16 v) { return BF16 ? b2f(v) : h2f(v); }
-template <bool BF16> __device__ __forceinline__ u16 store_act(float v) { return BF16 ? f2b(v) : f2h(v); }
 
 // Code i of a packed word as a float without I2F (quarter rate on Hopper): OR the code into the
 // mantissa of 2^23 and subtract 2^23, both exact.
@@ -159,25 +137,9 @@ __device__ void gemv(const u16* __restrict__ A, long lda, const u32* __restrict_
 // the scale multiply; the 4 pair products of a word are accumulated in the pair type, then added to
 // f32 accumulators. About half the instructions per code of the f32 path, which is instruction-bound
 // at 4 bit. bf16 math uses FMAs only (fma.rn.bf16x2 exists from sm_80; add/mul only from sm_90).
-template <bool BF> __device__ __forceinline__ u32 pfma(u32 a, u32 b, u32 c) {
-    u32 r;
-    if (BF) asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    else asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-    return r;
-}
-template <bool BF> __device__ __forceinline__ u32 pdup(float f) {
-    const u32 h = BF ? f2b(f) : f2h(f);
-    return h | (h << 16);
-}
 template <bool BF> __device__ __forceinline__ float psum(u32 v) {
     return load_act<BF>((u16)(v & 0xffffu)) + load_act<BF>((u16)(v >> 16));
 }
-template <bool BF> __device__ __forceinline__ u32 code_pair(u32 q) {
-    u32 r;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(q), "r"(0x000F000Fu), "r"(BF ? 0x43004300u : 0x64006400u));
-    return r;
-}
-
 template <int MT, bool BF>
 __device__ void gemv_pair(const u16* __restrict__ A, long lda, const u32* __restrict__ qweight,
                           const int* __restrict__ gword, const float* __restrict__ scale,

@@ -2,7 +2,11 @@
 //! GPTQ_STATUS_NO_DEVICE; with a GPU they check the kernels against the CPU path on fresh random
 //! data (outputs poisoned first), CUDA-graph replay, and two streams on one plan.
 
+mod common;
+
+use common::Case;
 use cudarc::driver::sys as cu;
+use gptq::cuda::{ActDType, CudaLayer, KernelFamily};
 use gptq::cpu::{gemm, OutMatMut};
 use gptq::ffi::*;
 use gptq::format::pack::{pack_qweight, pack_rows};
@@ -134,8 +138,15 @@ fn is_nan_bits(bits: u16, bf: bool) -> bool {
     if bf { bf16::from_bits(bits).is_nan() } else { f16::from_bits(bits).is_nan() }
 }
 
+/// The layer under test: through the C ABI, or the Rust API (to pick the kernel family).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Ffi(*mut gptq_cuda_layer),
+    Rust(&'a CudaLayer),
+}
+
 /// Runs the CUDA GEMM for `m` rows and compares with the CPU path; returns the relative error.
-fn check_one(cl: *mut gptq_cuda_layer, cpu: &QuantizedLayer, m: usize, bf: bool, stream: cu::CUstream, rng: &mut Rng) -> f64 {
+fn check_one(t: Target, cpu: &QuantizedLayer, m: usize, bf: bool, stream: cu::CUstream, rng: &mut Rng) -> f64 {
     let (k, n) = (cpu.desc().in_features, cpu.desc().out_features);
     let lda = k + 8;
     let a32: Vec<f32> = (0..m * lda).map(|_| rng.uniform()).collect();
@@ -144,12 +155,26 @@ fn check_one(cl: *mut gptq_cuda_layer, cpu: &QuantizedLayer, m: usize, bf: bool,
     let ldc = n + 4;
     let c_dev = gpu::Buf::new(m * ldc * 2);
     c_dev.fill16(if bf { 0x7FC0 } else { POISON });
-    let mut ws = 0usize;
-    assert_eq!(unsafe { gptq_cuda_workspace_size(cl, m, &mut ws) }, GPTQ_STATUS_OK);
+    let ws = match t {
+        Target::Ffi(cl) => {
+            let mut ws = 0usize;
+            assert_eq!(unsafe { gptq_cuda_workspace_size(cl, m, &mut ws) }, GPTQ_STATUS_OK);
+            ws
+        }
+        Target::Rust(l) => l.workspace_size(m),
+    };
     let ws_dev = gpu::Buf::new(ws);
-    let dtype = if bf { GPTQ_DTYPE_BF16 } else { GPTQ_DTYPE_F16 };
-    let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, dtype, m, lda, c_dev.0 as *mut c_void, ldc, ws_dev.0 as *mut c_void, ws, stream.cast()) };
-    assert_eq!(s, GPTQ_STATUS_OK, "{}", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
+    match t {
+        Target::Ffi(cl) => {
+            let dtype = if bf { GPTQ_DTYPE_BF16 } else { GPTQ_DTYPE_F16 };
+            let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, dtype, m, lda, c_dev.0 as *mut c_void, ldc, ws_dev.0 as *mut c_void, ws, stream.cast()) };
+            assert_eq!(s, GPTQ_STATUS_OK, "{}", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
+        }
+        Target::Rust(l) => {
+            let dtype = if bf { ActDType::BF16 } else { ActDType::F16 };
+            unsafe { l.gemm(a_dev.0, dtype, m, lda, c_dev.0, ldc, ws_dev.0, ws, stream) }.unwrap();
+        }
+    }
     gpu::sync(stream);
     let got: Vec<u16> = c_dev.read(m * ldc);
     // CPU reference on exactly the rounded activations.
@@ -175,6 +200,15 @@ fn check_one(cl: *mut gptq_cuda_layer, cpu: &QuantizedLayer, m: usize, bf: bool,
     (num / den).sqrt()
 }
 
+fn bound(bf: bool) -> f64 {
+    if bf { 1e-2 } else { 2e-3 }
+}
+
+/// Every M of the issue (up to `max_m`).
+fn all_ms(max_m: usize) -> Vec<usize> {
+    (1..=16).chain([31, 64, 127, 256, 1000, 4096]).filter(|&m| m <= max_m).collect()
+}
+
 #[test]
 fn cuda_gemm_matches_the_cpu_path() {
     if !gpu_available() {
@@ -183,34 +217,143 @@ fn cuda_gemm_matches_the_cpu_path() {
     gpu::ctx();
     let stream = gpu::stream();
     let mut rng = Rng(99);
-    let ms: Vec<usize> = (1..=16).chain([31, 64, 127, 256]).collect();
-    let cases: &[(u32, Option<usize>, bool, bool, usize, usize)] = &[
-        (4, Some(128), false, true, 4096, 4096),
-        (4, Some(128), true, true, 4096, 11008),
-        (4, Some(128), false, false, 11008, 4096),
-        (4, Some(32), true, false, 512, 1000),
-        (4, Some(64), false, true, 1024, 776),
-        (4, None, false, false, 768, 512),
-        (8, Some(128), false, true, 4096, 4096),
-        (8, Some(32), true, true, 1024, 1032),
-        (8, None, false, true, 512, 256),
+    // (bits, group, act-order, sym, K, N, largest M)
+    let cases: &[(u32, Option<usize>, bool, bool, usize, usize, usize)] = &[
+        (4, Some(128), false, true, 4096, 4096, 4096),
+        (4, Some(128), true, true, 4096, 11008, 1000),
+        (4, Some(128), false, false, 11008, 4096, 1000),
+        (4, Some(32), true, false, 512, 1000, 4096),
+        (4, Some(64), false, true, 1024, 776, 1000),
+        (4, None, false, false, 768, 512, 1000),
+        (4, Some(16), true, true, 520, 200, 1000),
+        (8, Some(128), false, true, 4096, 4096, 4096),
+        (8, Some(32), true, true, 1024, 1032, 1000),
+        (8, None, false, true, 512, 256, 1000),
+        (8, Some(64), false, false, 1028, 328, 1000),
     ];
-    for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
+    for (i, &(bits, gs, act, sym, k, n, max_m)) in cases.iter().enumerate() {
         let cpu = random_layer(i as u64 + 1, bits, gs, k, n, act, sym);
         let mut cl = std::ptr::null_mut();
         let layer_handle = gptq_test_layer(cpu);
         let s = unsafe { gptq_cuda_layer_new(layer_handle.0, 0, &mut cl) };
         assert_eq!(s, GPTQ_STATUS_OK, "{}", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
-        for &m in &ms {
+        for m in all_ms(max_m) {
             for bf in [false, true] {
-                let e = check_one(cl, &layer_handle.1, m, bf, stream, &mut rng);
-                let bound = if bf { 1e-2 } else { 2e-3 };
-                assert!(e < bound, "bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n} m {m} bf16 {bf}: rel err {e:e}");
+                let e = check_one(Target::Ffi(cl), &layer_handle.1, m, bf, stream, &mut rng);
+                assert!(e < bound(bf), "bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n} m {m} bf16 {bf}: rel err {e:e}");
             }
         }
-        eprintln!("case {i}: bits {bits} gs {gs:?} act {act} K {k} N {n}: all M pass");
+        eprintln!("case {i}: bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}: all M up to {max_m} pass");
         unsafe { gptq_cuda_layer_free(cl) };
         layer_handle.free();
+    }
+}
+
+#[test]
+fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(3);
+    for (i, &(k, n, act)) in [(5120usize, 13824usize, false), (13824, 5120, true), (8192, 28672, false)].iter().enumerate() {
+        let cpu = random_layer(50 + i as u64, 4, Some(128), k, n, act, true);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
+        for m in [1, 16, 64, 1000] {
+            for bf in [false, true] {
+                let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
+                assert!(e < bound(bf), "K {k} N {n} act {act} m {m} bf16 {bf}: rel err {e:e}");
+            }
+        }
+        eprintln!("{k}x{n} act-order {act}: M 1, 16, 64, 1000 pass");
+    }
+}
+
+#[test]
+fn the_cuda_core_kernel_matches_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(11);
+    // Forced CUDA-core layouts, and a layer whose groups are not whole 16-input tiles (runs of 24 and
+    // 40 inputs), which takes that kernel by itself.
+    let forced = [(4u32, Some(128), true, true, 4096usize, 4096usize), (4, Some(32), false, false, 512, 1000), (8, Some(128), true, true, 1024, 1032)];
+    for (i, &(bits, gs, act, sym, k, n)) in forced.iter().enumerate() {
+        let cpu = random_layer(70 + i as u64, bits, gs, k, n, act, sym);
+        let l = CudaLayer::with_family(&cpu, 0, KernelFamily::CudaCores).unwrap();
+        assert!(!l.uses_tensor_cores());
+        for m in all_ms(256) {
+            for bf in [false, true] {
+                let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
+                assert!(e < bound(bf), "CUDA cores: bits {bits} gs {gs:?} act {act} K {k} N {n} m {m} bf16 {bf}: rel err {e:e}");
+            }
+        }
+    }
+    let cpu = uneven_group_layer();
+    let l = CudaLayer::new(&cpu, 0).unwrap();
+    assert!(!l.uses_tensor_cores(), "groups of 24 and 40 inputs cannot be 16-input tiles");
+    for m in [1, 5, 16, 64] {
+        for bf in [false, true] {
+            let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
+            assert!(e < bound(bf), "uneven groups m {m} bf16 {bf}: rel err {e:e}");
+        }
+    }
+}
+
+/// K = 128 in 4 groups of uneven runs (24, 40, 32, 32 inputs): valid GPTQ, but not tile-aligned.
+fn uneven_group_layer() -> QuantizedLayer {
+    let (k, n, bits) = (128usize, 256usize, 4u32);
+    let mut rng = Rng(17);
+    let codes: Vec<u8> = (0..n * k).map(|_| (rng.next() % 16) as u8).collect();
+    let bounds = [0usize, 24, 64, 96, 128];
+    let g_idx: Vec<i32> = (0..k).map(|c| bounds.windows(2).position(|w| c >= w[0] && c < w[1]).unwrap() as i32).collect();
+    let zeros: Vec<u32> = vec![8; 4 * n];
+    let scales: Vec<f16> = (0..4 * n).map(|_| f16::from_f32(0.002 + 0.01 * rng.uniform().abs())).collect();
+    let qweight: Vec<i32> = pack_qweight(&codes, bits, n, k).into_iter().map(|v| v as i32).collect();
+    let qzeros: Vec<i32> = pack_rows(&zeros, bits, n).into_iter().map(|v| v as i32).collect();
+    let desc = LayerDesc { bits, group_size: Some(32), in_features: k, out_features: n, sym: true };
+    let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: None };
+    QuantizedLayer::from_packed(desc, CheckpointFormat::V2, t).unwrap()
+}
+
+#[test]
+fn oracle_vector_layers_match_on_the_gpu() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(21);
+    for name in ["c1", "c2", "c3", "c5", "c6"] {
+        let case = Case::load(name);
+        let cfg = case.config();
+        let shape = case.shape("qweight");
+        let n = shape[1];
+        let k = shape[0] * 32 / cfg.bits as usize;
+        let desc = LayerDesc { bits: cfg.bits, group_size: cfg.group_size, in_features: k, out_features: n, sym: cfg.sym };
+        let (qweight, qzeros, scales, g_idx) = (case.i32("qweight"), case.i32("qzeros"), case.f16("scales"), case.i32("packed_g_idx"));
+        let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: None };
+        let Ok(cpu) = QuantizedLayer::from_packed(desc, CheckpointFormat::V1, t) else {
+            continue; // c6 carries deliberately corrupted qzeros words (tests/vectors.rs covers it)
+        };
+        if cfg.bits != 4 && cfg.bits != 8 {
+            let e = CudaLayer::new(&cpu, 0).err().expect("2/3-bit layers are refused");
+            assert!(e.to_string().contains("4 and 8 bit"), "{e}");
+            continue;
+        }
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        assert!(l.uses_tensor_cores(), "{name}");
+        for m in [1, 7, 64, 300] {
+            for bf in [false, true] {
+                let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
+                assert!(e < bound(bf), "{name} m {m} bf16 {bf}: rel err {e:e}");
+            }
+        }
+        eprintln!("{name}: bits {} group {:?} act-order {}: GPU matches the CPU path", cfg.bits, cfg.group_size, g_idx.windows(2).any(|w| w[0] > w[1]));
     }
 }
 

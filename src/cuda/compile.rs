@@ -6,8 +6,14 @@ use cudarc::nvrtc::sys as nv;
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
-/// The kernel sources compiled into one module.
-const SOURCE: &str = include_str!("../../kernels/gptq_gemv.cu");
+/// The kernel sources compiled into one module: shared helpers first, then each kernel family.
+const SOURCE: &str = concat!(
+    include_str!("../../kernels/common.cuh"),
+    "\n",
+    include_str!("../../kernels/gptq_gemv.cu"),
+    "\n",
+    include_str!("../../kernels/gptq_mma.cu"),
+);
 
 /// Environment variable overriding the cubin cache directory.
 pub const CACHE_DIR_ENV: &str = "GPTQ_CACHE_DIR";
@@ -63,7 +69,7 @@ pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
 
 fn compile(sm: &str) -> Result<Vec<u8>> {
     let src = CString::new(SOURCE).map_err(|_| Error::Cuda("kernel source has a NUL byte".into()))?;
-    let name = CString::new("gptq_gemv.cu").unwrap();
+    let name = CString::new("gptq_kernels.cu").unwrap();
     let opts: Vec<CString> = [format!("--gpu-architecture={sm}"), "--std=c++17".into(), "-default-device".into()]
         .into_iter()
         .map(|o| CString::new(o).unwrap())

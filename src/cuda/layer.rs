@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::format::QuantizedLayer;
 use cudarc::driver::sys as cu;
 use std::ffi::c_void;
+use super::tiles::{mma_tiles, TILE_K, TILE_N};
 use std::sync::Arc;
 
 /// Activation (A and C) element type on the GPU.
@@ -20,27 +21,49 @@ const THREADS: usize = 128;
 /// Most inputs of A one GEMV block stages in shared memory (kernels/gptq_gemv.cu).
 const KSPAN: usize = 1024;
 
-/// Device memory owned by a layer.
-struct DevBuf(cu::CUdeviceptr);
+/// Device memory owned by a layer, freed in the context that allocated it.
+struct DevBuf {
+    ptr: cu::CUdeviceptr,
+    /// Bytes of data (what a benchmark's read floor streams).
+    len: usize,
+    ctx: cu::CUcontext,
+}
 
-/// A layer in device memory, in the kernels' layout: K permuted so every group is contiguous,
-/// asymmetric zeros folded into `scale·zero`. Immutable, so one plan may serve many streams at once.
+/// Which kernel family a layer is prepared for (each has its own device layout; a layer holds one).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFamily {
+    /// Tensor cores (kernels/gptq_mma.cu) where the layout allows, else CUDA cores.
+    Auto,
+    /// The CUDA-core split-K GEMV (kernels/gptq_gemv.cu), for A/B benchmarks and tests.
+    CudaCores,
+}
+
+enum Weights {
+    /// kernels/gptq_gemv.cu: packed rows in permuted K order, f32 scales, scaled zeros and zeros.
+    Gemv { qweight: DevBuf, gword: DevBuf, scale: DevBuf, szero: DevBuf, zero: DevBuf, pair_math: bool },
+    /// kernels/gptq_mma.cu: mma-fragment tiles, per-lane scales and zero offsets per activation type.
+    Mma {
+        qweight: DevBuf,
+        scale_f16: DevBuf,
+        scale_bf16: DevBuf,
+        nzero_f16: Option<DevBuf>,
+        nzero_bf16: Option<DevBuf>,
+        tiles_per_group: usize,
+    },
+}
+
+/// A layer in device memory, in a kernel's layout: K permuted so every group is contiguous; for the
+/// tensor-core kernel, weights pre-shuffled into mma fragments. Immutable, so one plan may serve many
+/// streams at once.
 pub struct CudaLayer {
     device: Arc<Device>,
     bits: u32,
     k: usize,
     n: usize,
-    qweight: DevBuf,
-    gword: DevBuf,
-    scale: DevBuf,
-    scale_len: usize,
-    szero: DevBuf,
-    zero: DevBuf,
+    weights: Weights,
     perm: Option<DevBuf>,
     bias: Option<DevBuf>,
-    /// Use the packed-pair (f16x2/bf16x2) kernels for 4 bit (on unless `GPTQ_CUDA_F32_MATH` is set,
-    /// for A/B benchmarks).
-    pair_math: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -49,16 +72,19 @@ unsafe impl Sync for CudaLayer {}
 
 fn upload<T: Copy>(data: &[T], what: &str) -> Result<DevBuf> {
     let bytes = std::mem::size_of_val(data).max(4);
+    let len = std::mem::size_of_val(data);
     let mut ptr = 0;
+    let mut ctx = std::ptr::null_mut();
     // SAFETY: allocates `bytes` and copies `data` (the current context is the layer's device).
     unsafe {
+        check(cu::cuCtxGetCurrent(&mut ctx), "cuCtxGetCurrent")?;
         check(cu::cuMemAlloc_v2(&mut ptr, bytes), &format!("cuMemAlloc ({what}, {bytes} bytes)"))?;
         if let Err(e) = check(cu::cuMemcpyHtoD_v2(ptr, data.as_ptr().cast(), std::mem::size_of_val(data)), what) {
             cu::cuMemFree_v2(ptr);
             return Err(e);
         }
     }
-    Ok(DevBuf(ptr))
+    Ok(DevBuf { ptr, len, ctx })
 }
 
 /// Enqueues `f` on `stream` with a 1-D block of `threads` and the given grid.
@@ -81,10 +107,24 @@ unsafe fn launch(
     check(r, what)
 }
 
+/// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { [$((&raw const $v).cast_mut().cast::<c_void>()),*] };
+}
+
 impl CudaLayer {
     /// Uploads `layer` to device `ordinal` (initializing the device and its kernels if needed).
-    /// Supported: 4 and 8 bit, any group size, act-order whose groups are runs of whole words.
+    /// Supported: 4 and 8 bit, any group size, act-order whose groups are runs of whole words. Layers
+    /// whose groups are uniform runs of 16 inputs in permuted order (every GPTQ layer with a group
+    /// size, with or without act-order) run on tensor cores; others on the CUDA-core kernel.
     pub fn new(layer: &QuantizedLayer, ordinal: usize) -> Result<CudaLayer> {
+        Self::with_family(layer, ordinal, KernelFamily::Auto)
+    }
+
+    /// [`new`](Self::new) with the kernel family chosen by the caller (benchmarks and tests). The
+    /// `GPTQ_CUDA_KERNEL=cuda-cores` environment variable forces the CUDA-core kernel everywhere.
+    #[doc(hidden)]
+    pub fn with_family(layer: &QuantizedLayer, ordinal: usize, family: KernelFamily) -> Result<CudaLayer> {
         let d = *layer.desc();
         if d.bits != 4 && d.bits != 8 {
             return Err(Error::Unsupported(format!("the CUDA kernels support 4 and 8 bit, not {}", d.bits)));
@@ -96,30 +136,50 @@ impl CudaLayer {
             ));
         }
         let (k, n) = (d.in_features, d.out_features);
-        let pf = (32 / d.bits) as usize;
-        let mut gword = vec![0i32; k / pf];
-        for &(s, e, g) in &plan.segments {
-            gword[s / pf..e / pf].fill(g as i32);
-        }
-        let szero: Vec<f32> = plan.scales.iter().zip(&plan.zeros).map(|(s, z)| s * z).collect();
+        let qweight = plan.qweight_perm.as_deref().unwrap_or(layer.qweight());
+        let forced = std::env::var("GPTQ_CUDA_KERNEL").is_ok_and(|v| v == "cuda-cores");
+        let tiles = if family == KernelFamily::Auto && !forced {
+            mma_tiles(d.bits, k, n, qweight, &plan.segments, &plan.scales, &plan.zeros)
+        } else {
+            None
+        };
         let device = init(ordinal)?;
         let _ctx = CtxGuard::push(device.ctx)?;
-        let qweight = plan.qweight_perm.as_deref().unwrap_or(layer.qweight());
+        let weights = match tiles {
+            Some(t) => Weights::Mma {
+                qweight: upload(&t.qweight, "tiled qweight")?,
+                scale_f16: upload(&t.scale_f16, "scales")?,
+                scale_bf16: upload(&t.scale_bf16, "scales")?,
+                nzero_f16: t.nzero_f16.map(|z| upload(&z, "zero offsets")).transpose()?,
+                nzero_bf16: t.nzero_bf16.map(|z| upload(&z, "zero offsets")).transpose()?,
+                tiles_per_group: t.tiles_per_group,
+            },
+            None => {
+                let pf = (32 / d.bits) as usize;
+                let mut gword = vec![0i32; k / pf];
+                for &(s, e, g) in &plan.segments {
+                    gword[s / pf..e / pf].fill(g as i32);
+                }
+                let szero: Vec<f32> = plan.scales.iter().zip(&plan.zeros).map(|(s, z)| s * z).collect();
+                Weights::Gemv {
+                    qweight: upload(qweight, "qweight")?,
+                    gword: upload(&gword, "group index")?,
+                    scale: upload(&plan.scales, "scales")?,
+                    szero: upload(&szero, "scaled zeros")?,
+                    zero: upload(&plan.zeros, "zeros")?,
+                    pair_math: std::env::var_os("GPTQ_CUDA_F32_MATH").is_none(),
+                }
+            }
+        };
         let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
         let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
         Ok(CudaLayer {
             bits: d.bits,
             k,
             n,
-            qweight: upload(qweight, "qweight")?,
-            gword: upload(&gword, "group index")?,
-            scale: upload(&plan.scales, "scales")?,
-            scale_len: plan.scales.len(),
-            szero: upload(&szero, "scaled zeros")?,
-            zero: upload(&plan.zeros, "zeros")?,
+            weights,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
-            pair_math: std::env::var_os("GPTQ_CUDA_F32_MATH").is_none(),
             device,
         })
     }
@@ -128,13 +188,22 @@ impl CudaLayer {
         self.device.ordinal
     }
 
-    /// Device address and size of the buffers every GEMM must read (packed weights, scales, scaled
-    /// zeros): what a benchmark's read floor streams.
+    /// Whether this layer runs on tensor cores (else on the CUDA-core kernel).
+    pub fn uses_tensor_cores(&self) -> bool {
+        matches!(self.weights, Weights::Mma { .. })
+    }
+
+    /// Device address and size of the buffers every GEMM must read (packed weights, scales, zero
+    /// data; for fp16 activations): what a benchmark's read floor streams.
     #[doc(hidden)]
     pub fn weight_buffers(&self) -> Vec<(u64, usize)> {
-        let words = self.k / (32 / self.bits) as usize;
-        let g = self.scale_len / self.n;
-        vec![(self.qweight.0, words * self.n * 4), (self.scale.0, g * self.n * 4), (self.szero.0, g * self.n * 4)]
+        let bufs: Vec<&DevBuf> = match &self.weights {
+            Weights::Gemv { qweight, scale, szero, .. } => vec![qweight, scale, szero],
+            Weights::Mma { qweight, scale_f16, nzero_f16, .. } => {
+                [Some(qweight), Some(scale_f16), nzero_f16.as_ref()].into_iter().flatten().collect()
+            }
+        };
+        bufs.iter().map(|b| (b.ptr, b.len)).collect()
     }
 
     /// Launches the read-floor kernel over `bytes` (a multiple of 16) at `src` on `stream`.
@@ -147,15 +216,14 @@ impl CudaLayer {
         let f = self.device.function("gptq_read_floor")?;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         let n16 = (bytes / 16) as i64;
-        let mut args: [*mut c_void; 3] =
-            [(&raw const src).cast_mut().cast(), (&raw const n16).cast_mut().cast(), (&raw const sink).cast_mut().cast()];
+        let mut args = args![src, n16, sink];
         let blocks = (self.device.sm_count * 8).min(1024);
         // SAFETY: matches the kernel's signature; extents are the caller's contract.
         unsafe { launch(f, (blocks, 1, 1), 512, stream, &mut args, "launching the read-floor kernel") }
     }
 
-    /// (rows of A per block, splits of K, word rows per split) for `m` rows.
-    fn launch_shape(&self, m: usize) -> (usize, usize, usize) {
+    /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
+    fn gemv_shape(&self, m: usize) -> (usize, usize, usize) {
         let mt = match m {
             1 => 1,
             2 => 2,
@@ -173,10 +241,37 @@ impl CudaLayer {
         (mt, words.div_ceil(wps), wps)
     }
 
+    /// Tensor-core kernel: (16-row fragments per block, warps along K, splits of K, tiles per split).
+    fn mma_shape(&self, m: usize) -> (usize, usize, usize, usize) {
+        // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
+        // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
+        let (mf, wk, per_sm) = match m {
+            0..=16 => (1, 4, 4),
+            17..=32 => (2, 2, 3),
+            _ => (4, 1, 2),
+        };
+        let kt = self.k.div_ceil(TILE_K);
+        let cols_per_block = TILE_N * (4 / wk);
+        let blocks = self.n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
+        let want = (per_sm * self.device.sm_count as usize).div_ceil(blocks);
+        // Each warp keeps at least two tiles per split.
+        let splits = want.min((kt / (2 * wk)).max(1));
+        let tps = kt.div_ceil(splits);
+        (mf, wk, kt.div_ceil(tps), tps)
+    }
+
+    fn splits(&self, m: usize) -> usize {
+        match self.weights {
+            Weights::Gemv { .. } => self.gemv_shape(m).1,
+            Weights::Mma { .. } => self.mma_shape(m).2,
+        }
+    }
+
     /// Workspace bytes `gemm` needs for `m` rows (0 when one split suffices).
     pub fn workspace_size(&self, m: usize) -> usize {
-        let (_, splits, _) = self.launch_shape(m.max(1));
-        if splits == 1 { 0 } else { splits * m.max(1) * self.n * 4 }
+        let m = m.max(1);
+        let splits = self.splits(m);
+        if splits == 1 { 0 } else { splits * m * self.n * 4 }
     }
 
     fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
@@ -197,7 +292,7 @@ impl CudaLayer {
 
     /// `C[m, n] = A[m, k] · Wᵀ (+ bias)` on `stream`. A and C are device pointers (fp16 or bf16) with row
     /// strides `lda`, `ldc` in elements; `workspace` holds at least [`workspace_size`](Self::workspace_size)
-    /// bytes. Enqueues two kernels; allocates and synchronizes nothing.
+    /// bytes. Enqueues one kernel, or two when K is split; allocates and synchronizes nothing.
     ///
     /// # Safety
     /// The pointers must be device memory of this layer's device, valid for the extents described, and
@@ -234,52 +329,54 @@ impl CudaLayer {
             )));
         }
         self.stream_check(stream)?;
-        let (mt, splits, wps) = self.launch_shape(m);
         let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
-        // 4 bit has packed-pair kernels (half the instructions per code); 8 bit uses f32 math.
-        let pairs = format!("{suffix}x2");
-        let variant = if self.bits == 4 && self.pair_math { &pairs } else { suffix };
-        let gemv = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{variant}", self.bits))?;
         let reduce = self.device.function(&format!("gptq_reduce_{suffix}"))?;
-        let _ctx = CtxGuard::push(self.device.ctx)?;
-        let (mi, ni, ki, wpsi, si) = (m as i32, self.n as i32, self.k as i32, wps as i32, splits as i32);
+        let (mi, ni, ki) = (m as i32, self.n as i32, self.k as i32);
         let (lda64, ldc64) = (lda as i64, ldc as i64);
-        let perm = self.perm.as_ref().map_or(0, |p| p.0);
-        let bias = self.bias.as_ref().map_or(0, |b| b.0);
-        let mut args: [*mut c_void; 16] = [
-            (&raw const a).cast_mut().cast(),
-            (&raw const lda64).cast_mut().cast(),
-            (&raw const self.qweight.0).cast_mut().cast(),
-            (&raw const self.gword.0).cast_mut().cast(),
-            (&raw const self.scale.0).cast_mut().cast(),
-            (&raw const self.szero.0).cast_mut().cast(),
-            (&raw const self.zero.0).cast_mut().cast(),
-            (&raw const perm).cast_mut().cast(),
-            (&raw const workspace).cast_mut().cast(),
-            (&raw const bias).cast_mut().cast(),
-            (&raw const c).cast_mut().cast(),
-            (&raw const ldc64).cast_mut().cast(),
-            (&raw const mi).cast_mut().cast(),
-            (&raw const ni).cast_mut().cast(),
-            (&raw const ki).cast_mut().cast(),
-            (&raw const wpsi).cast_mut().cast(),
-        ];
-        let grid = (self.n.div_ceil(THREADS) as u32, splits as u32, m.div_ceil(mt) as u32);
-        // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-        unsafe { launch(gemv, grid, THREADS as u32, stream, &mut args, "launching the GEMV kernel")? };
+        let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
+        let bias = self.bias.as_ref().map_or(0, |b| b.ptr);
+        let splits = match &self.weights {
+            Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, tiles_per_group } => {
+                let (mf, wk, splits, tps) = self.mma_shape(m);
+                let f = self.device.function(&format!("gptq_mma_b{}_m{mf}_{suffix}", self.bits))?;
+                let bf = dtype == ActDType::BF16;
+                let scale = if bf { scale_bf16.ptr } else { scale_f16.ptr };
+                let nz = if bf { nzero_bf16 } else { nzero_f16 }.as_ref().map_or(0, |z| z.ptr);
+                let (tpsi, tpgi) = (tps as i32, (*tiles_per_group).min(i32::MAX as usize) as i32);
+                let mut args =
+                    args![a, lda64, qweight.ptr, scale, nz, perm, workspace, bias, c, ldc64, mi, ni, ki, tpsi, tpgi];
+                let cols = TILE_N * (4 / wk);
+                let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
+                let _ctx = CtxGuard::push(self.device.ctx)?;
+                // SAFETY: argument types and order match the kernel's signature; extents were checked above.
+                unsafe { launch(f, grid, 128, stream, &mut args, "launching the tensor-core GEMM kernel")? };
+                splits
+            }
+            Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
+                let (mt, splits, wps) = self.gemv_shape(m);
+                // 4 bit has packed-pair kernels (half the instructions per code); 8 bit uses f32 math.
+                let pairs = format!("{suffix}x2");
+                let variant = if self.bits == 4 && *pair_math { &pairs } else { suffix };
+                let f = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{variant}", self.bits))?;
+                let wpsi = wps as i32;
+                let mut args = args![
+                    a, lda64, qweight.ptr, gword.ptr, scale.ptr, szero.ptr, zero.ptr, perm, workspace, bias, c, ldc64, mi, ni,
+                    ki, wpsi
+                ];
+                let grid = (self.n.div_ceil(THREADS) as u32, splits as u32, m.div_ceil(mt) as u32);
+                let _ctx = CtxGuard::push(self.device.ctx)?;
+                // SAFETY: argument types and order match the kernel's signature; extents were checked above.
+                unsafe { launch(f, grid, THREADS as u32, stream, &mut args, "launching the GEMV kernel")? };
+                splits
+            }
+        };
         if splits == 1 {
-            return Ok(()); // the GEMV kernel wrote C itself
+            return Ok(()); // the GEMM kernel wrote C itself
         }
-        let mut rargs: [*mut c_void; 7] = [
-            (&raw const workspace).cast_mut().cast(),
-            (&raw const si).cast_mut().cast(),
-            (&raw const bias).cast_mut().cast(),
-            (&raw const c).cast_mut().cast(),
-            (&raw const ldc64).cast_mut().cast(),
-            (&raw const mi).cast_mut().cast(),
-            (&raw const ni).cast_mut().cast(),
-        ];
+        let si = splits as i32;
+        let mut rargs = args![workspace, si, bias, c, ldc64, mi, ni];
         let total = m * self.n;
+        let _ctx = CtxGuard::push(self.device.ctx)?;
         // SAFETY: as above.
         unsafe { launch(reduce, (total.div_ceil(256) as u32, 1, 1), 256, stream, &mut rargs, "launching the reduction kernel") }
     }
@@ -293,38 +390,39 @@ impl CudaLayer {
             return Err(Error::Misaligned("out must be 2-byte aligned".into()));
         }
         self.stream_check(stream)?;
-        let f = self.device.function(&format!("gptq_dequant_b{}", self.bits))?;
-        let _ctx = CtxGuard::push(self.device.ctx)?;
         let (ni, ki) = (self.n as i32, self.k as i32);
-        let perm = self.perm.as_ref().map_or(0, |p| p.0);
-        let mut args: [*mut c_void; 8] = [
-            (&raw const self.qweight.0).cast_mut().cast(),
-            (&raw const self.gword.0).cast_mut().cast(),
-            (&raw const self.scale.0).cast_mut().cast(),
-            (&raw const self.szero.0).cast_mut().cast(),
-            (&raw const perm).cast_mut().cast(),
-            (&raw const out).cast_mut().cast(),
-            (&raw const ni).cast_mut().cast(),
-            (&raw const ki).cast_mut().cast(),
-        ];
-        let words = self.k / (32 / self.bits) as usize;
-        let grid = (self.n.div_ceil(THREADS) as u32, words as u32, 1);
-        // SAFETY: argument types and order match the kernel's signature.
-        unsafe { launch(f, grid, THREADS as u32, stream, &mut args, "launching the dequantization kernel") }
+        let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
+        match &self.weights {
+            Weights::Mma { qweight, scale_f16, nzero_f16, tiles_per_group, .. } => {
+                let f = self.device.function(&format!("gptq_mma_dequant_b{}", self.bits))?;
+                let nz = nzero_f16.as_ref().map_or(0, |z| z.ptr);
+                let tpg = (*tiles_per_group).min(i32::MAX as usize) as i32;
+                let mut args = args![qweight.ptr, scale_f16.ptr, nz, perm, out, ni, ki, tpg];
+                let threads = self.n.div_ceil(TILE_N) * self.k.div_ceil(TILE_K) * 32;
+                let _ctx = CtxGuard::push(self.device.ctx)?;
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { launch(f, (threads.div_ceil(128) as u32, 1, 1), 128, stream, &mut args, "launching the dequantization kernel") }
+            }
+            Weights::Gemv { qweight, gword, scale, szero, .. } => {
+                let f = self.device.function(&format!("gptq_dequant_b{}", self.bits))?;
+                let mut args = args![qweight.ptr, gword.ptr, scale.ptr, szero.ptr, perm, out, ni, ki];
+                let words = self.k / (32 / self.bits) as usize;
+                let grid = (self.n.div_ceil(THREADS) as u32, words as u32, 1);
+                let _ctx = CtxGuard::push(self.device.ctx)?;
+                // SAFETY: argument types and order match the kernel's signature.
+                unsafe { launch(f, grid, THREADS as u32, stream, &mut args, "launching the dequantization kernel") }
+            }
+        }
     }
 }
 
-impl Drop for CudaLayer {
+impl Drop for DevBuf {
     fn drop(&mut self) {
-        // Freeing may implicitly synchronize; it happens only when the caller frees the layer.
-        if let Ok(_g) = CtxGuard::push(self.device.ctx) {
-            for b in [Some(&self.qweight), Some(&self.gword), Some(&self.scale), Some(&self.szero), Some(&self.zero), self.perm.as_ref(), self.bias.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                // SAFETY: allocated by `upload`, freed once.
-                unsafe { cu::cuMemFree_v2(b.0) };
-            }
+        // Freeing may implicitly synchronize; it happens only when the caller frees the layer (or a
+        // layer fails to build).
+        if let Ok(_g) = CtxGuard::push(self.ctx) {
+            // SAFETY: allocated by `upload` in `ctx`, freed once.
+            unsafe { cu::cuMemFree_v2(self.ptr) };
         }
     }
 }

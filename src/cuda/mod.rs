@@ -9,9 +9,10 @@
 mod compile;
 mod device;
 mod layer;
+mod tiles;
 
 pub use device::{device_count, init, Device};
-pub use layer::{ActDType, CudaLayer};
+pub use layer::{ActDType, CudaLayer, KernelFamily};
 
 use crate::error::{Error, Result};
 use cudarc::driver::sys as cu;

@@ -1,0 +1,44 @@
+// Helpers shared by the kernel families in kernels/: compiled in front of them as one NVRTC program
+// (src/cuda/compile.rs), with no CUDA headers, so half/bfloat16 conversions are PTX or bit tricks.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float b2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
+__device__ __forceinline__ u16 f2b(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
+    return (u16)(u >> 16);
+}
+template <bool BF16> __device__ __forceinline__ float load_act(u16 v) { return BF16 ? b2f(v) : h2f(v); }
+template <bool BF16> __device__ __forceinline__ u16 store_act(float v) { return BF16 ? f2b(v) : f2h(v); }
+
+// Packed 16-bit pair math (f16x2 or bf16x2). bf16 uses FMAs only: fma.rn.bf16x2 exists from sm_80,
+// add/mul only from sm_90.
+template <bool BF> __device__ __forceinline__ u32 pfma(u32 a, u32 b, u32 c) {
+    u32 r;
+    if (BF) asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    else asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+template <bool BF> __device__ __forceinline__ u32 pdup(float f) {
+    const u32 h = BF ? f2b(f) : f2h(f);
+    return h | (h << 16);
+}
+template <bool BF> __device__ __forceinline__ u32 code_pair(u32 q) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(q), "r"(0x000F000Fu), "r"(BF ? 0x43004300u : 0x64006400u));
+    return r;
+}
+

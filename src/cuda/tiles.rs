@@ -1,0 +1,188 @@
+//! The tensor-core kernel's weight layout (kernels/gptq_mma.cu), built on the host from a layer's
+//! permuted packing. Pure CPU code, so it is tested without a GPU.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Inputs per tile (mma k) and outputs per column tile.
+pub(crate) const TILE_K: usize = 16;
+pub(crate) const TILE_N: usize = 64;
+
+/// A layer in the tile layout: weights shuffled into mma B fragments, scales and zero offsets in the
+/// per-lane order the kernel loads, all padded to whole tiles.
+pub(crate) struct MmaTiles {
+    /// `[nt][kt][v][lane][4]` words (`v < bits/4`).
+    pub qweight: Vec<u32>,
+    /// `[segment][nt][g][s]` scales as f16 and as bf16 bits.
+    pub scale_f16: Vec<u16>,
+    pub scale_bf16: Vec<u16>,
+    /// Pair offsets `-(magic + zero)`: f16 with magic 1024; for bf16 activations at 4 bit, bf16 with
+    /// magic 128 (8 bit in bf16 forms the difference in f16). `None` when every zero is `2^(bits-1)`
+    /// (the kernel then uses a constant).
+    pub nzero_f16: Option<Vec<u16>>,
+    pub nzero_bf16: Option<Vec<u16>>,
+    pub tiles_per_group: usize,
+}
+
+/// The (k, n) offsets inside a tile of code `e` in word `c` of lane `lane` (the mapping written in
+/// kernels/gptq_mma.cu's header: one mma B fragment register per code pair).
+pub(crate) fn code_position(bits: u32, lane: usize, c: usize, e: usize) -> (usize, usize) {
+    let (g, t) = (lane / 4, lane % 4);
+    let (s, r, hi) = if bits == 4 { (2 * c + ((e & 3) >> 1), e & 1, e >> 2) } else { (c, e & 1, e >> 1) };
+    (2 * t + 8 * r + hi, 8 * s + g)
+}
+
+/// Builds the tile layout, or `None` when the layer's groups are not uniform runs of whole tiles in
+/// permuted K order (those layers use the CUDA-core kernel). `qweight` is packed GPTQ-style in
+/// permuted order `[k / (32/bits), n]`; `segments` are `(k_start, k_end, group)` runs in that order;
+/// `scales`, `zeros` are `[groups, n]`.
+pub(crate) fn mma_tiles(
+    bits: u32,
+    k: usize,
+    n: usize,
+    qweight: &[u32],
+    segments: &[(usize, usize, u32)],
+    scales: &[f32],
+    zeros: &[f32],
+) -> Option<MmaTiles> {
+    if bits != 4 && bits != 8 || segments.is_empty() {
+        return None;
+    }
+    let kt = k.div_ceil(TILE_K);
+    let nt = n.div_ceil(TILE_N);
+    let run = segments[0].1 - segments[0].0;
+    let tiles_per_group = if segments.len() == 1 {
+        kt
+    } else {
+        let uniform = segments[..segments.len() - 1].iter().all(|s| s.1 - s.0 == run);
+        let last = segments[segments.len() - 1];
+        if run % TILE_K != 0 || !uniform || last.1 - last.0 > run {
+            return None;
+        }
+        run / TILE_K
+    };
+    let pf = (32 / bits) as usize;
+    let mask = (1u32 << bits) - 1;
+    let qv = (bits / 4) as usize;
+    let code = |kk: usize, nn: usize| -> u32 {
+        if kk < k && nn < n { (qweight[(kk / pf) * n + nn] >> ((kk % pf) as u32 * bits)) & mask } else { 0 }
+    };
+    let tile_words = qv * 32 * 4;
+    let mut qw = vec![0u32; nt * kt * tile_words];
+    qw.par_chunks_mut(kt * tile_words).enumerate().for_each(|(ti, col)| {
+        for (kti, tile) in col.chunks_exact_mut(tile_words).enumerate() {
+            for (wi, word) in tile.iter_mut().enumerate() {
+                let (v, rest) = (wi / 128, wi % 128);
+                let (lane, c) = (rest / 4, 4 * v + rest % 4);
+                let mut w = 0u32;
+                for e in 0..pf {
+                    let (dk, dn) = code_position(bits, lane, c, e);
+                    w |= code(kti * TILE_K + dk, ti * TILE_N + dn) << (bits * e as u32);
+                }
+                *word = w;
+            }
+        }
+    });
+    let half = 1u32 << (bits - 1);
+    let sym = zeros.iter().all(|&z| z == half as f32);
+    let len = segments.len() * nt * TILE_N;
+    let (mut sh, mut sb) = (vec![0u16; len], vec![0u16; len]);
+    let (mut zh, mut zb) = (vec![0u16; len], vec![0u16; len]);
+    let bf_magic = if bits == 4 { 128.0 } else { 1024.0 };
+    for (si, &(_, _, grp)) in segments.iter().enumerate() {
+        for col in 0..nt * TILE_N {
+            let (ti, off) = (col / TILE_N, col % TILE_N);
+            let (s, g) = (off / 8, off % 8);
+            let at = ((si * nt + ti) * 8 + g) * 8 + s;
+            let (scale, zero) = if col < n { (scales[grp as usize * n + col], zeros[grp as usize * n + col]) } else { (0.0, 0.0) };
+            sh[at] = f16::from_f32(scale).to_bits();
+            sb[at] = bf16::from_f32(scale).to_bits();
+            zh[at] = f16::from_f32(-(1024.0 + zero)).to_bits();
+            zb[at] = if bits == 4 { bf16::from_f32(-(bf_magic + zero)).to_bits() } else { zh[at] };
+        }
+    }
+    Some(MmaTiles {
+        qweight: qw,
+        scale_f16: sh,
+        scale_bf16: sb,
+        nzero_f16: (!sym).then_some(zh),
+        nzero_bf16: (!sym).then_some(zb),
+        tiles_per_group,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes the layout back with the documented mapping: every code lands where the kernel's
+    /// fragment order says, padding is zero, scales and offsets sit at their lane's slot.
+    #[test]
+    fn tile_layout_round_trips_every_code() {
+        for (bits, k, n) in [(4u32, 200usize, 72usize), (8, 36, 130), (4, 64, 64)] {
+            let pf = (32 / bits) as usize;
+            let maxq = (1u64 << bits) - 1;
+            let mut state = 12345u64 + k as u64;
+            let mut next = || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state >> 33
+            };
+            let codes: Vec<u32> = (0..k * n).map(|_| (next() % (maxq + 1)) as u32).collect(); // [k][n]
+            let mut qweight = vec![0u32; k.div_ceil(pf) * n];
+            for kk in 0..k {
+                for nn in 0..n {
+                    qweight[(kk / pf) * n + nn] |= codes[kk * n + nn] << ((kk % pf) as u32 * bits);
+                }
+            }
+            let gs = 32;
+            let segments: Vec<(usize, usize, u32)> = (0..k.div_ceil(gs)).map(|g| (g * gs, ((g + 1) * gs).min(k), g as u32)).collect();
+            let groups = segments.len();
+            let scales: Vec<f32> = (0..groups * n).map(|i| 0.001 * (i + 1) as f32).collect();
+            let zeros: Vec<f32> = (0..groups * n).map(|i| (i % 7) as f32).collect();
+            let t = mma_tiles(bits, k, n, &qweight, &segments, &scales, &zeros).expect("uniform groups");
+            assert_eq!(t.tiles_per_group, gs / TILE_K);
+            let (kt, nt) = (k.div_ceil(16), n.div_ceil(64));
+            let mut seen = vec![false; k * n];
+            for ti in 0..nt {
+                for kti in 0..kt {
+                    for wi in 0..(bits as usize / 4) * 128 {
+                        let w = t.qweight[((ti * kt + kti) * (bits as usize / 4)) * 128 + wi];
+                        let (lane, c) = ((wi % 128) / 4, 4 * (wi / 128) + wi % 4);
+                        for e in 0..pf {
+                            let (dk, dn) = code_position(bits, lane, c, e);
+                            let (kk, nn) = (kti * 16 + dk, ti * 64 + dn);
+                            let got = (w >> (bits as usize * e)) & maxq as u32;
+                            if kk < k && nn < n {
+                                assert_eq!(got, codes[kk * n + nn], "bits {bits} k {kk} n {nn}");
+                                assert!(!seen[kk * n + nn], "code placed twice");
+                                seen[kk * n + nn] = true;
+                            } else {
+                                assert_eq!(got, 0, "padding");
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s), "every code placed");
+            let nz = t.nzero_f16.as_ref().expect("asymmetric");
+            for (si, &(_, _, grp)) in segments.iter().enumerate() {
+                for col in 0..n {
+                    let at = ((si * nt + col / 64) * 8 + col % 8) * 8 + (col % 64) / 8;
+                    assert_eq!(t.scale_f16[at], f16::from_f32(scales[grp as usize * n + col]).to_bits());
+                    let z = zeros[grp as usize * n + col];
+                    assert_eq!(f16::from_bits(nz[at]).to_f32(), -(1024.0 + z));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_uniform_groups_are_left_to_the_cuda_core_kernel() {
+        let qweight = vec![0u32; 64 / 8 * 64];
+        let (s, z) = (vec![1.0f32; 2 * 64], vec![8.0f32; 2 * 64]);
+        // A run of 24 inputs is not a whole number of 16-input tiles.
+        assert!(mma_tiles(4, 64, 64, &qweight, &[(0, 24, 0), (24, 64, 1)], &s, &z).is_none());
+        let t = mma_tiles(4, 64, 64, &qweight, &[(0, 32, 0), (32, 64, 1)], &s, &z).unwrap();
+        assert!(t.nzero_f16.is_none(), "symmetric zeros need no offset array");
+    }
+}
