@@ -101,6 +101,8 @@ fn time_graph(stream: cu::CUstream, calls: usize, reps: usize, mut f: impl FnMut
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    // `profile`: one call shape (8192x28672, 4 bit, M from GPTQ_BENCH_M or 1), for a profiler.
+    let profile = std::env::args().any(|a| a == "profile");
     if !unsafe { cu::is_culib_present() } || gptq::cuda::device_count().unwrap_or(0) == 0 {
         println!("NOTICE: no CUDA device; nothing to benchmark");
         return;
@@ -134,8 +136,14 @@ fn main() {
         "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor", "bf16 us", "cores us"
     );
     println!("(ours: tensor-core kernel, fp16; cores: the CUDA-core kernel on the same call, M <= 16)");
+    let profile_m: Vec<usize> = std::env::var("GPTQ_BENCH_M").ok().and_then(|v| v.parse().ok()).into_iter().collect();
+    let (shapes, ms): (&[(usize, usize)], &[usize]) =
+        if profile { (&[(8192, 28672)], if profile_m.is_empty() { &[1] } else { &profile_m }) } else { (shapes, ms) };
     for &(k, n) in shapes {
         for bits in [4u32, 8] {
+            if profile && bits == 8 {
+                continue;
+            }
             // Enough copies that one rotation exceeds the L2 by far.
             let layer_bytes = k * n * bits as usize / 8;
             let copies = (200usize << 20).div_ceil(layer_bytes).clamp(2, 32);
@@ -220,6 +228,9 @@ fn main() {
                 unsafe { cu::cuMemFree_v2(p) };
             }
         }
+    }
+    if profile {
+        return;
     }
     // Act-order: the same shapes with g_idx through a random permutation (A gathered while staged).
     println!("act-order vs plain (4 bit g128 fp16, tensor cores)");

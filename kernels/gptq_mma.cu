@@ -15,17 +15,22 @@
 // So one LOP3 turns a masked word into a register of two codes (the magic-number trick of
 // common.cuh), with no shuffles and no shared memory for B.
 //   scale [G][nt][g < 8][s < 8]  fp16 or bf16: the scale of column 64·nt + 8s + g in group G, one
-//                                16-byte load per lane; groups are uniform runs of `tpg` tiles
+//                                16-byte load per lane; groups are uniform runs of 2^shift tiles
 //   nzero same layout, the pair offset -(magic + zero) (null for symmetric layers: a constant)
 //   perm  i32 [K] or null        column of A feeding permuted input k (act-order)
 //   partial f32 [S, M, N]        split-K workspace; gptq_reduce_* adds the splits and the bias
 //
 // Tiles: a block of 4 warps owns BM = 16·MF rows of A and 64·WN columns; its WK = 4/WN warps split
 // the block's K tiles round-robin and reduce through shared memory at the end. MF = 1, WK = 4 for
-// M <= 16 (memory-bound: 4 warps stream one column tile, batches of 4 tiles in flight per warp);
+// M <= 16 (memory-bound: 4 warps stream one column tile);
 // MF = 2, WK = 2 for M <= 32; MF = 4, WK = 1 above (each warp 64×64 of C, A reused by 4 warps).
-// A is staged per chunk of KC inputs in shared memory (through perm), read with ldmatrix; rows
-// padded by 8 halves so the 8 rows of an ldmatrix hit distinct banks. blockIdx.y splits K so that
+// A is staged per chunk of K in shared memory (through perm; only the block's real rows, rows past M
+// read a zero row), read with ldmatrix; rows padded by 8 halves so the 8 rows of an ldmatrix hit
+// distinct banks. The chunk is as long as the rows allow (`chunk`, from the host: 16384 inputs at
+// M = 1, 256 at 64 rows), so small M stages A once. Each warp loads its tiles in batches of 4 (2 at
+// MF = 4) straight into registers, a chunk's first batch before A is staged. (A cp.async ring in
+// shared memory, 8 tiles deep, was measured slower: the kernel is bound by instructions per tile,
+// not by loads in flight; docs/perf.md.) blockIdx.y splits K so that
 // small M still puts enough loads in flight on every SM; with one split C is written directly.
 
 #define MMA_THREADS 128
@@ -101,34 +106,69 @@ __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const u
     }
 }
 
-template <int BITS, int MF, int WK, bool BF>
+// Shared memory for A: up to 64 rows × (256 + 8) halves, then one 16-byte zero row that ldmatrix
+// reads for rows past M (so only real rows are staged). Small M stages longer chunks of K.
+#define SMEM_HALVES (64 * 264)
+
+// Loads tile `tile`'s weight words, scales (and zero offsets) for this lane. Groups are uniform runs
+// of 2^group_shift tiles (every supported group size is a power of two ≥ 16; one group: shift 31).
+template <int QV, bool SYM>
+__device__ __forceinline__ void load_tile(const uint4* __restrict__ qcol, const uint4* __restrict__ scol,
+                                          const uint4* __restrict__ zcol, int tile, int group_shift, int NT,
+                                          uint4 (&q)[QV], uint4& sc, uint4& nz) {
+    const uint4* src = qcol + (long)tile * (32 * QV);
+#pragma unroll
+    for (int v = 0; v < QV; v++) q[v] = src[32 * v];
+    const long si = (long)(tile >> group_shift) * NT * 8;
+    sc = scol[si];
+    if (!SYM) nz = zcol[si];
+}
+
+template <int BITS, int MF, int WK, bool BF, bool SYM>
 __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
                          const uint4* __restrict__ scale, const uint4* __restrict__ nzero,
                          const int* __restrict__ perm, float* __restrict__ partial,
                          const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
-                         int tiles_per_split, int tiles_per_group) {
+                         int tiles_per_split, int group_shift, int chunk) {
     constexpr int WN = 4 / WK;
     constexpr int BM = 16 * MF;
     constexpr int BN = 64 * WN;
-    constexpr int KC = 1024 / MF;  // inputs of A per shared-memory chunk (33 KB for every MF)
-    constexpr int LDS = KC + 8;
     constexpr int QV = BITS / 4;
     constexpr int P = MF == 4 ? 2 : 4;  // tiles per batch of loads in flight (registers allow)
-    __shared__ __align__(16) u16 sA[BM * LDS];
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* sA = reinterpret_cast<u16*>(smem);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wk = warp % WK, wn = warp / WK;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
     const int nt = blockIdx.x * WN + wn;
     const int m0 = blockIdx.z * BM;
+    const int rows = min(BM, M - m0);  // real rows of A in this block
+    const int lds = chunk + 8;         // row stride: (chunk + 8)·2 bytes = 16 mod 128, conflict-free ldmatrix
     const int t_begin = blockIdx.y * tiles_per_split;
     const int t_end = min(t_begin + tiles_per_split, KT);
-    // Symmetric layers: one constant offset -(magic + 2^(BITS-1)).
-    uint4 nz_const;
+    const bool active = nt < NT;
+    // This warp's column: tile t's words at qcol + t·32·QV, its scales at scol + group·NT·8.
+    const uint4* qcol = qw + (long)nt * KT * (32 * QV) + lane;
+    const uint4* scol = scale + nt * 8 + lane / 4;
+    const uint4* zcol = SYM ? scol : nzero + nt * 8 + lane / 4;
+    uint4 nz_sym;
     {
         const u32 h = BITS == 4 ? (BF ? 0xC308u /* -136 */ : 0xE408u /* -1032 */) : 0xE480u /* -1152 f16 */;
-        nz_const.x = nz_const.y = nz_const.z = nz_const.w = h | (h << 16);
+        nz_sym.x = nz_sym.y = nz_sym.z = nz_sym.w = h | (h << 16);
     }
     const bool vec = !perm && ((reinterpret_cast<unsigned long long>(A) & 15) == 0) && (lda & 7) == 0;
+    if (threadIdx.x == 0) *reinterpret_cast<uint4*>(&sA[SMEM_HALVES]) = make_uint4(0, 0, 0, 0);
+    // ldmatrix.x4 row addresses: lanes 0-7 rows 0-7 at k 0, 8-15 rows 8-15 at k 0, 16-31 the same at k 8;
+    // rows past M read the zero row.
+    u32 a_row[MF];
+    bool a_real[MF];
+    const u32 zero_row = smem_u32(&sA[SMEM_HALVES]);
+#pragma unroll
+    for (int f = 0; f < MF; f++) {
+        const int r = f * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+        a_real[f] = r < rows;
+        a_row[f] = smem_u32(&sA[r * lds + 8 * (lane / 16)]);
+    }
 
     float acc[MF][8][4];
 #pragma unroll
@@ -138,64 +178,70 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[f][s][i] = 0.f;
 
-    for (int c0 = t_begin; c0 < t_end; c0 += KC / 16) {
-        const int c1 = min(c0 + KC / 16, t_end);
+    for (int c0 = t_begin; c0 < t_end; c0 += chunk / 16) {
+        const int c1 = min(c0 + chunk / 16, t_end);
         const int kb = c0 * 16, klen = (c1 - c0) * 16;
+        // The first batch of this warp's tiles is requested before A is staged, so its latency overlaps
+        // the staging.
+        uint4 q[P][QV], sc[P], nz[P];
+        const int first = c0 + wk;
+        if (active) {
+#pragma unroll
+            for (int p = 0; p < P; p++)
+                if (first + p * WK < c1) load_tile<QV, SYM>(qcol, scol, zcol, first + p * WK, group_shift, NT, q[p], sc[p], nz[p]);
+        }
         __syncthreads();  // the previous chunk is consumed
         if (vec) {
-            for (int i = threadIdx.x; i < BM * (klen / 8); i += MMA_THREADS) {
-                const int r = i / (klen / 8), k = kb + (i % (klen / 8)) * 8;
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (m0 + r < M) {
-                    const u16* src = A + (long)(m0 + r) * lda + k;
+            const int per_row = klen / 8;
+            for (int r = 0; r < rows; r++) {
+                const u16* src = A + (long)(m0 + r) * lda + kb;
+#pragma unroll 4
+                for (int v = threadIdx.x; v < per_row; v += MMA_THREADS) {
+                    const int k = kb + v * 8;
+                    uint4 val;
                     if (k + 8 <= K) {
-                        v = *reinterpret_cast<const uint4*>(src);
+                        val = *reinterpret_cast<const uint4*>(src + v * 8);
                     } else {
                         u16 e[8];
 #pragma unroll
-                        for (int j = 0; j < 8; j++) e[j] = k + j < K ? src[j] : 0;
-                        v = make_uint4(e[0] | (u32)e[1] << 16, e[2] | (u32)e[3] << 16, e[4] | (u32)e[5] << 16,
-                                       e[6] | (u32)e[7] << 16);
+                        for (int j = 0; j < 8; j++) e[j] = k + j < K ? src[v * 8 + j] : 0;
+                        val = make_uint4(e[0] | (u32)e[1] << 16, e[2] | (u32)e[3] << 16, e[4] | (u32)e[5] << 16,
+                                         e[6] | (u32)e[7] << 16);
                     }
+                    *reinterpret_cast<uint4*>(&sA[r * lds + v * 8]) = val;
                 }
-                *reinterpret_cast<uint4*>(&sA[r * LDS + (k - kb)]) = v;
             }
         } else {
-            for (int i = threadIdx.x; i < BM * klen; i += MMA_THREADS) {
-                const int r = i / klen, kk = i % klen, k = kb + kk;
-                u16 v = 0;
-                if (m0 + r < M && k < K) v = A[(long)(m0 + r) * lda + (perm ? perm[k] : k)];
-                sA[r * LDS + kk] = v;
+            // Gather through perm (act-order, M <= 16: larger M is gathered once by gptq_gather_a) or
+            // unaligned A: one column index per input, then independent loads across rows.
+            const u16* src = A + (long)m0 * lda;
+            for (int kk = threadIdx.x; kk < klen; kk += MMA_THREADS) {
+                const int k = kb + kk;
+                const int col = k < K ? (perm ? perm[k] : k) : -1;
+#pragma unroll 4
+                for (int r = 0; r < rows; r++) sA[r * lds + kk] = col >= 0 ? src[(long)r * lda + col] : (u16)0;
             }
         }
         __syncthreads();
-        if (nt < NT) {
-            // ldmatrix.x4 row addresses: lanes 0-7 rows 0-7 at k 0, 8-15 rows 8-15 at k 0, 16-31 the same at k 8.
-            const u32 a_base = smem_u32(&sA[((lane % 8) + 8 * ((lane / 8) % 2)) * LDS + 8 * (lane / 16)]);
-            for (int t = c0 + wk; t < c1; t += WK * P) {
-                uint4 q[P][QV], sc[P], nz[P];
+        if (active) {
+#pragma unroll 1
+            for (int t = first; t < c1; t += WK * P) {
+                if (t != first) {
 #pragma unroll
-                for (int p = 0; p < P; p++) {
-                    const int tile = t + p * WK;
-                    if (tile < c1) {
-                        const uint4* src = qw + ((long)nt * KT + tile) * (32 * QV) + lane;
-#pragma unroll
-                        for (int v = 0; v < QV; v++) q[p][v] = src[32 * v];
-                        const long si = ((long)(tile / tiles_per_group) * NT + nt) * 8 + lane / 4;
-                        sc[p] = scale[si];
-                        nz[p] = nzero ? nzero[si] : nz_const;
-                    }
+                    for (int p = 0; p < P; p++)
+                        if (t + p * WK < c1) load_tile<QV, SYM>(qcol, scol, zcol, t + p * WK, group_shift, NT, q[p], sc[p], nz[p]);
                 }
 #pragma unroll
                 for (int p = 0; p < P; p++) {
                     const int tile = t + p * WK;
                     if (tile < c1) {
                         u32 b[8][2];
-                        dequant_tile<BITS, BF>(q[p], sc[p], nz[p], b);
+                        dequant_tile<BITS, BF>(q[p], sc[p], SYM ? nz_sym : nz[p], b);
+                        const u32 off = 2 * (tile - c0) * 16;
 #pragma unroll
                         for (int f = 0; f < MF; f++) {
                             u32 a[4];
-                            ldmatrix_x4(a, a_base + 2 * (f * 16 * LDS + (tile - c0) * 16));
+                            ldmatrix_x4(a, a_real[f] ? a_row[f] + off : zero_row);
 #pragma unroll
                             for (int s = 0; s < 8; s++) mma16816<BF>(acc[f][s], a, b[s][0], b[s][1]);
                         }
@@ -223,7 +269,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
                 }
         return;
     }
-    __syncthreads();  // sA is reused as the reduction buffer [WK][BM][BN] f32 (fits: see KC)
+    __syncthreads();  // sA is reused as the reduction buffer [WK][BM][BN] f32 (at most 32 KB: fits)
     float* red = reinterpret_cast<float*>(sA);
 #pragma unroll
     for (int f = 0; f < MF; f++)
@@ -245,25 +291,36 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
     }
 }
 
-// Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}.
-#define MMA(BITS, MF, WK, BF, NAME)                                                                        \
+// Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}_{sym|asym}.
+#define MMA(BITS, MF, WK, BF, SYM, NAME)                                                                   \
     extern "C" __global__ void __launch_bounds__(MMA_THREADS) NAME(                                        \
         const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* nzero, const int* perm,   \
-        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int tpg) {      \
-        mma_gemm<BITS, MF, WK, BF>(A, lda, qw, scale, nzero, perm, partial, bias, C, ldc, M, N, K, tps, tpg); \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
+        int chunk) {                                                                                       \
+        mma_gemm<BITS, MF, WK, BF, SYM>(A, lda, qw, scale, nzero, perm, partial, bias, C, ldc, M, N, K, tps, \
+                                        gshift, chunk);                                                       \
     }
-MMA(4, 1, 4, false, gptq_mma_b4_m1_f16)
-MMA(4, 2, 2, false, gptq_mma_b4_m2_f16)
-MMA(4, 4, 1, false, gptq_mma_b4_m4_f16)
-MMA(4, 1, 4, true, gptq_mma_b4_m1_bf16)
-MMA(4, 2, 2, true, gptq_mma_b4_m2_bf16)
-MMA(4, 4, 1, true, gptq_mma_b4_m4_bf16)
-MMA(8, 1, 4, false, gptq_mma_b8_m1_f16)
-MMA(8, 2, 2, false, gptq_mma_b8_m2_f16)
-MMA(8, 4, 1, false, gptq_mma_b8_m4_f16)
-MMA(8, 1, 4, true, gptq_mma_b8_m1_bf16)
-MMA(8, 2, 2, true, gptq_mma_b8_m2_bf16)
-MMA(8, 4, 1, true, gptq_mma_b8_m4_bf16)
+#define MMA_ALL(BITS, BF, T)                             \
+    MMA(BITS, 1, 4, BF, true, gptq_mma_b##BITS##_m1_##T##_sym)  \
+    MMA(BITS, 2, 2, BF, true, gptq_mma_b##BITS##_m2_##T##_sym)  \
+    MMA(BITS, 4, 1, BF, true, gptq_mma_b##BITS##_m4_##T##_sym)  \
+    MMA(BITS, 1, 4, BF, false, gptq_mma_b##BITS##_m1_##T##_asym) \
+    MMA(BITS, 2, 2, BF, false, gptq_mma_b##BITS##_m2_##T##_asym) \
+    MMA(BITS, 4, 1, BF, false, gptq_mma_b##BITS##_m4_##T##_asym)
+MMA_ALL(4, false, f16)
+MMA_ALL(4, true, bf16)
+MMA_ALL(8, false, f16)
+MMA_ALL(8, true, bf16)
+
+// out[m, k] = A[m, perm[k]]: act-order activations gathered once into the workspace for larger M,
+// so the GEMM stages them with 16-byte loads. Grid (K / 256, up to 65535 rows).
+extern "C" __global__ void gptq_gather_a(const u16* __restrict__ A, long lda, const int* __restrict__ perm,
+                                         u16* __restrict__ out, int M, int K) {
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const int col = perm[k];
+    for (long m = blockIdx.y; m < M; m += gridDim.y) out[m * K + k] = A[m * lda + col];
+}
 
 // out [N, K] fp16 in the original input order from the tile layout; one thread per (tile, lane),
 // f32 math as the CPU path: s · (code - zero). Scales and offsets are the f16 arrays.

@@ -399,8 +399,31 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     let h = gptq_test_layer(cpu);
     let mut cl = std::ptr::null_mut();
     assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
-    let (k, n, m) = (4096usize, 4096usize, 5usize);
-    let mut rng = Rng(5);
+    // m = 5: split K, A gathered while staged; m = 40: act-order activations gathered by a kernel
+    // into the workspace first (three launches in the graph).
+    for m in [5usize, 40] {
+        graph_and_streams(cl, m);
+    }
+    let (k, n) = (4096usize, 4096usize);
+    let s1 = gpu::stream();
+    // Dequantization matches the CPU's (fp16 of the same f32 value).
+    let out = gpu::Buf::new(n * k * 2);
+    out.fill16(POISON);
+    assert_eq!(unsafe { gptq_cuda_dequantize(cl, out.0 as *mut c_void, s1.cast()) }, GPTQ_STATUS_OK);
+    gpu::sync(s1);
+    let got: Vec<u16> = out.read(n * k);
+    let mut want = vec![0f32; n * k];
+    h.1.dequantize_into(&mut want);
+    let bad = got.iter().zip(&want).filter(|(g, w)| (f16::from_bits(**g).to_f32() - **w).abs() > 1e-3 * w.abs().max(1e-3)).count();
+    assert_eq!(bad, 0, "{bad} dequantized values differ");
+    unsafe { gptq_cuda_layer_free(cl) };
+    h.free();
+}
+
+/// Direct launch vs graph capture/replay vs two streams at once, for `m` rows of a 4096² layer.
+fn graph_and_streams(cl: *mut gptq_cuda_layer, m: usize) {
+    let (k, n) = (4096usize, 4096usize);
+    let mut rng = Rng(5 + m as u64);
     let a: Vec<u16> = (0..m * k).map(|_| f16::from_f32(rng.uniform()).to_bits()).collect();
     let a_dev = gpu::Buf::from(&a);
     let mut ws = 0;
@@ -448,20 +471,7 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     assert_eq!(c4.read::<u16>(m * n), direct);
 
     // A workspace that is too small is refused before anything is enqueued.
-    assert!(ws > 0, "m = 5 on 4096x4096 splits K");
+    assert!(ws > 0, "m = {m} on 4096x4096 needs a workspace");
     let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c3.0 as *mut c_void, n, w3.0 as *mut c_void, ws - 4, s1.cast()) };
     assert_eq!(s, GPTQ_STATUS_BUFFER_TOO_SMALL);
-
-    // Dequantization matches the CPU's (fp16 of the same f32 value).
-    let out = gpu::Buf::new(n * k * 2);
-    out.fill16(POISON);
-    assert_eq!(unsafe { gptq_cuda_dequantize(cl, out.0 as *mut c_void, s1.cast()) }, GPTQ_STATUS_OK);
-    gpu::sync(s1);
-    let got: Vec<u16> = out.read(n * k);
-    let mut want = vec![0f32; n * k];
-    h.1.dequantize_into(&mut want);
-    let bad = got.iter().zip(&want).filter(|(g, w)| (f16::from_bits(**g).to_f32() - **w).abs() > 1e-3 * w.abs().max(1e-3)).count();
-    assert_eq!(bad, 0, "{bad} dequantized values differ");
-    unsafe { gptq_cuda_layer_free(cl) };
-    h.free();
 }

@@ -112,6 +112,21 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     // SAFETY: `cubin` is a complete cubin image for this device's architecture.
     check(unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) }, "cuModuleLoadData")?;
     let d = Arc::new(Device { ordinal, ctx, sm_count, arch, module, functions: Mutex::new(HashMap::new()) });
+    // The tensor-core kernels use more than the default 48 KB of dynamic shared memory: raise each
+    // one's limit here, once, so GEMM calls only launch.
+    for bits in [4, 8] {
+        for mf in [1, 2, 4] {
+            for act in ["f16", "bf16"] {
+                for sym in [true, false] {
+                    let f = d.function(&super::layer::mma_kernel_name(bits, mf, act, sym))?;
+                    let bytes = super::layer::mma_smem_bytes(bits, mf, sym) as i32;
+                    let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                    // SAFETY: `f` is a function of the loaded module.
+                    check(unsafe { cu::cuFuncSetAttribute(f, attr, bytes) }, "cuFuncSetAttribute (shared memory)")?;
+                }
+            }
+        }
+    }
     map.insert(ordinal, d.clone());
     Ok(d)
 }

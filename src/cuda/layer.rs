@@ -20,6 +20,19 @@ pub enum ActDType {
 const THREADS: usize = 128;
 /// Most inputs of A one GEMV block stages in shared memory (kernels/gptq_gemv.cu).
 const KSPAN: usize = 1024;
+/// Halves of A the tensor-core kernel stages (kernels/gptq_mma.cu, SMEM_HALVES).
+const MMA_SMEM_HALVES: usize = 64 * 264;
+
+/// The tensor-core kernel's name (kernels/gptq_mma.cu, MMA_ALL).
+pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool) -> String {
+    format!("gptq_mma_b{bits}_m{mf}_{act}_{}", if sym { "sym" } else { "asym" })
+}
+
+/// Dynamic shared memory of a tensor-core kernel: A and its zero row (kernels/gptq_mma.cu). The same
+/// for every variant today; the signature keeps room for per-variant staging.
+pub(crate) fn mma_smem_bytes(_bits: u32, _mf: usize, _sym: bool) -> usize {
+    (MMA_SMEM_HALVES + 8) * 2
+}
 
 /// Device memory owned by a layer, freed in the context that allocated it.
 struct DevBuf {
@@ -50,6 +63,7 @@ enum Weights {
         nzero_f16: Option<DevBuf>,
         nzero_bf16: Option<DevBuf>,
         tiles_per_group: usize,
+        group_shift: u32,
     },
 }
 
@@ -100,9 +114,26 @@ unsafe fn launch(
     args: &mut [*mut c_void],
     what: &str,
 ) -> Result<()> {
+    // SAFETY: the caller's contract.
+    unsafe { launch_smem(f, grid, threads, 0, stream, args, what) }
+}
+
+/// [`launch`] with `smem` bytes of dynamic shared memory (the function's limit raised at init).
+///
+/// # Safety
+/// As [`launch`].
+unsafe fn launch_smem(
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+    what: &str,
+) -> Result<()> {
     // SAFETY: the caller's contract above.
     let r = unsafe {
-        cu::cuLaunchKernel(f, grid.0, grid.1, grid.2, threads, 1, 1, 0, stream, args.as_mut_ptr(), std::ptr::null_mut())
+        cu::cuLaunchKernel(f, grid.0, grid.1, grid.2, threads, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut())
     };
     check(r, what)
 }
@@ -153,6 +184,7 @@ impl CudaLayer {
                 nzero_f16: t.nzero_f16.map(|z| upload(&z, "zero offsets")).transpose()?,
                 nzero_bf16: t.nzero_bf16.map(|z| upload(&z, "zero offsets")).transpose()?,
                 tiles_per_group: t.tiles_per_group,
+                group_shift: t.group_shift,
             },
             None => {
                 let pf = (32 / d.bits) as usize;
@@ -241,8 +273,9 @@ impl CudaLayer {
         (mt, words.div_ceil(wps), wps)
     }
 
-    /// Tensor-core kernel: (16-row fragments per block, warps along K, splits of K, tiles per split).
-    fn mma_shape(&self, m: usize) -> (usize, usize, usize, usize) {
+    /// Tensor-core kernel: (16-row fragments per block, warps along K, splits of K, tiles per split,
+    /// inputs of A per shared-memory chunk).
+    fn mma_shape(&self, m: usize) -> (usize, usize, usize, usize, usize) {
         // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
         // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
         let (mf, wk, per_sm) = match m {
@@ -257,7 +290,12 @@ impl CudaLayer {
         // Each warp keeps at least two tiles per split.
         let splits = want.min((kt / (2 * wk)).max(1));
         let tps = kt.div_ceil(splits);
-        (mf, wk, kt.div_ceil(tps), tps)
+        // Shared memory holds rows × (chunk + 8) halves (kernels/gptq_mma.cu, SMEM_HALVES); chunks are
+        // multiples of 64 inputs so rows start 16 bytes apart modulo 128 (conflict-free ldmatrix).
+        let rows = m.min(16 * mf);
+        let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
+        let chunk = cap.min((tps * TILE_K).next_multiple_of(64));
+        (mf, wk, kt.div_ceil(tps), tps, chunk)
     }
 
     fn splits(&self, m: usize) -> usize {
@@ -267,11 +305,21 @@ impl CudaLayer {
         }
     }
 
-    /// Workspace bytes `gemm` needs for `m` rows (0 when one split suffices).
+    /// Bytes at the start of the workspace for act-order activations gathered once (tensor-core
+    /// kernel, m > 16; smaller m gathers while staging).
+    fn gather_bytes(&self, m: usize) -> usize {
+        if matches!(self.weights, Weights::Mma { .. }) && self.perm.is_some() && m > 16 {
+            (m * self.k * 2).next_multiple_of(256)
+        } else {
+            0
+        }
+    }
+
+    /// Workspace bytes `gemm` needs for `m` rows (0 when one split suffices and nothing is gathered).
     pub fn workspace_size(&self, m: usize) -> usize {
         let m = m.max(1);
         let splits = self.splits(m);
-        if splits == 1 { 0 } else { splits * m * self.n * 4 }
+        self.gather_bytes(m) + if splits == 1 { 0 } else { splits * m * self.n * 4 }
     }
 
     fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
@@ -322,6 +370,11 @@ impl CudaLayer {
         if a % 2 != 0 || c % 2 != 0 || workspace % 4 != 0 {
             return Err(Error::Misaligned("A and C must be 2-byte aligned, the workspace 4-byte aligned".into()));
         }
+        // Grid limits: gridDim.z (65535) counts blocks of 64 rows (tensor cores) or 8 rows (CUDA cores).
+        let max_m = 65535 * if self.uses_tensor_cores() { 64 } else { 8 };
+        if m > max_m {
+            return Err(Error::Shape(format!("m = {m} exceeds the {max_m} rows one call can take; split the call")));
+        }
         let need = self.workspace_size(m);
         if workspace_bytes < need || (need > 0 && workspace == 0) {
             return Err(Error::BufferTooSmall(format!(
@@ -336,20 +389,36 @@ impl CudaLayer {
         let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
         let bias = self.bias.as_ref().map_or(0, |b| b.ptr);
         let splits = match &self.weights {
-            Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, tiles_per_group } => {
-                let (mf, wk, splits, tps) = self.mma_shape(m);
-                let f = self.device.function(&format!("gptq_mma_b{}_m{mf}_{suffix}", self.bits))?;
+            Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, group_shift, .. } => {
+                let (mf, wk, splits, tps, chunk) = self.mma_shape(m);
+                let sym = if nzero_f16.is_none() { "sym" } else { "asym" };
+                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym == "sym"))?;
+                let smem = mma_smem_bytes(self.bits, mf, sym == "sym") as u32;
                 let bf = dtype == ActDType::BF16;
                 let scale = if bf { scale_bf16.ptr } else { scale_f16.ptr };
                 let nz = if bf { nzero_bf16 } else { nzero_f16 }.as_ref().map_or(0, |z| z.ptr);
-                let (tpsi, tpgi) = (tps as i32, (*tiles_per_group).min(i32::MAX as usize) as i32);
-                let mut args =
-                    args![a, lda64, qweight.ptr, scale, nz, perm, workspace, bias, c, ldc64, mi, ni, ki, tpsi, tpgi];
+                let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
+                let gather = self.gather_bytes(m);
+                let (a_in, lda_in, perm_in) = if gather > 0 {
+                    let g = self.device.function("gptq_gather_a")?;
+                    let mut gargs = args![a, lda64, perm, workspace, mi, ki];
+                    let grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
+                    let _ctx = CtxGuard::push(self.device.ctx)?;
+                    // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
+                    unsafe { launch(g, grid, 256, stream, &mut gargs, "launching the act-order gather kernel")? };
+                    (workspace, self.k as i64, 0u64)
+                } else {
+                    (a, lda64, perm)
+                };
+                let partial = workspace + gather as u64;
+                let mut args = args![
+                    a_in, lda_in, qweight.ptr, scale, nz, perm_in, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, chunki
+                ];
                 let cols = TILE_N * (4 / wk);
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-                unsafe { launch(f, grid, 128, stream, &mut args, "launching the tensor-core GEMM kernel")? };
+                unsafe { launch_smem(f, grid, 128, smem, stream, &mut args, "launching the tensor-core GEMM kernel")? };
                 splits
             }
             Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
@@ -374,7 +443,8 @@ impl CudaLayer {
             return Ok(()); // the GEMM kernel wrote C itself
         }
         let si = splits as i32;
-        let mut rargs = args![workspace, si, bias, c, ldc64, mi, ni];
+        let partial = workspace + self.gather_bytes(m) as u64;
+        let mut rargs = args![partial, si, bias, c, ldc64, mi, ni];
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         // SAFETY: as above.

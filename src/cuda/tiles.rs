@@ -22,6 +22,8 @@ pub(crate) struct MmaTiles {
     pub nzero_f16: Option<Vec<u16>>,
     pub nzero_bf16: Option<Vec<u16>>,
     pub tiles_per_group: usize,
+    /// `log2(tiles_per_group)`, or 31 for one group (the kernel finds a tile's group by a shift).
+    pub group_shift: u32,
 }
 
 /// The (k, n) offsets inside a tile of code `e` in word `c` of lane `lane` (the mapping written in
@@ -56,11 +58,12 @@ pub(crate) fn mma_tiles(
     } else {
         let uniform = segments[..segments.len() - 1].iter().all(|s| s.1 - s.0 == run);
         let last = segments[segments.len() - 1];
-        if run % TILE_K != 0 || !uniform || last.1 - last.0 > run {
+        if run % TILE_K != 0 || !uniform || last.1 - last.0 > run || !(run / TILE_K).is_power_of_two() {
             return None;
         }
         run / TILE_K
     };
+    let group_shift = if segments.len() == 1 { 31 } else { tiles_per_group.trailing_zeros() };
     let pf = (32 / bits) as usize;
     let mask = (1u32 << bits) - 1;
     let qv = (bits / 4) as usize;
@@ -108,6 +111,7 @@ pub(crate) fn mma_tiles(
         nzero_f16: (!sym).then_some(zh),
         nzero_bf16: (!sym).then_some(zb),
         tiles_per_group,
+        group_shift,
     })
 }
 
