@@ -17,15 +17,16 @@
 //   scale [G][nt][g < 8][s < 8]  fp16 or bf16: the scale of column 64·nt + 8s + g in group G, one
 //                                16-byte load per lane; groups are uniform runs of 2^shift tiles
 //   nzero same layout, the pair offset -(magic + zero) (null for symmetric layers: a constant)
-//   perm  i32 [K] or null        column of A feeding permuted input k (act-order)
+//   perm  i32 [K] or null        column of A feeding permuted input k (the library passes null and
+//                                gathers act-order A into the workspace first)
 //   partial f32 [S, M, N]        split-K workspace; gptq_reduce_* adds the splits and the bias
 //
 // Tiles: a block of 4 warps owns BM = 16·MF rows of A and 64·WN columns; its WK = 4/WN warps split
 // the block's K tiles round-robin and reduce through shared memory at the end. MF = 1, WK = 4 for
 // M <= 16 (memory-bound: 4 warps stream one column tile);
 // MF = 2, WK = 2 for M <= 32; MF = 4, WK = 1 above (each warp 64×64 of C, A reused by 4 warps).
-// A is staged per chunk of K in shared memory (through perm; only the block's real rows, rows past M
-// read a zero row), read with ldmatrix; rows padded by 8 halves so the 8 rows of an ldmatrix hit
+// A is staged per chunk of K in shared memory (act-order A arrives gathered by gptq_gather_a; only the
+// block's real rows are staged, rows past M read a zero row), read with ldmatrix; rows padded by 8 halves so the 8 rows of an ldmatrix hit
 // distinct banks. The chunk is as long as the rows allow (`chunk`, from the host: 16384 inputs at
 // M = 1, 256 at 64 rows), so small M stages A once. Each warp loads its tiles in batches of 4 (2 at
 // MF = 4) straight into registers, a chunk's first batch before A is staged. (A cp.async ring in
@@ -77,11 +78,38 @@ __device__ __forceinline__ u32 h2_to_b2(u32 h) {
 // w = (pair - (magic + zero)) exactly, then times the scale with one rounding. 8 bit in bf16: codes
 // up to 255 do not fit bf16's 8-bit significand above the magic, so the exact integer difference
 // is formed in f16 and converted (exactly: |code - zero| <= 256).
-template <int BITS, bool BF>
+// (q & mask) | 0x6400 (fp16 1024) in one LOP3.
+__device__ __forceinline__ u32 and_or(u32 q, u32 mask) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(q), "r"(mask), "r"(0x64006400u));
+    return r;
+}
+
+template <int BITS, bool BF, bool SYM>
 __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const uint4& sc, const uint4& nz,
                                              u32 (&b)[8][2]) {
     const u32 neg_zero = 0x80008000u;
-    if constexpr (BITS == 4) {
+    if constexpr (BITS == 4 && !BF) {
+        // fp16: pairs (nibbles 0,4) and (2,6) come out of one LOP3 as 1024 + code; pairs (1,5) and
+        // (3,7) as 1024 + 16·code (bits 4-7 are still mantissa), taken back by an exact FMA with 1/16
+        // and offset -(64 + zero): one shift per word instead of three.
+        const u32 one = 0x3C003C00u, sixteenth = 0x2C002C00u, delta = 0x63806380u /* 960 = 1024 - 64 */;
+        const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const u32 w8 = w[c] >> 8;
+            const u32 p[4] = {and_or(w[c], 0x000F000Fu), and_or(w[c], 0x00F000F0u), and_or(w8, 0x000F000Fu),
+                              and_or(w8, 0x00F000F0u)};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int s = 2 * c + (j >> 1);
+                const u32 nzs = dup_half(nz, s);
+                const u32 d = (j & 1) ? pfma<false>(p[j], sixteenth, SYM ? 0xD480D480u /* -72 */ : pfma<false>(nzs, one, delta))
+                                      : pfma<false>(p[j], one, nzs);
+                b[s][j & 1] = pfma<false>(d, dup_half(sc, s), neg_zero);
+            }
+        }
+    } else if constexpr (BITS == 4) {
         const u32 one = BF ? 0x3F803F80u : 0x3C003C00u;
         const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
 #pragma unroll
@@ -192,34 +220,47 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
         }
         __syncthreads();  // the previous chunk is consumed
         if (vec) {
+            // Flat over (row, 16-byte piece) so that many rows do not serialize on load latency.
             const int per_row = klen / 8;
-            for (int r = 0; r < rows; r++) {
-                const u16* src = A + (long)(m0 + r) * lda + kb;
 #pragma unroll 4
-                for (int v = threadIdx.x; v < per_row; v += MMA_THREADS) {
-                    const int k = kb + v * 8;
-                    uint4 val;
-                    if (k + 8 <= K) {
-                        val = *reinterpret_cast<const uint4*>(src + v * 8);
-                    } else {
-                        u16 e[8];
+            for (int i = threadIdx.x; i < rows * per_row; i += MMA_THREADS) {
+                const int r = i / per_row, v = i - r * per_row;
+                const int k = kb + v * 8;
+                const u16* src = A + (long)(m0 + r) * lda + k;
+                uint4 val;
+                if (k + 8 <= K) {
+                    val = *reinterpret_cast<const uint4*>(src);
+                } else {
+                    u16 e[8];
 #pragma unroll
-                        for (int j = 0; j < 8; j++) e[j] = k + j < K ? src[v * 8 + j] : 0;
-                        val = make_uint4(e[0] | (u32)e[1] << 16, e[2] | (u32)e[3] << 16, e[4] | (u32)e[5] << 16,
-                                         e[6] | (u32)e[7] << 16);
-                    }
-                    *reinterpret_cast<uint4*>(&sA[r * lds + v * 8]) = val;
+                    for (int j = 0; j < 8; j++) e[j] = k + j < K ? src[j] : 0;
+                    val = make_uint4(e[0] | (u32)e[1] << 16, e[2] | (u32)e[3] << 16, e[4] | (u32)e[5] << 16,
+                                     e[6] | (u32)e[7] << 16);
                 }
+                *reinterpret_cast<uint4*>(&sA[r * lds + v * 8]) = val;
             }
         } else {
-            // Gather through perm (act-order, M <= 16: larger M is gathered once by gptq_gather_a) or
-            // unaligned A: one column index per input, then independent loads across rows.
+            // Gather through perm or unaligned A (the library gathers act-order activations once with
+            // gptq_gather_a, so this path is for callers' unaligned A): G column indices per thread at
+            // once, then G independent loads per row. G is small: this path's registers count for the
+            // whole kernel.
+            constexpr int G = 2;
             const u16* src = A + (long)m0 * lda;
-            for (int kk = threadIdx.x; kk < klen; kk += MMA_THREADS) {
-                const int k = kb + kk;
-                const int col = k < K ? (perm ? perm[k] : k) : -1;
-#pragma unroll 4
-                for (int r = 0; r < rows; r++) sA[r * lds + kk] = col >= 0 ? src[(long)r * lda + col] : (u16)0;
+            for (int kk0 = threadIdx.x; kk0 < klen; kk0 += G * MMA_THREADS) {
+                int col[G];
+#pragma unroll
+                for (int j = 0; j < G; j++) {
+                    const int kk = kk0 + j * MMA_THREADS, k = kb + kk;
+                    col[j] = kk < klen && k < K ? (perm ? perm[k] : k) : -1;
+                }
+                for (int r = 0; r < rows; r++) {
+                    u16 v[G];
+#pragma unroll
+                    for (int j = 0; j < G; j++) v[j] = col[j] >= 0 ? src[(long)r * lda + col[j]] : (u16)0;
+#pragma unroll
+                    for (int j = 0; j < G; j++)
+                        if (kk0 + j * MMA_THREADS < klen) sA[r * lds + kk0 + j * MMA_THREADS] = v[j];
+                }
             }
         }
         __syncthreads();
@@ -236,7 +277,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
                     const int tile = t + p * WK;
                     if (tile < c1) {
                         u32 b[8][2];
-                        dequant_tile<BITS, BF>(q[p], sc[p], SYM ? nz_sym : nz[p], b);
+                        dequant_tile<BITS, BF, SYM>(q[p], sc[p], SYM ? nz_sym : nz[p], b);
                         const u32 off = 2 * (tile - c0) * 16;
 #pragma unroll
                         for (int f = 0; f < MF; f++) {
@@ -312,8 +353,9 @@ MMA_ALL(4, true, bf16)
 MMA_ALL(8, false, f16)
 MMA_ALL(8, true, bf16)
 
-// out[m, k] = A[m, perm[k]]: act-order activations gathered once into the workspace for larger M,
-// so the GEMM stages them with 16-byte loads. Grid (K / 256, up to 65535 rows).
+// out[m, k] = A[m, perm[k]]: act-order activations gathered once into the workspace, so the GEMM
+// stages them with 16-byte loads (gathering inside the GEMM kernel cost registers and load latency
+// in every block; docs/perf.md). Grid (K / 256, up to 65535 rows).
 extern "C" __global__ void gptq_gather_a(const u16* __restrict__ A, long lda, const int* __restrict__ perm,
                                          u16* __restrict__ out, int M, int K) {
     const int k = blockIdx.x * blockDim.x + threadIdx.x;

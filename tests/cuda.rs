@@ -148,7 +148,8 @@ enum Target<'a> {
 /// Runs the CUDA GEMM for `m` rows and compares with the CPU path; returns the relative error.
 fn check_one(t: Target, cpu: &QuantizedLayer, m: usize, bf: bool, stream: cu::CUstream, rng: &mut Rng) -> f64 {
     let (k, n) = (cpu.desc().in_features, cpu.desc().out_features);
-    let lda = k + 8;
+    // Odd m: an odd row stride, so A cannot be staged with 16-byte loads (the kernels' scalar path).
+    let lda = if m % 2 == 1 { k + 3 } else { k + 8 };
     let a32: Vec<f32> = (0..m * lda).map(|_| rng.uniform()).collect();
     let bits: Vec<u16> = a32.iter().map(|&v| if bf { bf16::from_f32(v).to_bits() } else { f16::from_f32(v).to_bits() }).collect();
     let a_dev = gpu::Buf::from(&bits);
@@ -399,8 +400,8 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     let h = gptq_test_layer(cpu);
     let mut cl = std::ptr::null_mut();
     assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
-    // m = 5: split K, A gathered while staged; m = 40: act-order activations gathered by a kernel
-    // into the workspace first (three launches in the graph).
+    // Act-order activations are gathered into the workspace by a kernel, K is split and the partial
+    // sums reduced: three launches in the graph (m = 5: one 16-row block; m = 40: 64-row blocks).
     for m in [5usize, 40] {
         graph_and_streams(cl, m);
     }

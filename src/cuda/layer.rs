@@ -78,6 +78,8 @@ pub struct CudaLayer {
     weights: Weights,
     perm: Option<DevBuf>,
     bias: Option<DevBuf>,
+    /// Blocks per SM the tensor-core launch aims for, when overridden for benchmarks.
+    blocks_per_sm: Option<usize>,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -212,6 +214,7 @@ impl CudaLayer {
             weights,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
+            blocks_per_sm: std::env::var("GPTQ_CUDA_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0),
             device,
         })
     }
@@ -278,11 +281,16 @@ impl CudaLayer {
     fn mma_shape(&self, m: usize) -> (usize, usize, usize, usize, usize) {
         // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
         // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
-        let (mf, wk, per_sm) = match m {
-            0..=16 => (1, 4, 4),
+        // Blocks per SM to aim for (through splits of K): at M <= 16 three measured faster than 4, 6
+        // or 8 (fewer splits and partial sums; docs/perf.md).
+        let (mf, wk, mut per_sm) = match m {
+            0..=16 => (1, 4, 3),
             17..=32 => (2, 2, 3),
             _ => (4, 1, 2),
         };
+        if let Some(v) = self.blocks_per_sm {
+            per_sm = v; // benchmark override (GPTQ_CUDA_BLOCKS_PER_SM)
+        }
         let kt = self.k.div_ceil(TILE_K);
         let cols_per_block = TILE_N * (4 / wk);
         let blocks = self.n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
@@ -306,9 +314,9 @@ impl CudaLayer {
     }
 
     /// Bytes at the start of the workspace for act-order activations gathered once (tensor-core
-    /// kernel, m > 16; smaller m gathers while staging).
+    /// kernel).
     fn gather_bytes(&self, m: usize) -> usize {
-        if matches!(self.weights, Weights::Mma { .. }) && self.perm.is_some() && m > 16 {
+        if matches!(self.weights, Weights::Mma { .. }) && self.perm.is_some() {
             (m * self.k * 2).next_multiple_of(256)
         } else {
             0
