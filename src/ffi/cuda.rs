@@ -50,6 +50,10 @@ pub extern "C" fn gptq_cuda_init(device: i32) -> gptq_status {
 /// Uploads `layer` to `device` (4 or 8 bit). Allocates device memory (the only CUDA call that does);
 /// the CPU layer is not needed afterwards. On success `*out` receives a new caller-owned handle.
 ///
+/// Layers whose g_idx groups are uniform runs of a power-of-two number of 16-input tiles (every GPTQ
+/// layer with a group size or none, with or without act-order) are pre-shuffled for the tensor-core
+/// kernel (mma); others (hand-made g_idx with uneven groups) use a slower CUDA-core kernel.
+///
 /// Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_UNSUPPORTED`
 /// (bits, or act-order groups that are not whole packed words), `_NO_DEVICE`, `_CUDA` (e.g. out of
 /// device memory). Thread-safe.
@@ -84,8 +88,10 @@ pub unsafe extern "C" fn gptq_cuda_workspace_size(layer: *const gptq_cuda_layer,
 ///
 /// `a` and `c` are device pointers of `dtype` (`GPTQ_DTYPE_F16` or `GPTQ_DTYPE_BF16`) with row strides
 /// `lda ≥ in_features` and `ldc ≥ out_features` elements; `workspace` is device memory of at least
-/// `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites (it may be NULL when that
-/// size is 0). The stream must belong to
+/// `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites (act-order activations
+/// gathered once, partial sums of split K; it may be NULL when that size is 0). `a` 16-byte aligned
+/// with `lda` a multiple of 8 takes the fastest path (any 2-byte aligned `a` and `lda` work). One call
+/// takes up to 4,194,240 rows (524,280 on the CUDA-core kernel); `_SHAPE_MISMATCH` beyond. The stream must belong to
 /// the layer's device's primary context (NULL = legacy default stream). The call only enqueues
 /// kernels: it allocates nothing, never synchronizes, and can be captured in a CUDA graph. Errors
 /// are detected before anything is enqueued; kernel faults surface on the stream as CUDA errors.
