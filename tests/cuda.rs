@@ -205,6 +205,16 @@ fn bound(bf: bool) -> f64 {
     if bf { 1e-2 } else { 2e-3 }
 }
 
+/// Checks every `m` in `ms` for fp16 and bf16 activations against the CPU path.
+fn assert_matches(t: Target, cpu: &QuantizedLayer, ms: &[usize], stream: cu::CUstream, rng: &mut Rng, what: &str) {
+    for &m in ms {
+        for bf in [false, true] {
+            let e = check_one(t, cpu, m, bf, stream, rng);
+            assert!(e < bound(bf), "{what} m {m} bf16 {bf}: rel err {e:e}");
+        }
+    }
+}
+
 /// Every M of the issue (up to `max_m`).
 fn all_ms(max_m: usize) -> Vec<usize> {
     (1..=16).chain([31, 64, 127, 256, 1000, 4096]).filter(|&m| m <= max_m).collect()
@@ -238,12 +248,8 @@ fn cuda_gemm_matches_the_cpu_path() {
         let layer_handle = gptq_test_layer(cpu);
         let s = unsafe { gptq_cuda_layer_new(layer_handle.0, 0, &mut cl) };
         assert_eq!(s, GPTQ_STATUS_OK, "{}", unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy());
-        for m in all_ms(max_m) {
-            for bf in [false, true] {
-                let e = check_one(Target::Ffi(cl), &layer_handle.1, m, bf, stream, &mut rng);
-                assert!(e < bound(bf), "bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n} m {m} bf16 {bf}: rel err {e:e}");
-            }
-        }
+        let what = format!("bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}");
+        assert_matches(Target::Ffi(cl), &layer_handle.1, &all_ms(max_m), stream, &mut rng, &what);
         eprintln!("case {i}: bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}: all M up to {max_m} pass");
         unsafe { gptq_cuda_layer_free(cl) };
         layer_handle.free();
@@ -262,12 +268,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         let cpu = random_layer(50 + i as u64, 4, Some(128), k, n, act, true);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
-        for m in [1, 16, 64, 1000] {
-            for bf in [false, true] {
-                let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
-                assert!(e < bound(bf), "K {k} N {n} act {act} m {m} bf16 {bf}: rel err {e:e}");
-            }
-        }
+        assert_matches(Target::Rust(&l), &cpu, &[1, 16, 64, 1000], stream, &mut rng, &format!("K {k} N {n} act {act}"));
         eprintln!("{k}x{n} act-order {act}: M 1, 16, 64, 1000 pass");
     }
 }
@@ -287,22 +288,13 @@ fn the_cuda_core_kernel_matches_the_cpu_path() {
         let cpu = random_layer(70 + i as u64, bits, gs, k, n, act, sym);
         let l = CudaLayer::with_family(&cpu, 0, KernelFamily::CudaCores).unwrap();
         assert!(!l.uses_tensor_cores());
-        for m in all_ms(256) {
-            for bf in [false, true] {
-                let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
-                assert!(e < bound(bf), "CUDA cores: bits {bits} gs {gs:?} act {act} K {k} N {n} m {m} bf16 {bf}: rel err {e:e}");
-            }
-        }
+        let what = format!("CUDA cores: bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}");
+        assert_matches(Target::Rust(&l), &cpu, &all_ms(256), stream, &mut rng, &what);
     }
     let cpu = uneven_group_layer();
     let l = CudaLayer::new(&cpu, 0).unwrap();
     assert!(!l.uses_tensor_cores(), "groups of 24 and 40 inputs cannot be 16-input tiles");
-    for m in [1, 5, 16, 64] {
-        for bf in [false, true] {
-            let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
-            assert!(e < bound(bf), "uneven groups m {m} bf16 {bf}: rel err {e:e}");
-        }
-    }
+    assert_matches(Target::Rust(&l), &cpu, &[1, 5, 16, 64], stream, &mut rng, "uneven groups");
 }
 
 /// K = 128 in 4 groups of uneven runs (24, 40, 32, 32 inputs): valid GPTQ, but not tile-aligned.
@@ -348,12 +340,7 @@ fn oracle_vector_layers_match_on_the_gpu() {
         }
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "{name}");
-        for m in [1, 7, 64, 300] {
-            for bf in [false, true] {
-                let e = check_one(Target::Rust(&l), &cpu, m, bf, stream, &mut rng);
-                assert!(e < bound(bf), "{name} m {m} bf16 {bf}: rel err {e:e}");
-            }
-        }
+        assert_matches(Target::Rust(&l), &cpu, &[1, 7, 64, 300], stream, &mut rng, name);
         eprintln!("{name}: bits {} group {:?} act-order {}: GPU matches the CPU path", cfg.bits, cfg.group_size, g_idx.windows(2).any(|w| w[0] > w[1]));
     }
 }
