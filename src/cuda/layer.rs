@@ -80,6 +80,8 @@ pub struct CudaLayer {
     bias: Option<DevBuf>,
     /// Blocks per SM the tensor-core launch aims for, when overridden for benchmarks.
     blocks_per_sm: Option<usize>,
+    /// Split K reduced through thread-block clusters (sm_90 and newer, unless `GPTQ_CUDA_NO_CLUSTERS`).
+    clusters: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -139,6 +141,93 @@ unsafe fn launch_smem(
     };
     check(r, what)
 }
+
+/// [`launch_smem`] as thread-block clusters of `cluster` blocks (sm_90 and newer).
+///
+/// # Safety
+/// As [`launch`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_cluster(
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    cluster: (u32, u32, u32),
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+    what: &str,
+) -> Result<()> {
+    // SAFETY: plain-data structs of the driver API, zeroed then filled.
+    let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cluster.0;
+    attr.value.clusterDim.y = cluster.1;
+    attr.value.clusterDim.z = cluster.2;
+    let config = cu::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: threads,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: the caller's contract; `config` and `attr` outlive the call.
+    let r = unsafe { cu::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) };
+    check(r, what)
+}
+
+/// How a tensor-core GEMM call is cut up (kernels/gptq_mma.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MmaShape {
+    /// 16-row mma fragments per block (block rows = 16·mf).
+    mf: usize,
+    /// Warps of the block along K (4/wk warps along N).
+    wk: usize,
+    splits: usize,
+    tiles_per_split: usize,
+    /// Inputs of A per shared-memory chunk.
+    chunk: usize,
+    /// The splits of a column tile reduce through a thread-block cluster (sm_90) instead of the
+    /// workspace and a second launch.
+    cluster_reduce: bool,
+}
+
+/// The launch shape for `m` rows of a `k`×`n` layer on a device with `sm_count` SMs.
+fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Option<usize>, clusters: bool) -> MmaShape {
+    // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
+    // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
+    // Blocks per SM to aim for (through splits of K): at M <= 16 three measured faster than 4, 6
+    // or 8 (fewer splits and partial sums; docs/perf.md).
+    let (mf, wk, per_sm) = match m {
+        0..=16 => (1, 4, 3),
+        17..=32 => (2, 2, 3),
+        _ => (4, 1, 2),
+    };
+    let per_sm = blocks_per_sm.unwrap_or(per_sm); // benchmark override (GPTQ_CUDA_BLOCKS_PER_SM)
+    let kt = k.div_ceil(TILE_K);
+    let cols_per_block = TILE_N * (4 / wk);
+    let blocks = n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
+    let want = (per_sm * sm_count).div_ceil(blocks);
+    // Each warp keeps at least two tiles per split.
+    let splits = want.min((kt / (2 * wk)).max(1));
+    let tiles_per_split = kt.div_ceil(splits);
+    // Shared memory holds rows × (chunk + 8) halves (kernels/gptq_mma.cu, SMEM_HALVES); chunks are
+    // multiples of 64 inputs so rows start 16 bytes apart modulo 128 (conflict-free ldmatrix).
+    let rows = m.min(16 * mf);
+    let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
+    let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
+    let splits = kt.div_ceil(tiles_per_split);
+    // Clusters of up to 8 blocks are portable; the kernel reduces clusters only where warps split K.
+    let cluster_reduce = clusters && wk > 1 && (2..=MAX_CLUSTER).contains(&splits);
+    MmaShape { mf, wk, splits, tiles_per_split, chunk, cluster_reduce }
+}
+
+/// The largest portable thread-block cluster.
+const MAX_CLUSTER: usize = 8;
 
 /// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
 macro_rules! args {
@@ -215,6 +304,7 @@ impl CudaLayer {
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
             blocks_per_sm: std::env::var("GPTQ_CUDA_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0),
+            clusters: device.arch.0 >= 9 && std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none(),
             device,
         })
     }
@@ -276,40 +366,18 @@ impl CudaLayer {
         (mt, words.div_ceil(wps), wps)
     }
 
-    /// Tensor-core kernel: (16-row fragments per block, warps along K, splits of K, tiles per split,
-    /// inputs of A per shared-memory chunk).
-    fn mma_shape(&self, m: usize) -> (usize, usize, usize, usize, usize) {
-        // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
-        // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
-        // Blocks per SM to aim for (through splits of K): at M <= 16 three measured faster than 4, 6
-        // or 8 (fewer splits and partial sums; docs/perf.md).
-        let (mf, wk, mut per_sm) = match m {
-            0..=16 => (1, 4, 3),
-            17..=32 => (2, 2, 3),
-            _ => (4, 1, 2),
-        };
-        if let Some(v) = self.blocks_per_sm {
-            per_sm = v; // benchmark override (GPTQ_CUDA_BLOCKS_PER_SM)
-        }
-        let kt = self.k.div_ceil(TILE_K);
-        let cols_per_block = TILE_N * (4 / wk);
-        let blocks = self.n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
-        let want = (per_sm * self.device.sm_count as usize).div_ceil(blocks);
-        // Each warp keeps at least two tiles per split.
-        let splits = want.min((kt / (2 * wk)).max(1));
-        let tps = kt.div_ceil(splits);
-        // Shared memory holds rows × (chunk + 8) halves (kernels/gptq_mma.cu, SMEM_HALVES); chunks are
-        // multiples of 64 inputs so rows start 16 bytes apart modulo 128 (conflict-free ldmatrix).
-        let rows = m.min(16 * mf);
-        let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
-        let chunk = cap.min((tps * TILE_K).next_multiple_of(64));
-        (mf, wk, kt.div_ceil(tps), tps, chunk)
+    fn mma_shape(&self, m: usize) -> MmaShape {
+        mma_shape(m, self.k, self.n, self.device.sm_count as usize, self.blocks_per_sm, self.clusters)
     }
 
-    fn splits(&self, m: usize) -> usize {
+    /// Splits of K whose partial sums go through the workspace (1: none).
+    fn workspace_splits(&self, m: usize) -> usize {
         match self.weights {
             Weights::Gemv { .. } => self.gemv_shape(m).1,
-            Weights::Mma { .. } => self.mma_shape(m).2,
+            Weights::Mma { .. } => {
+                let s = self.mma_shape(m);
+                if s.cluster_reduce { 1 } else { s.splits }
+            }
         }
     }
 
@@ -326,7 +394,7 @@ impl CudaLayer {
     /// Workspace bytes `gemm` needs for `m` rows (0 when one split suffices and nothing is gathered).
     pub fn workspace_size(&self, m: usize) -> usize {
         let m = m.max(1);
-        let splits = self.splits(m);
+        let splits = self.workspace_splits(m);
         self.gather_bytes(m) + if splits == 1 { 0 } else { splits * m * self.n * 4 }
     }
 
@@ -398,14 +466,14 @@ impl CudaLayer {
         let bias = self.bias.as_ref().map_or(0, |b| b.ptr);
         let splits = match &self.weights {
             Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, group_shift, .. } => {
-                let (mf, wk, splits, tps, chunk) = self.mma_shape(m);
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, cluster_reduce } = self.mma_shape(m);
                 let sym = if nzero_f16.is_none() { "sym" } else { "asym" };
                 let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym == "sym"))?;
                 let smem = mma_smem_bytes(self.bits, mf, sym == "sym") as u32;
                 let bf = dtype == ActDType::BF16;
                 let scale = if bf { scale_bf16.ptr } else { scale_f16.ptr };
                 let nz = if bf { nzero_bf16 } else { nzero_f16 }.as_ref().map_or(0, |z| z.ptr);
-                let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
+                let (tpsi, shifti, chunki, clusteri) = (tps as i32, *group_shift as i32, chunk as i32, cluster_reduce as i32);
                 let gather = self.gather_bytes(m);
                 let (a_in, lda_in, perm_in) = if gather > 0 {
                     let g = self.device.function("gptq_gather_a")?;
@@ -420,14 +488,22 @@ impl CudaLayer {
                 };
                 let partial = workspace + gather as u64;
                 let mut args = args![
-                    a_in, lda_in, qweight.ptr, scale, nz, perm_in, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, chunki
+                    a_in, lda_in, qweight.ptr, scale, nz, perm_in, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, chunki,
+                    clusteri
                 ];
                 let cols = TILE_N * (4 / wk);
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
-                // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-                unsafe { launch_smem(f, grid, 128, smem, stream, &mut args, "launching the tensor-core GEMM kernel")? };
-                splits
+                let what = "launching the tensor-core GEMM kernel";
+                if cluster_reduce {
+                    // SAFETY: as below; the cluster spans grid y exactly (splits <= 8).
+                    unsafe { launch_cluster(f, grid, 128, smem, (1, splits as u32, 1), stream, &mut args, what)? };
+                    1 // C written by the clusters
+                } else {
+                    // SAFETY: argument types and order match the kernel's signature; extents were checked above.
+                    unsafe { launch_smem(f, grid, 128, smem, stream, &mut args, what)? };
+                    splits
+                }
             }
             Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
                 let (mt, splits, wps) = self.gemv_shape(m);
@@ -501,6 +577,36 @@ impl Drop for DevBuf {
         if let Ok(_g) = CtxGuard::push(self.ctx) {
             // SAFETY: allocated by `upload` in `ctx`, freed once.
             unsafe { cu::cuMemFree_v2(self.ptr) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every launch shape fits the kernel: A's chunk fits shared memory with its padding, chunks are
+    /// whole tiles on 64-input boundaries, the splits cover K exactly once, and the reduction
+    /// buffer of multi-warp-K blocks fits where A was.
+    #[test]
+    fn tensor_core_launch_shapes_fit_the_kernel() {
+        for sm in [1usize, 46, 132] {
+            for &(k, n) in &[(16usize, 64usize), (520, 200), (4096, 4096), (8192, 28672), (28672, 8192), (1028, 328)] {
+                for m in (1..=70).chain([127, 128, 129, 1000, 4096, 65536]) {
+                    let s = mma_shape(m, k, n, sm, None, true);
+                    assert!(!s.cluster_reduce || (s.wk > 1 && (2..=MAX_CLUSTER).contains(&s.splits)), "{s:?}");
+                    let kt = k.div_ceil(TILE_K);
+                    let rows = m.min(16 * s.mf);
+                    assert!(rows * (s.chunk + 8) <= MMA_SMEM_HALVES, "{m} {k} {n}: {s:?}");
+                    assert!(s.chunk >= 64 && s.chunk % 64 == 0, "{s:?}");
+                    assert!(s.splits * s.tiles_per_split >= kt && (s.splits - 1) * s.tiles_per_split < kt, "{s:?}");
+                    assert!(s.splits <= 65535);
+                    if s.wk > 1 {
+                        let red_bytes = s.wk * 16 * s.mf * TILE_N * (4 / s.wk) * 4;
+                        assert!(red_bytes <= MMA_SMEM_HALVES * 2, "{s:?}");
+                    }
+                }
+            }
         }
     }
 }
