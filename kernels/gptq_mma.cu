@@ -32,10 +32,7 @@
 // MF = 4) straight into registers, a chunk's first batch before A is staged. (A cp.async ring in
 // shared memory, 8 tiles deep, was measured slower: the kernel is bound by instructions per tile,
 // not by loads in flight; docs/perf.md.) blockIdx.y splits K so that
-// small M still puts enough loads in flight on every SM; with one split C is written directly. On
-// sm_90 the splits (2 to 8) of a column tile form a thread-block cluster that adds its partial tiles
-// through distributed shared memory (`cluster_reduce`), so split K is still one launch; elsewhere
-// partial sums go to the workspace for gptq_reduce_*.
+// small M still puts enough loads in flight on every SM; with one split C is written directly.
 
 #define MMA_THREADS 128
 
@@ -60,31 +57,6 @@ template <bool BF> __device__ __forceinline__ void mma16816(float (&d)[4], const
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-#if __CUDA_ARCH__ >= 900
-// Thread-block cluster helpers (sm_90): barrier with release/acquire, rank and size, and a load from
-// another block's shared memory at the address that corresponds to `local` there.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ u32 cluster_size() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ float ld_cluster_f32(u32 local, u32 rank) {
-    u32 remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-#endif
-
 // Half s of a 16-byte vector of 8 halves, duplicated into both halves of a pair.
 __device__ __forceinline__ u32 dup_half(const uint4& v, int s) {
     const u32 w = s < 2 ? v.x : s < 4 ? v.y : s < 6 ? v.z : v.w;
@@ -185,7 +157,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
                          const uint4* __restrict__ scale, const uint4* __restrict__ nzero,
                          const int* __restrict__ perm, float* __restrict__ partial,
                          const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
-                         int tiles_per_split, int group_shift, int chunk, int cluster_reduce) {
+                         int tiles_per_split, int group_shift, int chunk) {
     constexpr int WN = 4 / WK;
     constexpr int BM = 16 * MF;
     constexpr int BN = 64 * WN;
@@ -348,41 +320,6 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
             for (int i = 0; i < 4; i++)
                 red[(wk * BM + f * 16 + g + 8 * (i / 2)) * BN + wn * 64 + 8 * s + 2 * tq + (i % 2)] = acc[f][s][i];
     __syncthreads();
-#if __CUDA_ARCH__ >= 900
-    if (cluster_reduce) {
-        // The K splits of this column tile form one thread-block cluster (grid y = cluster y): each
-        // block publishes its partial tile in its own shared memory, rank 0 adds them in rank order
-        // through distributed shared memory and writes C. One launch, no workspace, deterministic.
-        constexpr int PER = BM * BN / MMA_THREADS;
-        float v[PER];
-#pragma unroll
-        for (int j = 0; j < PER; j++) {
-            const int idx = threadIdx.x + j * MMA_THREADS, r = idx / BN, col = idx % BN;
-            v[j] = 0.f;
-#pragma unroll
-            for (int w = 0; w < WK; w++) v[j] += red[(w * BM + r) * BN + col];
-        }
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < PER; j++) red[threadIdx.x + j * MMA_THREADS] = v[j];
-        cluster_sync();
-        if (cluster_rank() == 0) {
-            const u32 nranks = cluster_size();
-#pragma unroll
-            for (int j = 0; j < PER; j++) {
-                const int idx = threadIdx.x + j * MMA_THREADS, r = idx / BN, col = idx % BN;
-                const int m = m0 + r, n = blockIdx.x * BN + col;
-                if (m >= M || n >= N) continue;
-                const u32 local = smem_u32(&red[idx]);
-                float sum = 0.f;
-                for (u32 rank = 0; rank < nranks; rank++) sum += ld_cluster_f32(local, rank);
-                C[(long)m * ldc + n] = store_act<BF>(sum + (bias ? bias[n] : 0.f));
-            }
-        }
-        cluster_sync();  // every block's shared memory stays alive until rank 0 has read it
-        return;
-    }
-#endif
     for (int idx = threadIdx.x; idx < BM * BN; idx += MMA_THREADS) {
         const int r = idx / BN, col = idx % BN;
         const int m = m0 + r, n = blockIdx.x * BN + col;
@@ -400,9 +337,9 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
     extern "C" __global__ void __launch_bounds__(MMA_THREADS) NAME(                                        \
         const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* nzero, const int* perm,   \
         float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
-        int chunk, int cluster_reduce) {                                                                   \
+        int chunk) {                                                                                       \
         mma_gemm<BITS, MF, WK, BF, SYM>(A, lda, qw, scale, nzero, perm, partial, bias, C, ldc, M, N, K, tps, \
-                                        gshift, chunk, cluster_reduce);                                       \
+                                        gshift, chunk);                                                       \
     }
 #define MMA_ALL(BITS, BF, T)                             \
     MMA(BITS, 1, 4, BF, true, gptq_mma_b##BITS##_m1_##T##_sym)  \

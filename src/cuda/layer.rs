@@ -80,8 +80,6 @@ pub struct CudaLayer {
     bias: Option<DevBuf>,
     /// Blocks per SM the tensor-core launch aims for, when overridden for benchmarks.
     blocks_per_sm: Option<usize>,
-    /// Split K reduced through thread-block clusters (sm_90 and newer, unless `GPTQ_CUDA_NO_CLUSTERS`).
-    clusters: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -142,44 +140,6 @@ unsafe fn launch_smem(
     check(r, what)
 }
 
-/// [`launch_smem`] as thread-block clusters of `cluster` blocks (sm_90 and newer).
-///
-/// # Safety
-/// As [`launch`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn launch_cluster(
-    f: cu::CUfunction,
-    grid: (u32, u32, u32),
-    threads: u32,
-    smem: u32,
-    cluster: (u32, u32, u32),
-    stream: cu::CUstream,
-    args: &mut [*mut c_void],
-    what: &str,
-) -> Result<()> {
-    // SAFETY: plain-data structs of the driver API, zeroed then filled.
-    let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim.x = cluster.0;
-    attr.value.clusterDim.y = cluster.1;
-    attr.value.clusterDim.z = cluster.2;
-    let config = cu::CUlaunchConfig {
-        gridDimX: grid.0,
-        gridDimY: grid.1,
-        gridDimZ: grid.2,
-        blockDimX: threads,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: smem,
-        hStream: stream,
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    // SAFETY: the caller's contract; `config` and `attr` outlive the call.
-    let r = unsafe { cu::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) };
-    check(r, what)
-}
-
 /// How a tensor-core GEMM call is cut up (kernels/gptq_mma.cu).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MmaShape {
@@ -191,13 +151,10 @@ struct MmaShape {
     tiles_per_split: usize,
     /// Inputs of A per shared-memory chunk.
     chunk: usize,
-    /// The splits of a column tile reduce through a thread-block cluster (sm_90) instead of the
-    /// workspace and a second launch.
-    cluster_reduce: bool,
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer on a device with `sm_count` SMs.
-fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Option<usize>, clusters: bool) -> MmaShape {
+fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Option<usize>) -> MmaShape {
     // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
     // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
     // Blocks per SM to aim for (through splits of K): at M <= 16 three measured faster than 4, 6
@@ -220,14 +177,8 @@ fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Optio
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    let splits = kt.div_ceil(tiles_per_split);
-    // Clusters of up to 8 blocks are portable; the kernel reduces clusters only where warps split K.
-    let cluster_reduce = clusters && wk > 1 && (2..=MAX_CLUSTER).contains(&splits);
-    MmaShape { mf, wk, splits, tiles_per_split, chunk, cluster_reduce }
+    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk }
 }
-
-/// The largest portable thread-block cluster.
-const MAX_CLUSTER: usize = 8;
 
 /// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
 macro_rules! args {
@@ -304,7 +255,6 @@ impl CudaLayer {
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
             blocks_per_sm: std::env::var("GPTQ_CUDA_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0),
-            clusters: device.arch.0 >= 9 && std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none(),
             device,
         })
     }
@@ -367,17 +317,14 @@ impl CudaLayer {
     }
 
     fn mma_shape(&self, m: usize) -> MmaShape {
-        mma_shape(m, self.k, self.n, self.device.sm_count as usize, self.blocks_per_sm, self.clusters)
+        mma_shape(m, self.k, self.n, self.device.sm_count as usize, self.blocks_per_sm)
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
     fn workspace_splits(&self, m: usize) -> usize {
         match self.weights {
             Weights::Gemv { .. } => self.gemv_shape(m).1,
-            Weights::Mma { .. } => {
-                let s = self.mma_shape(m);
-                if s.cluster_reduce { 1 } else { s.splits }
-            }
+            Weights::Mma { .. } => self.mma_shape(m).splits,
         }
     }
 
@@ -466,14 +413,14 @@ impl CudaLayer {
         let bias = self.bias.as_ref().map_or(0, |b| b.ptr);
         let splits = match &self.weights {
             Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, group_shift, .. } => {
-                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, cluster_reduce } = self.mma_shape(m);
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk } = self.mma_shape(m);
                 let sym = if nzero_f16.is_none() { "sym" } else { "asym" };
                 let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym == "sym"))?;
                 let smem = mma_smem_bytes(self.bits, mf, sym == "sym") as u32;
                 let bf = dtype == ActDType::BF16;
                 let scale = if bf { scale_bf16.ptr } else { scale_f16.ptr };
                 let nz = if bf { nzero_bf16 } else { nzero_f16 }.as_ref().map_or(0, |z| z.ptr);
-                let (tpsi, shifti, chunki, clusteri) = (tps as i32, *group_shift as i32, chunk as i32, cluster_reduce as i32);
+                let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
                 let gather = self.gather_bytes(m);
                 let (a_in, lda_in, perm_in) = if gather > 0 {
                     let g = self.device.function("gptq_gather_a")?;
@@ -488,22 +435,14 @@ impl CudaLayer {
                 };
                 let partial = workspace + gather as u64;
                 let mut args = args![
-                    a_in, lda_in, qweight.ptr, scale, nz, perm_in, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, chunki,
-                    clusteri
+                    a_in, lda_in, qweight.ptr, scale, nz, perm_in, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, chunki
                 ];
                 let cols = TILE_N * (4 / wk);
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
-                let what = "launching the tensor-core GEMM kernel";
-                if cluster_reduce {
-                    // SAFETY: as below; the cluster spans grid y exactly (splits <= 8).
-                    unsafe { launch_cluster(f, grid, 128, smem, (1, splits as u32, 1), stream, &mut args, what)? };
-                    1 // C written by the clusters
-                } else {
-                    // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-                    unsafe { launch_smem(f, grid, 128, smem, stream, &mut args, what)? };
-                    splits
-                }
+                // SAFETY: argument types and order match the kernel's signature; extents were checked above.
+                unsafe { launch_smem(f, grid, 128, smem, stream, &mut args, "launching the tensor-core GEMM kernel")? };
+                splits
             }
             Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
                 let (mt, splits, wps) = self.gemv_shape(m);
@@ -593,8 +532,7 @@ mod tests {
         for sm in [1usize, 46, 132] {
             for &(k, n) in &[(16usize, 64usize), (520, 200), (4096, 4096), (8192, 28672), (28672, 8192), (1028, 328)] {
                 for m in (1..=70).chain([127, 128, 129, 1000, 4096, 65536]) {
-                    let s = mma_shape(m, k, n, sm, None, true);
-                    assert!(!s.cluster_reduce || (s.wk > 1 && (2..=MAX_CLUSTER).contains(&s.splits)), "{s:?}");
+                    let s = mma_shape(m, k, n, sm, None);
                     let kt = k.div_ceil(TILE_K);
                     let rows = m.min(16 * s.mf);
                     assert!(rows * (s.chunk + 8) <= MMA_SMEM_HALVES, "{m} {k} {n}: {s:?}");
