@@ -167,7 +167,7 @@ fn main() {
                 }
                 let a = upload_random_f16(m * k, &mut rng, 2.0);
                 let c = alloc(m * n * 2);
-                let ws_bytes = layers[0].workspace_size(m).max(cores[0].workspace_size(m));
+                let ws_bytes = layers[0].workspace_size(m).unwrap().max(cores[0].workspace_size(m).unwrap());
                 let ws = alloc(ws_bytes.max(4));
                 let calls = 2 * copies;
                 let ours = time_graph(stream, calls, 9, |i| unsafe {
@@ -245,7 +245,7 @@ fn main() {
         for &m in &[1usize, 16, 64, 256] {
             let a = upload_random_f16(m * k, &mut rng, 2.0);
             let c = alloc(m * n * 2);
-            let ws_bytes = plain[0].workspace_size(m).max(act[0].workspace_size(m));
+            let ws_bytes = plain[0].workspace_size(m).unwrap().max(act[0].workspace_size(m).unwrap());
             let ws = alloc(ws_bytes.max(4));
             let tp = time_graph(stream, 2 * copies, 9, |i| unsafe {
                 plain[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();

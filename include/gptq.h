@@ -639,9 +639,10 @@ gptq_status gptq_cuda_init(int32_t device);
  * Uploads `layer` to `device` (4 or 8 bit). Allocates device memory (the only CUDA call that does);
  * the CPU layer is not needed afterwards. On success `*out` receives a new caller-owned handle.
  *
- * Layers whose g_idx groups are uniform runs of a power-of-two number of 16-input tiles (every GPTQ
- * layer with a group size or none, with or without act-order) are pre-shuffled for the tensor-core
- * kernel (mma); others (hand-made g_idx with uneven groups) use a slower CUDA-core kernel.
+ * Layers whose g_idx groups are uniform runs of a power-of-two number of 16-input tiles (every group
+ * size the library accepts, or none, with or without act-order) are pre-shuffled for the
+ * tensor-core kernel (mma); others (hand-made g_idx with uneven groups) use a slower CUDA-core
+ * kernel. With bf16 activations the kernels dequantize in bf16 (scales rounded from fp16 to bf16).
  *
  * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_UNSUPPORTED`
  * (bits, or act-order groups that are not whole packed words), `_NO_DEVICE`, `_CUDA` (e.g. out of
@@ -652,23 +653,33 @@ gptq_status gptq_cuda_layer_new(const struct gptq_layer *layer,
                                 struct gptq_cuda_layer **out);
 
 /**
- * Writes to `*bytes` the workspace `gptq_cuda_gemm` needs for `m` rows (it depends on `m` and the
- * layer only). Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`. Thread-safe.
+ * Writes to `*bytes` a workspace size enough for every `gptq_cuda_gemm` call on `layer` with 1 to `m`
+ * rows (it depends on `m` and the layer only), so one workspace sized for the largest batch serves
+ * all smaller ones (how K is split, and so the partial sums, changes with the batch size). 0 when no
+ * such call needs one.
+ *
+ * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_SHAPE_MISMATCH` (`m` above what one call
+ * takes). Thread-safe.
  */
-gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer, size_t m, size_t *bytes);
+gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer,
+                                     size_t m,
+                                     size_t *bytes);
 
 /**
  * `C[m, out_features] = A[m, in_features] · dequant(W)ᵀ (+ bias)` on `stream`.
  *
  * `a` and `c` are device pointers of `dtype` (`GPTQ_DTYPE_F16` or `GPTQ_DTYPE_BF16`) with row strides
  * `lda ≥ in_features` and `ldc ≥ out_features` elements; `workspace` is device memory of at least
- * `gptq_cuda_workspace_size(layer, m)` bytes, which the call overwrites (act-order activations
- * gathered once, partial sums of split K; it may be NULL when that size is 0). `a` 16-byte aligned
- * with `lda` a multiple of 8 takes the fastest path (any 2-byte aligned `a` and `lda` work). One call
+ * `gptq_cuda_workspace_size(layer, m)` bytes (or of any larger m), which the call overwrites
+ * (act-order activations gathered once, partial sums of split K; it may be NULL when that size is
+ * 0). `a` 16-byte aligned with `lda` a multiple of 8, and a 16-byte aligned workspace, take the
+ * fastest path (any 2-byte aligned `a` and `lda`, and a 4-byte aligned workspace, work). One call
  * takes up to 4,194,240 rows (524,280 on the CUDA-core kernel); `_SHAPE_MISMATCH` beyond. The stream must belong to
  * the layer's device's primary context (NULL = legacy default stream). The call only enqueues
- * kernels: it allocates nothing, never synchronizes, and can be captured in a CUDA graph. Errors
- * are detected before anything is enqueued; kernel faults surface on the stream as CUDA errors.
+ * kernels (up to three): it allocates nothing, never synchronizes, and can be captured in a CUDA
+ * graph. Argument errors are detected before anything is enqueued; a failed launch (`_CUDA`) may
+ * leave an earlier kernel of the same call enqueued, which writes only the workspace; kernel faults
+ * surface on the stream as CUDA errors.
  *
  * Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ENUM`, `_INVALID_ARGUMENT`,
  * `_SHAPE_MISMATCH`, `_BUFFER_TOO_SMALL` (workspace), `_CUDA`. Thread-safe.

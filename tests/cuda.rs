@@ -162,7 +162,7 @@ fn check_one(t: Target, cpu: &QuantizedLayer, m: usize, bf: bool, stream: cu::CU
             assert_eq!(unsafe { gptq_cuda_workspace_size(cl, m, &mut ws) }, GPTQ_STATUS_OK);
             ws
         }
-        Target::Rust(l) => l.workspace_size(m),
+        Target::Rust(l) => l.workspace_size(m).unwrap(),
     };
     let ws_dev = gpu::Buf::new(ws);
     match t {
@@ -460,6 +460,10 @@ fn graph_and_streams(cl: *mut gptq_cuda_layer, m: usize) {
 
     // A workspace that is too small is refused before anything is enqueued.
     assert!(ws > 0, "m = {m} on 4096x4096 needs a workspace");
-    let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c3.0 as *mut c_void, n, w3.0 as *mut c_void, ws - 4, s1.cast()) };
+    let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c3.0 as *mut c_void, n, w3.0 as *mut c_void, 0, s1.cast()) };
     assert_eq!(s, GPTQ_STATUS_BUFFER_TOO_SMALL);
+    // A workspace sized for a larger batch serves this one.
+    let mut ws_big = 0;
+    assert_eq!(unsafe { gptq_cuda_workspace_size(cl, 4096, &mut ws_big) }, GPTQ_STATUS_OK);
+    assert!(ws_big >= ws, "workspace for 4096 rows ({ws_big}) smaller than for {m} ({ws})");
 }

@@ -112,8 +112,9 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     // SAFETY: `cubin` is a complete cubin image for this device's architecture.
     check(unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) }, "cuModuleLoadData")?;
     let d = Arc::new(Device { ordinal, ctx, sm_count, arch, module, functions: Mutex::new(HashMap::new()) });
-    // The tensor-core kernels use more than the default 48 KB of dynamic shared memory: raise each
-    // one's limit here, once, so GEMM calls only launch.
+    // Look up every tensor-core kernel here, once, and set its dynamic shared-memory limit to what
+    // it uses (under the default 48 KB today; set explicitly so larger staging needs no other change),
+    // so GEMM calls only launch.
     for bits in [4, 8] {
         for mf in [1, 2, 4] {
             for act in ["f16", "bf16"] {
@@ -140,6 +141,8 @@ impl Device {
         }
         let cname = CString::new(name).map_err(|_| Error::InvalidArgument("kernel name".into()))?;
         let mut f = std::ptr::null_mut();
+        // The caller's thread may have no current context (a fresh thread calling gemm).
+        let _ctx = CtxGuard::push(self.ctx)?;
         // SAFETY: the module is loaded for the life of the process.
         check(unsafe { cu::cuModuleGetFunction(&mut f, self.module, cname.as_ptr()) }, name)?;
         cache.insert(name.to_string(), f as usize);

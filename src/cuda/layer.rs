@@ -170,7 +170,7 @@ fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Optio
     let blocks = n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
     let want = (per_sm * sm_count).div_ceil(blocks);
     // Each warp keeps at least two tiles per split.
-    let splits = want.min((kt / (2 * wk)).max(1));
+    let splits = want.min((kt / (2 * wk)).max(1)).min(65535); // gridDim.y
     let tiles_per_split = kt.div_ceil(splits);
     // Shared memory holds rows × (chunk + 8) halves (kernels/gptq_mma.cu, SMEM_HALVES); chunks are
     // multiples of 64 inputs so rows start 16 bytes apart modulo 128 (conflict-free ldmatrix).
@@ -178,6 +178,34 @@ fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Optio
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
     MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk }
+}
+
+/// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
+fn gemv_shape(m: usize, k: usize, n: usize, bits: u32, sm_count: usize) -> (usize, usize, usize) {
+    let mt = match m {
+        1 => 1,
+        2 => 2,
+        3 | 4 => 4,
+        _ => 8,
+    };
+    let words = k / (32 / bits) as usize;
+    let cap = KSPAN / (32 / bits) as usize;
+    let blocks = n.div_ceil(THREADS) * m.div_ceil(mt);
+    // Four blocks (16 warps) per SM measured best (eight: 7% slower at M = 1); every split must
+    // fit the shared-memory staging and give each warp at least two word rows.
+    let want = (4 * sm_count).div_ceil(blocks);
+    let splits = want.max(words.div_ceil(cap)).min((words / 8).max(1));
+    let wps = words.div_ceil(splits);
+    (mt, words.div_ceil(wps), wps)
+}
+
+/// The largest value of `partial(r)` over r in 1..=m, where `partial` is non-decreasing within each run
+/// of `step` rows ending at a multiple of `step` (the split of K is fixed there and the partial sums
+/// grow with r), and non-decreasing from `limit` on: only the ends of runs up to `limit`, and `m`
+/// itself, need evaluating.
+fn max_over_rows(m: usize, step: usize, limit: usize, partial: impl Fn(usize) -> usize) -> usize {
+    let last = m.min(limit) / step;
+    (1..=last).map(|j| partial(j * step)).chain(std::iter::once(partial(m))).max().unwrap_or(0)
 }
 
 /// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
@@ -297,23 +325,8 @@ impl CudaLayer {
         unsafe { launch(f, (blocks, 1, 1), 512, stream, &mut args, "launching the read-floor kernel") }
     }
 
-    /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
     fn gemv_shape(&self, m: usize) -> (usize, usize, usize) {
-        let mt = match m {
-            1 => 1,
-            2 => 2,
-            3 | 4 => 4,
-            _ => 8,
-        };
-        let words = self.k / (32 / self.bits) as usize;
-        let cap = KSPAN / (32 / self.bits) as usize;
-        let blocks = self.n.div_ceil(THREADS) * m.div_ceil(mt);
-        // Four blocks (16 warps) per SM measured best (eight: 7% slower at M = 1); every split must
-        // fit the shared-memory staging and give each warp at least two word rows.
-        let want = (4 * self.device.sm_count as usize).div_ceil(blocks);
-        let splits = want.max(words.div_ceil(cap)).min((words / 8).max(1));
-        let wps = words.div_ceil(splits);
-        (mt, words.div_ceil(wps), wps)
+        gemv_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize)
     }
 
     fn mma_shape(&self, m: usize) -> MmaShape {
@@ -338,11 +351,43 @@ impl CudaLayer {
         }
     }
 
-    /// Workspace bytes `gemm` needs for `m` rows (0 when one split suffices and nothing is gathered).
-    pub fn workspace_size(&self, m: usize) -> usize {
-        let m = m.max(1);
+    /// The most rows one `gemm` call takes (grid limits: gridDim.z counts blocks of 64 rows on the
+    /// tensor-core kernel, 8 on the CUDA-core one).
+    pub fn max_rows(&self) -> usize {
+        65535 * if self.uses_tensor_cores() { 64 } else { 8 }
+    }
+
+    /// Bytes of split-K partial sums for exactly `m` rows.
+    fn partial_bytes(&self, m: usize) -> usize {
         let splits = self.workspace_splits(m);
-        self.gather_bytes(m) + if splits == 1 { 0 } else { splits * m * self.n * 4 }
+        if splits == 1 { 0 } else { splits * m * self.n * 4 }
+    }
+
+    /// Workspace bytes a call with exactly `m` rows needs.
+    fn workspace_need(&self, m: usize) -> usize {
+        self.gather_bytes(m) + self.partial_bytes(m)
+    }
+
+    /// Workspace bytes enough for every `gemm` call with 1 to `m` rows (0 when none needs any), so a
+    /// workspace sized once for the largest batch serves all smaller ones: the split of K, and with it
+    /// the partial sums, shrinks as m grows, so the exact need is not monotonic in m.
+    pub fn workspace_size(&self, m: usize) -> Result<usize> {
+        if m > self.max_rows() {
+            return Err(Error::Shape(format!("m = {m} exceeds the {} rows one call can take", self.max_rows())));
+        }
+        let m = m.max(1);
+        let sm = self.device.sm_count as usize;
+        let partial = match self.weights {
+            // Splits depend on m through 16-row fragments (runs of 16 rows) and stop beyond 64 rows
+            // per block × the blocks per SM aimed for.
+            Weights::Mma { .. } => {
+                let per_sm = self.blocks_per_sm.unwrap_or(3).max(3);
+                max_over_rows(m, 16, 64 * per_sm * sm, |r| self.partial_bytes(r))
+            }
+            // Splits depend on every m below 8 rows per block × 4 blocks per SM, then stay fixed.
+            Weights::Gemv { .. } => max_over_rows(m, 1, 8 * 4 * sm, |r| self.partial_bytes(r)),
+        };
+        Ok(self.gather_bytes(m) + partial)
     }
 
     fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
@@ -393,12 +438,10 @@ impl CudaLayer {
         if a % 2 != 0 || c % 2 != 0 || workspace % 4 != 0 {
             return Err(Error::Misaligned("A and C must be 2-byte aligned, the workspace 4-byte aligned".into()));
         }
-        // Grid limits: gridDim.z (65535) counts blocks of 64 rows (tensor cores) or 8 rows (CUDA cores).
-        let max_m = 65535 * if self.uses_tensor_cores() { 64 } else { 8 };
-        if m > max_m {
-            return Err(Error::Shape(format!("m = {m} exceeds the {max_m} rows one call can take; split the call")));
+        if m > self.max_rows() {
+            return Err(Error::Shape(format!("m = {m} exceeds the {} rows one call can take; split the call", self.max_rows())));
         }
-        let need = self.workspace_size(m);
+        let need = self.workspace_need(m);
         if workspace_bytes < need || (need > 0 && workspace == 0) {
             return Err(Error::BufferTooSmall(format!(
                 "workspace has {workspace_bytes} bytes, gemm with m = {m} needs {need}"
@@ -523,6 +566,33 @@ impl Drop for DevBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The workspace query (largest need over 1..=m rows) equals a brute-force maximum, for both
+    /// kernels' split rules, and never shrinks as m grows.
+    #[test]
+    fn workspace_bound_covers_every_smaller_batch() {
+        let sm = 132;
+        for &(k, n) in &[(4096usize, 4096usize), (512, 1000), (28672, 8192), (1024, 64)] {
+            let mma = |r: usize| {
+                let s = mma_shape(r, k, n, sm, None);
+                if s.splits > 1 { s.splits * r * n * 4 } else { 0 }
+            };
+            let gemv = |r: usize| {
+                let (_, splits, _) = gemv_shape(r, k, n, 4, sm);
+                if splits > 1 { splits * r * n * 4 } else { 0 }
+            };
+            let (mut brute_mma, mut brute_gemv, mut prev) = (0, 0, 0);
+            for m in 1..=3000 {
+                brute_mma = brute_mma.max(mma(m));
+                brute_gemv = brute_gemv.max(gemv(m));
+                let bound = max_over_rows(m, 16, 64 * 3 * sm, mma);
+                assert_eq!(bound, brute_mma, "tensor cores K {k} N {n} m {m}");
+                assert_eq!(max_over_rows(m, 1, 8 * 4 * sm, gemv), brute_gemv, "CUDA cores K {k} N {n} m {m}");
+                assert!(bound >= prev);
+                prev = bound;
+            }
+        }
+    }
 
     /// Every launch shape fits the kernel: A's chunk fits shared memory with its padding, chunks are
     /// whole tiles on 64-input boundaries, the splits cover K exactly once, and the reduction
