@@ -467,3 +467,89 @@ fn graph_and_streams(cl: *mut gptq_cuda_layer, m: usize) {
     assert_eq!(unsafe { gptq_cuda_workspace_size(cl, 4096, &mut ws_big) }, GPTQ_STATUS_OK);
     assert!(ws_big >= ws, "workspace for 4096 rows ({ws_big}) smaller than for {m} ({ws})");
 }
+
+/// Zero points at both ends of their range: 0 and 2^bits - 1 (v2), and 2^bits (only a v1 import of
+/// a stored 2^bits - 1 gives it), where the kernels' magic-number arithmetic has the least room.
+#[test]
+fn extreme_zero_points_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(31);
+    for bits in [4u32, 8] {
+        let (k, n, gs) = (256usize, 192usize, 64usize);
+        let maxq = (1u32 << bits) - 1;
+        let g = k / gs;
+        let codes: Vec<u8> = (0..n * k).map(|_| (rng.next() % (maxq as u64 + 1)) as u8).collect();
+        let scales: Vec<f16> = (0..g * n).map(|_| f16::from_f32(0.002 + 0.01 * rng.uniform().abs())).collect();
+        let qweight: Vec<i32> = pack_qweight(&codes, bits, n, k).into_iter().map(|v| v as i32).collect();
+        for (format, stored) in [(CheckpointFormat::V2, [0, maxq]), (CheckpointFormat::V1, [maxq, maxq - 1])] {
+            let zeros: Vec<u32> = (0..g * n).map(|i| stored[i % 2]).collect();
+            let qzeros: Vec<i32> = pack_rows(&zeros, bits, n).into_iter().map(|v| v as i32).collect();
+            let desc = LayerDesc { bits, group_size: Some(gs), in_features: k, out_features: n, sym: false };
+            let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: None, bias: None };
+            let cpu = QuantizedLayer::from_packed(desc, format, t).unwrap();
+            let l = CudaLayer::new(&cpu, 0).unwrap();
+            assert!(l.uses_tensor_cores());
+            assert_matches(Target::Rust(&l), &cpu, &[1, 3, 16, 40, 64], stream, &mut rng, &format!("bits {bits} {format:?} zeros {stored:?}"));
+        }
+    }
+}
+
+/// A call from a thread with no current CUDA context (a server's worker thread) works: the library
+/// makes the layer's context current for its own driver calls.
+#[test]
+fn gemm_from_a_thread_without_a_current_context() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let cpu = random_layer(91, 4, Some(128), 1024, 512, true, true);
+    let h = gptq_test_layer(cpu);
+    let mut cl = std::ptr::null_mut();
+    assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
+    let (k, n, m) = (1024usize, 512usize, 3usize);
+    let mut rng = Rng(92);
+    let a: Vec<u16> = (0..m * k).map(|_| f16::from_f32(rng.uniform()).to_bits()).collect();
+    let a_dev = gpu::Buf::from(&a);
+    let c_dev = gpu::Buf::new(m * n * 2);
+    c_dev.fill16(POISON);
+    let mut ws = 0;
+    assert_eq!(unsafe { gptq_cuda_workspace_size(cl, m, &mut ws) }, GPTQ_STATUS_OK);
+    let ws_dev = gpu::Buf::new(ws);
+    let (cl_addr, a_addr, c_addr, w_addr) = (cl as usize, a_dev.0, c_dev.0, ws_dev.0);
+    let (had_ctx, status, msg, left_ctx) = std::thread::spawn(move || {
+        let mut cur = std::ptr::null_mut();
+        unsafe { gpu::ok(cu::cuCtxGetCurrent(&mut cur)) };
+        let s = unsafe {
+            gptq_cuda_gemm(cl_addr as *mut gptq_cuda_layer, a_addr as *const c_void, GPTQ_DTYPE_F16, m, k, c_addr as *mut c_void, n, w_addr as *mut c_void, ws, std::ptr::null_mut())
+        };
+        let msg = unsafe { CStr::from_ptr(gptq_last_error_message()) }.to_string_lossy().into_owned();
+        let mut after = std::ptr::null_mut();
+        unsafe { gpu::ok(cu::cuCtxGetCurrent(&mut after)) };
+        (!cur.is_null(), s, msg, !after.is_null())
+    })
+    .join()
+    .unwrap();
+    assert!(!had_ctx, "a fresh thread has no current context");
+    assert_eq!(status, GPTQ_STATUS_OK, "{msg}");
+    assert!(!left_ctx, "the library must not leave a context current on the caller's thread");
+    unsafe { gpu::ok(cu::cuCtxSynchronize()) };
+    let got: Vec<u16> = c_dev.read(m * n);
+    let a_vals: Vec<f32> = a.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+    let view = MatView::new(Elements::F32(&a_vals), m, k, k, "A").unwrap();
+    let mut want = vec![0f32; m * n];
+    gemm(&h.1, &view, OutMatMut::F32(&mut want), n).unwrap();
+    let (mut num, mut den) = (0f64, 0f64);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(!is_nan_bits(*g, false), "C not written");
+        let v = f16::from_bits(*g).to_f64();
+        num += (v - *w as f64).powi(2);
+        den += (*w as f64).powi(2);
+    }
+    assert!((num / den).sqrt() < 2e-3);
+    unsafe { gptq_cuda_layer_free(cl) };
+    h.free();
+}
