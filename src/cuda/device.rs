@@ -120,7 +120,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
             for act in ["f16", "bf16"] {
                 for sym in [true, false] {
                     let f = d.function(&super::layer::mma_kernel_name(bits, mf, act, sym))?;
-                    let bytes = super::layer::mma_smem_bytes(bits, mf, sym) as i32;
+                    let bytes = super::layer::MMA_SMEM_BYTES as i32;
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
                     check(unsafe { cu::cuFuncSetAttribute(f, attr, bytes) }, "cuFuncSetAttribute (shared memory)")?;

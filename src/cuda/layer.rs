@@ -28,11 +28,8 @@ pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool) -> Str
     format!("gptq_mma_b{bits}_m{mf}_{act}_{}", if sym { "sym" } else { "asym" })
 }
 
-/// Dynamic shared memory of a tensor-core kernel: A and its zero row (kernels/gptq_mma.cu). The same
-/// for every variant today; the signature keeps room for per-variant staging.
-pub(crate) fn mma_smem_bytes(_bits: u32, _mf: usize, _sym: bool) -> usize {
-    (MMA_SMEM_HALVES + 8) * 2
-}
+/// Dynamic shared memory of every tensor-core kernel: A and its zero row (kernels/gptq_mma.cu).
+pub(crate) const MMA_SMEM_BYTES: usize = (MMA_SMEM_HALVES + 8) * 2;
 
 /// Device memory owned by a layer, freed in the context that allocated it.
 struct DevBuf {
@@ -457,9 +454,8 @@ impl CudaLayer {
         let splits = match &self.weights {
             Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, group_shift, .. } => {
                 let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk } = self.mma_shape(m);
-                let sym = if nzero_f16.is_none() { "sym" } else { "asym" };
-                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym == "sym"))?;
-                let smem = mma_smem_bytes(self.bits, mf, sym == "sym") as u32;
+                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, nzero_f16.is_none()))?;
+                let smem = MMA_SMEM_BYTES as u32;
                 let bf = dtype == ActDType::BF16;
                 let scale = if bf { scale_bf16.ptr } else { scale_f16.ptr };
                 let nz = if bf { nzero_bf16 } else { nzero_f16 }.as_ref().map_or(0, |z| z.ptr);
