@@ -34,7 +34,8 @@ cargo run --release --quiet --example interop_fixture -- stage/interop
 cat > stage/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs on the device machine from the repository root. STAGE_TESTS=0 / STAGE_BENCH=0 skip a part;
-# BENCH_ARGS (e.g. "quick") is passed to the bench.
+# BENCH_ARGS (e.g. "quick") is passed to the bench; STAGE_SANITIZE=1 adds compute-sanitizer runs
+# (memcheck with leak check, racecheck, initcheck) of the graph/two-stream and oracle-vector tests.
 set -uo pipefail
 export GPTQ_CACHE_DIR=${GPTQ_CACHE_DIR:-/tmp/gptq-cache}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv || true
@@ -49,6 +50,15 @@ for t in stage/test-*; do
     echo "== $t"
     "$t" --nocapture --test-threads=1 || status=1
 done
+if [ "${STAGE_SANITIZE:-0}" = 1 ]; then
+    CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    for tool in "memcheck --leak-check full" racecheck initcheck; do
+        echo "== compute-sanitizer $tool"
+        $CS --tool $tool --error-exitcode 1 stage/test-cuda graph_replay --test-threads=1 2>&1 | tail -2 || status=1
+    done
+    echo "== compute-sanitizer memcheck (oracle vectors)"
+    $CS --tool memcheck --error-exitcode 1 stage/test-cuda oracle --test-threads=1 2>&1 | tail -2 || status=1
+fi
 if command -v python3 >/dev/null && [ -d stage/interop ]; then
     echo "== interop"
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 .ci/interop_check.py stage/interop || status=1
