@@ -178,8 +178,15 @@ fn check_one(t: Target, cpu: &QuantizedLayer, m: usize, bf: bool, stream: cu::CU
     }
     gpu::sync(stream);
     let got: Vec<u16> = c_dev.read(m * ldc);
-    // CPU reference on exactly the rounded activations.
-    let a_vals: Vec<f32> = bits.iter().map(|&b| if bf { bf16::from_bits(b).to_f32() } else { f16::from_bits(b).to_f32() }).collect();
+    relative_error(cpu, &bits, m, lda, &got, ldc, bf)
+}
+
+/// Relative Frobenius error of `got` (`m` rows of stride `ldc`, fp16 or bf16 bits) against the CPU
+/// path on exactly the activations `a` (stride `lda`); checks that every output was written and that
+/// the padding between rows (poisoned by the caller) was not.
+fn relative_error(cpu: &QuantizedLayer, a: &[u16], m: usize, lda: usize, got: &[u16], ldc: usize, bf: bool) -> f64 {
+    let (k, n) = (cpu.desc().in_features, cpu.desc().out_features);
+    let a_vals: Vec<f32> = a.iter().map(|&b| if bf { bf16::from_bits(b).to_f32() } else { f16::from_bits(b).to_f32() }).collect();
     let view = MatView::new(Elements::F32(&a_vals), m, k, lda, "A").unwrap();
     let mut want = vec![0f32; m * n];
     gemm(cpu, &view, OutMatMut::F32(&mut want), n).unwrap();
@@ -538,18 +545,7 @@ fn gemm_from_a_thread_without_a_current_context() {
     assert!(!left_ctx, "the library must not leave a context current on the caller's thread");
     unsafe { gpu::ok(cu::cuCtxSynchronize()) };
     let got: Vec<u16> = c_dev.read(m * n);
-    let a_vals: Vec<f32> = a.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
-    let view = MatView::new(Elements::F32(&a_vals), m, k, k, "A").unwrap();
-    let mut want = vec![0f32; m * n];
-    gemm(&h.1, &view, OutMatMut::F32(&mut want), n).unwrap();
-    let (mut num, mut den) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(&want) {
-        assert!(!is_nan_bits(*g, false), "C not written");
-        let v = f16::from_bits(*g).to_f64();
-        num += (v - *w as f64).powi(2);
-        den += (*w as f64).powi(2);
-    }
-    assert!((num / den).sqrt() < 2e-3);
+    assert!(relative_error(&h.1, &a, m, k, &got, n, false) < bound(false));
     unsafe { gptq_cuda_layer_free(cl) };
     h.free();
 }
