@@ -6,6 +6,7 @@
 # for C programs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash .ci/kernel-syntax.sh
 rm -rf stage && mkdir -p stage
 cargo build --release
 cargo test --release --no-run --message-format=json --test cuda 2>/dev/null |

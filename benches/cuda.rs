@@ -8,9 +8,9 @@
 
 use cudarc::cublas::sys as cb;
 use cudarc::driver::sys as cu;
+use gptq::QuantizedLayer;
 use gptq::cuda::{ActDType, CudaLayer, KernelFamily};
 use gptq::format::{CheckpointFormat, LayerDesc, PackedRef};
-use gptq::QuantizedLayer;
 use half::f16;
 
 fn ok(r: cu::CUresult, what: &str) {
@@ -32,7 +32,9 @@ fn alloc(bytes: usize) -> u64 {
 }
 
 fn upload_random_f16(n: usize, rng: &mut Rng, scale: f32) -> u64 {
-    let v: Vec<u16> = (0..n).map(|_| f16::from_f32(((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale).to_bits()).collect();
+    let v: Vec<u16> = (0..n)
+        .map(|_| f16::from_f32(((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale).to_bits())
+        .collect();
     let p = alloc(n * 2);
     unsafe { ok(cu::cuMemcpyHtoD_v2(p, v.as_ptr().cast(), n * 2), "upload") };
     p
@@ -55,7 +57,8 @@ fn random_layer(bits: u32, k: usize, n: usize, rng: &mut Rng, act_order: bool) -
     let qweight: Vec<i32> = (0..k * bits as usize / 32 * n).map(|_| (rng.next() >> 16) as i32).collect();
     let zero_word = if bits == 4 { 0x7777_7777u32 } else { 0x7F7F_7F7F };
     let qzeros = vec![zero_word as i32; g * n * bits as usize / 32];
-    let scales: Vec<f16> = (0..g * n).map(|_| f16::from_f32(0.001 + (rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 0.01)).collect();
+    let scales: Vec<f16> =
+        (0..g * n).map(|_| f16::from_f32(0.001 + (rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 0.01)).collect();
     let desc = LayerDesc { bits, group_size: Some(128), in_features: k, out_features: n, sym: true };
     let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: None };
     QuantizedLayer::from_packed(desc, CheckpointFormat::V1, t).unwrap()
@@ -70,7 +73,10 @@ fn time_graph(stream: cu::CUstream, calls: usize, reps: usize, mut f: impl FnMut
             f(i);
         }
         ok(cu::cuStreamSynchronize(stream), "sync");
-        ok(cu::cuStreamBeginCapture_v2(stream, cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "capture");
+        ok(
+            cu::cuStreamBeginCapture_v2(stream, cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            "capture",
+        );
         for i in 0..calls {
             f(i);
         }
@@ -124,11 +130,11 @@ fn main() {
         assert_eq!(cb::cublasSetStream_v2(handle, stream.cast()), cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
     }
     let shapes: &[(usize, usize)] = if quick {
-        &[(4096, 4096), (8192, 28672)]
+        &[(4096, 4096), (8192, 28672), (28672, 8192)]
     } else {
         &[(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]
     };
-    let ms: &[usize] = if quick { &[1, 16, 64] } else { &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096] };
+    let ms: &[usize] = if quick { &[1, 4, 16, 64] } else { &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096] };
     let mut rng = Rng(7);
     let sink = alloc(1 << 16);
     println!(
@@ -152,10 +158,15 @@ fn main() {
             let cpu: Vec<QuantizedLayer> = (0..copies).map(|_| random_layer(bits, k, n, &mut rng, false)).collect();
             let layers: Vec<CudaLayer> = cpu.iter().map(|l| CudaLayer::new(l, 0).unwrap()).collect();
             assert!(layers[0].uses_tensor_cores());
-            let cores: Vec<CudaLayer> = cpu.iter().map(|l| CudaLayer::with_family(l, 0, KernelFamily::CudaCores).unwrap()).collect();
+            let cores: Vec<CudaLayer> =
+                cpu.iter().map(|l| CudaLayer::with_family(l, 0, KernelFamily::CudaCores).unwrap()).collect();
             drop(cpu);
             let dense_copies = (200usize << 20).div_ceil(k * n * 2).clamp(2, 8);
-            let dense: Vec<u64> = if bits == 4 { (0..dense_copies).map(|_| upload_random_f16(k * n, &mut rng, 0.02)).collect() } else { Vec::new() };
+            let dense: Vec<u64> = if bits == 4 {
+                (0..dense_copies).map(|_| upload_random_f16(k * n, &mut rng, 0.02)).collect()
+            } else {
+                Vec::new()
+            };
             let floor = time_graph(stream, 2 * copies, 9, |i| unsafe {
                 for &(p, b) in &layers[i % copies].weight_buffers() {
                     layers[0].read_floor(p, b / 16 * 16, sink, stream).unwrap();
@@ -240,8 +251,10 @@ fn main() {
     println!("{:>6} {:>12} {:>10} {:>10} {:>8}", "M", "KxN", "plain us", "act us", "ratio");
     for &(k, n) in &[(4096usize, 4096usize), (8192, 28672)] {
         let copies = (200usize << 20).div_ceil(k * n / 2).clamp(2, 32);
-        let plain: Vec<CudaLayer> = (0..copies).map(|_| CudaLayer::new(&random_layer(4, k, n, &mut rng, false), 0).unwrap()).collect();
-        let act: Vec<CudaLayer> = (0..copies).map(|_| CudaLayer::new(&random_layer(4, k, n, &mut rng, true), 0).unwrap()).collect();
+        let plain: Vec<CudaLayer> =
+            (0..copies).map(|_| CudaLayer::new(&random_layer(4, k, n, &mut rng, false), 0).unwrap()).collect();
+        let act: Vec<CudaLayer> =
+            (0..copies).map(|_| CudaLayer::new(&random_layer(4, k, n, &mut rng, true), 0).unwrap()).collect();
         for &m in &[1usize, 16, 64, 256] {
             let a = upload_random_f16(m * k, &mut rng, 2.0);
             let c = alloc(m * n * 2);

@@ -5,36 +5,54 @@
 // Weight layout (built once per layer by src/cuda/layer.rs): K in the layer's permuted order (every
 // g_idx group a contiguous run, as vLLM's Marlin path does), padded to tiles of 16 inputs × 64
 // outputs (pad codes 0, pad scales 0). Tile (nt, kt) is 512 bytes at 4 bit (1 KB at 8 bit) stored
-// as [nt][kt][v < BITS/4][lane < 32][4 words], so each lane's 16-byte load v is one slice of a
-// 512-byte coalesced warp load, and a warp streams its column tile along K through contiguous memory.
+// as [nt/4][kt][nt%4][v < BITS/4][lane < 32][4 words] (column tiles padded to a multiple of 4), so
+// each lane's 16-byte load v is one slice of a 512-byte coalesced warp load, and four warps that
+// stream four neighbouring column tiles along K together read one contiguous stream. (Each warp
+// streaming its own distant region measured 25% below the bandwidth of a contiguous block stream,
+// 8 bit included: docs/perf.md, version 9.)
 // Each lane's words hold exactly the codes of its mma B fragments (lane = 4·g + t; fragment
 // registers b0 = (k 2t, 2t+1), b1 = (k 2t+8, 2t+9), both at column g of an 8-column subtile s):
 //   4 bit, word c < 4: subtiles 2c and 2c+1; nibble j and j+4 are the low and high halves of pair j:
-//          pair 0 = b0 of 2c, pair 1 = b1 of 2c, pair 2 = b0 of 2c+1, pair 3 = b1 of 2c+1.
+//          pair 0 = b0 of 2c, pair 1 = b0 of 2c+1, pair 2 = b1 of 2c, pair 3 = b1 of 2c+1 (so the
+//          pairs read in place from bits 4-7 of each byte, pairs 1 and 3, are all of subtile 2c+1).
 //   8 bit, word c < 8: subtile c; bytes (0, 2) = b0, bytes (1, 3) = b1.
 // So one LOP3 turns a masked word into a register of two codes (the magic-number trick of
 // common.cuh), with no shuffles and no shared memory for B.
-//   scale [G][nt][g < 8][s < 8]  fp16 or bf16: the scale of column 64·nt + 8s + g in group G, one
-//                                16-byte load per lane; groups are uniform runs of 2^shift tiles
+// Two kernels read this layout. Small batches (M <= 16, mma_gemm_small): the B fragments are the raw
+// codes plus a magic number, and scales and zeros are applied once per group to the f32 sums
+// (section below). Large batches (mma_gemm): each pair is offset and scaled in the activation type
+// before its mma, which keeps one set of accumulators for 64 rows.
+//   acc_scale [G][nt][t < 4][s < 8][2]  f16 (small batches): the scales of columns 64·nt + 8s + 2t + h,
+//                                the accumulator columns of lane t: two 16-byte loads per group
+//   acc_zero  same layout, the zero points as f16 (null for symmetric layers)
+//   scale [G][nt][g < 8][s < 8]  fp16 or bf16 (large batches): the scale of column 64·nt + 8s + g,
+//                                one 16-byte load per lane; groups are uniform runs of 2^shift tiles
 //   nzero same layout, the pair offset -(magic + zero) (null for symmetric layers: a constant)
 //   perm  i32 [K] or null        column of A feeding permuted input k (the library passes null and
 //                                gathers act-order A into the workspace first)
 //   partial f32 [S, M, N]        split-K workspace; gptq_reduce_* adds the splits and the bias
 //
 // Tiles: a block of 4 warps owns BM = 16·MF rows of A and 64·WN columns; its WK = 4/WN warps split
-// the block's K tiles round-robin and reduce through shared memory at the end. MF = 1, WK = 4 for
-// M <= 16 (memory-bound: 4 warps stream one column tile);
+// the block's K tiles round-robin and add their sums through shared memory at the end. MF = 1,
+// WK = 1 for M <= 16 (memory-bound: each warp streams one column tile, A staged once for four);
 // MF = 2, WK = 2 for M <= 32; MF = 4, WK = 1 above (each warp 64×64 of C, A reused by 4 warps).
-// A is staged per chunk of K in shared memory (act-order A arrives gathered by gptq_gather_a; only the
-// block's real rows are staged, rows past M read a zero row), read with ldmatrix; rows padded by 8 halves so the 8 rows of an ldmatrix hit
-// distinct banks. The chunk is as long as the rows allow (`chunk`, from the host: 16384 inputs at
-// M = 1, 256 at 64 rows), so small M stages A once. Each warp loads its tiles in batches of 4 (2 at
-// MF = 4) straight into registers, a chunk's first batch before A is staged. (A cp.async ring in
-// shared memory, 8 tiles deep, was measured slower: the kernel is bound by instructions per tile,
-// not by loads in flight; docs/perf.md.) blockIdx.y splits K so that
-// small M still puts enough loads in flight on every SM; with one split C is written directly.
+// A is staged per chunk of K in shared memory (act-order A arrives gathered by gptq_gather_a; only
+// the block's real rows are staged, rows past M read a zero row), read with ldmatrix; rows padded by
+// 8 halves so the 8 rows of an ldmatrix hit distinct banks. The chunk is as long as the rows allow
+// (`chunk`, from the host: 16384 inputs at M = 1, 256 at 64 rows), so small M stages A once. Each
+// warp loads its tiles in batches of 4 (2 at MF = 4) straight into registers, a chunk's first batch
+// before A is staged. (A cp.async ring in shared memory, 8 tiles deep, was measured slower: the
+// kernel is bound by instructions per tile, not by loads in flight; docs/perf.md.) blockIdx.y splits
+// K so that small M still puts enough loads in flight on every SM; with one split C is written
+// directly.
 
 #define MMA_THREADS 128
+
+// Column tile nt's words for `lane`: tile kt is at the result + kt·TILE_STRIDE(QV) (layout above).
+__device__ __forceinline__ const uint4* column_words(const uint4* qw, int nt, int KT, int QV, int lane) {
+    return qw + ((long)(nt >> 2) * KT * 4 + (nt & 3)) * (32 * QV) + lane;
+}
+#define TILE_STRIDE(QV) (4 * 32 * (QV))
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
     u32 r;
@@ -102,11 +120,11 @@ __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const u
                               and_or(w8, 0x00F000F0u)};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const int s = 2 * c + (j >> 1);
+                const int s = 2 * c + (j & 1);
                 const u32 nzs = dup_half(nz, s);
                 const u32 d = (j & 1) ? pfma<false>(p[j], sixteenth, SYM ? 0xD480D480u /* -72 */ : pfma<false>(nzs, one, delta))
                                       : pfma<false>(p[j], one, nzs);
-                b[s][j & 1] = pfma<false>(d, dup_half(sc, s), neg_zero);
+                b[s][j >> 1] = pfma<false>(d, dup_half(sc, s), neg_zero);
             }
         }
     } else if constexpr (BITS == 4) {
@@ -116,8 +134,8 @@ __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const u
         for (int c = 0; c < 4; c++)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const int s = 2 * c + (j >> 1);
-                b[s][j & 1] = pfma<BF>(pfma<BF>(code_pair<BF>(w[c] >> (4 * j)), one, dup_half(nz, s)),
+                const int s = 2 * c + (j & 1);
+                b[s][j >> 1] = pfma<BF>(pfma<BF>(code_pair<BF>(w[c] >> (4 * j)), one, dup_half(nz, s)),
                                        dup_half(sc, s), neg_zero);
             }
     } else {
@@ -144,12 +162,110 @@ template <int QV, bool SYM>
 __device__ __forceinline__ void load_tile(const uint4* __restrict__ qcol, const uint4* __restrict__ scol,
                                           const uint4* __restrict__ zcol, int tile, int group_shift, int NT,
                                           uint4 (&q)[QV], uint4& sc, uint4& nz) {
-    const uint4* src = qcol + (long)tile * (32 * QV);
+    const uint4* src = qcol + (long)tile * TILE_STRIDE(QV);
 #pragma unroll
     for (int v = 0; v < QV; v++) q[v] = src[32 * v];
     const long si = (long)(tile >> group_shift) * NT * 8;
     sc = scol[si];
     if (!SYM) nz = zcol[si];
+}
+
+// Stages rows [m0, m0 + rows) × inputs [kb, kb + klen) of A (zero past K) into sA with row stride
+// lds. `vec`: A is 16-byte aligned with lda a multiple of 8 and no perm, so 16-byte loads.
+__device__ __forceinline__ void stage_a(const u16* __restrict__ A, long lda, const int* __restrict__ perm, bool vec,
+                                        u16* sA, int lds, int m0, int rows, int kb, int klen, int K) {
+    if (vec) {
+        // Flat over (row, 16-byte piece) so that many rows do not serialize on load latency.
+        const int per_row = klen / 8;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < rows * per_row; i += MMA_THREADS) {
+            const int r = i / per_row, v = i - r * per_row;
+            const int k = kb + v * 8;
+            const u16* src = A + (long)(m0 + r) * lda + k;
+            uint4 val;
+            if (k + 8 <= K) {
+                val = *reinterpret_cast<const uint4*>(src);
+            } else {
+                u16 e[8];
+#pragma unroll
+                for (int j = 0; j < 8; j++) e[j] = k + j < K ? src[j] : 0;
+                val = make_uint4(e[0] | (u32)e[1] << 16, e[2] | (u32)e[3] << 16, e[4] | (u32)e[5] << 16,
+                                 e[6] | (u32)e[7] << 16);
+            }
+            *reinterpret_cast<uint4*>(&sA[r * lds + v * 8]) = val;
+        }
+    } else {
+        // Gather through perm or unaligned A (the library gathers act-order activations once with
+        // gptq_gather_a, so this path is for callers' unaligned A): G column indices per thread at
+        // once, then G independent loads per row. G is small: this path's registers count for the
+        // whole kernel.
+        constexpr int G = 2;
+        const u16* src = A + (long)m0 * lda;
+        for (int kk0 = threadIdx.x; kk0 < klen; kk0 += G * MMA_THREADS) {
+            int col[G];
+#pragma unroll
+            for (int j = 0; j < G; j++) {
+                const int kk = kk0 + j * MMA_THREADS, k = kb + kk;
+                col[j] = kk < klen && k < K ? (perm ? perm[k] : k) : -1;
+            }
+            for (int r = 0; r < rows; r++) {
+                u16 v[G];
+#pragma unroll
+                for (int j = 0; j < G; j++) v[j] = col[j] >= 0 ? src[(long)r * lda + col[j]] : (u16)0;
+#pragma unroll
+                for (int j = 0; j < G; j++)
+                    if (kk0 + j * MMA_THREADS < klen) sA[r * lds + kk0 + j * MMA_THREADS] = v[j];
+            }
+        }
+    }
+}
+
+// Writes a block's accumulators: straight to C (+ bias) with one split of K, else the split's partial
+// sums; warps that split the block's K (WK > 1) first add theirs through shared memory (sA reused).
+template <int MF, int WK, bool BF>
+__device__ __forceinline__ void store_c(float (&acc)[MF][8][4], u16* sA, float* __restrict__ partial,
+                                        const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M,
+                                        int N, int NT, int nt, int m0, int wk, int wn) {
+    constexpr int BM = 16 * MF, BN = 64 * (4 / WK);
+    const int lane = threadIdx.x % 32;
+    // Accumulator i of subtile s in fragment f: row f·16 + g + 8·(i/2), column 8s + 2t + i%2.
+    const int g = lane / 4, tq = lane % 4;
+    if (WK == 1) {
+        if (nt >= NT) return;
+#pragma unroll
+        for (int f = 0; f < MF; f++)
+#pragma unroll
+            for (int s = 0; s < 8; s++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int m = m0 + f * 16 + g + 8 * (i / 2), n = nt * 64 + 8 * s + 2 * tq + (i % 2);
+                    if (m < M && n < N) {
+                        if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(acc[f][s][i] + (bias ? bias[n] : 0.f));
+                        else partial[((long)blockIdx.y * M + m) * N + n] = acc[f][s][i];
+                    }
+                }
+        return;
+    }
+    __syncthreads();  // sA is reused as the reduction buffer [WK][BM][BN] f32 (at most 32 KB: fits)
+    float* red = reinterpret_cast<float*>(sA);
+#pragma unroll
+    for (int f = 0; f < MF; f++)
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                red[(wk * BM + f * 16 + g + 8 * (i / 2)) * BN + wn * 64 + 8 * s + 2 * tq + (i % 2)] = acc[f][s][i];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < BM * BN; idx += MMA_THREADS) {
+        const int r = idx / BN, col = idx % BN;
+        const int m = m0 + r, n = blockIdx.x * BN + col;
+        if (m >= M || n >= N) continue;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < WK; w++) v += red[(w * BM + r) * BN + col];
+        if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(v + (bias ? bias[n] : 0.f));
+        else partial[((long)blockIdx.y * M + m) * N + n] = v;
+    }
 }
 
 template <int BITS, int MF, int WK, bool BF, bool SYM>
@@ -175,8 +291,8 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
     const int t_begin = blockIdx.y * tiles_per_split;
     const int t_end = min(t_begin + tiles_per_split, KT);
     const bool active = nt < NT;
-    // This warp's column: tile t's words at qcol + t·32·QV, its scales at scol + group·NT·8.
-    const uint4* qcol = qw + (long)nt * KT * (32 * QV) + lane;
+    // This warp's column: tile t's words at qcol + t·TILE_STRIDE, its scales at scol + group·NT·8.
+    const uint4* qcol = column_words(qw, nt, KT, QV, lane);
     const uint4* scol = scale + nt * 8 + lane / 4;
     const uint4* zcol = SYM ? scol : nzero + nt * 8 + lane / 4;
     uint4 nz_sym;
@@ -219,50 +335,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
                 if (first + p * WK < c1) load_tile<QV, SYM>(qcol, scol, zcol, first + p * WK, group_shift, NT, q[p], sc[p], nz[p]);
         }
         __syncthreads();  // the previous chunk is consumed
-        if (vec) {
-            // Flat over (row, 16-byte piece) so that many rows do not serialize on load latency.
-            const int per_row = klen / 8;
-#pragma unroll 4
-            for (int i = threadIdx.x; i < rows * per_row; i += MMA_THREADS) {
-                const int r = i / per_row, v = i - r * per_row;
-                const int k = kb + v * 8;
-                const u16* src = A + (long)(m0 + r) * lda + k;
-                uint4 val;
-                if (k + 8 <= K) {
-                    val = *reinterpret_cast<const uint4*>(src);
-                } else {
-                    u16 e[8];
-#pragma unroll
-                    for (int j = 0; j < 8; j++) e[j] = k + j < K ? src[j] : 0;
-                    val = make_uint4(e[0] | (u32)e[1] << 16, e[2] | (u32)e[3] << 16, e[4] | (u32)e[5] << 16,
-                                     e[6] | (u32)e[7] << 16);
-                }
-                *reinterpret_cast<uint4*>(&sA[r * lds + v * 8]) = val;
-            }
-        } else {
-            // Gather through perm or unaligned A (the library gathers act-order activations once with
-            // gptq_gather_a, so this path is for callers' unaligned A): G column indices per thread at
-            // once, then G independent loads per row. G is small: this path's registers count for the
-            // whole kernel.
-            constexpr int G = 2;
-            const u16* src = A + (long)m0 * lda;
-            for (int kk0 = threadIdx.x; kk0 < klen; kk0 += G * MMA_THREADS) {
-                int col[G];
-#pragma unroll
-                for (int j = 0; j < G; j++) {
-                    const int kk = kk0 + j * MMA_THREADS, k = kb + kk;
-                    col[j] = kk < klen && k < K ? (perm ? perm[k] : k) : -1;
-                }
-                for (int r = 0; r < rows; r++) {
-                    u16 v[G];
-#pragma unroll
-                    for (int j = 0; j < G; j++) v[j] = col[j] >= 0 ? src[(long)r * lda + col[j]] : (u16)0;
-#pragma unroll
-                    for (int j = 0; j < G; j++)
-                        if (kk0 + j * MMA_THREADS < klen) sA[r * lds + kk0 + j * MMA_THREADS] = v[j];
-                }
-            }
-        }
+        stage_a(A, lda, perm, vec, sA, lds, m0, rows, kb, klen, K);
         __syncthreads();
         if (active) {
 #pragma unroll 1
@@ -292,47 +365,201 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
         }
     }
 
-    // Epilogue. Accumulator i of subtile s in fragment f: row f·16 + g + 8·(i/2), column 8s + 2t + i%2.
-    const int g = lane / 4, tq = lane % 4;
-    if (WK == 1) {
-        if (nt >= NT) return;
+    store_c<MF, WK, BF>(acc, sA, partial, bias, C, ldc, M, N, NT, nt, m0, wk, wn);
+}
+
+// ---- Small batches (M <= 16): integer B fragments, scales and zeros applied per group in f32 ----
+//
+// The B fragments hold the codes plus a magic number, exact in the activation type; neither the
+// zero nor the scale is touched per code. Per group g and column n, with S = Σ_k A[m, k] over the
+// group (one extra mma against a fragment of ones):
+//     Σ_k A·s·(q − z) = s · (Σ_k A·(magic + mult·q) − (magic + mult·z) · S) / mult
+// so each warp keeps a group's raw sums and folds them into the total once per group. Per tile that
+// leaves one LOP3 per register (plus a shift per word) and 9 mma, against ≈ 3.5 instructions per
+// register when each pair was offset and scaled in f16 (version 9 in docs/perf.md): the small-M
+// kernel was bound by instructions per tile, not by memory. The cancellation against magic·S costs
+// about 10 of f32's 24 bits on the group's raw sum, far inside the f16 output's precision.
+//   4 bit fp16: subtile 2c is 1024 + q, subtile 2c+1 is 1024 + 16q (its nibbles left in place,
+//               so mult 16: one shift per word, four LOP3).
+//   4 bit bf16: 128 + q (bf16 has no room for 16q above its magic: one shift per register).
+//   8 bit fp16: 1024 + q. 8 bit bf16: q (formed in f16 and converted; exact up to 256), magic 0.
+// Scales and zeros ([G][nt][t < 4][s < 8][2] f16, the columns 8s + 2t + {0,1} of this lane's
+// accumulators: two 16-byte loads per group) are requested when a warp enters a group and used when
+// it leaves, so their latency hides behind the group's tiles.
+
+template <int BITS, bool BF>
+__device__ __forceinline__ void int_tile(const uint4 (&q)[BITS / 4], u32 (&b)[8][2]) {
+    if constexpr (BITS == 4) {
+        const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
 #pragma unroll
-        for (int f = 0; f < MF; f++)
+        for (int c = 0; c < 4; c++) {
+            if constexpr (!BF) {
+                const u32 w8 = w[c] >> 8;
+                b[2 * c][0] = and_or(w[c], 0x000F000Fu);
+                b[2 * c + 1][0] = and_or(w[c], 0x00F000F0u);
+                b[2 * c][1] = and_or(w8, 0x000F000Fu);
+                b[2 * c + 1][1] = and_or(w8, 0x00F000F0u);
+            } else {
 #pragma unroll
-            for (int s = 0; s < 8; s++)
+                for (int j = 0; j < 4; j++) b[2 * c + (j & 1)][j >> 1] = code_pair<true>(w[c] >> (4 * j));
+            }
+        }
+    } else {
+        const u32 w[8] = {q[0].x, q[0].y, q[0].z, q[0].w, q[1].x, q[1].y, q[1].z, q[1].w};
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int m = m0 + f * 16 + g + 8 * (i / 2), n = nt * 64 + 8 * s + 2 * tq + (i % 2);
-                    if (m < M && n < N) {
-                        if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(acc[f][s][i] + (bias ? bias[n] : 0.f));
-                        else partial[((long)blockIdx.y * M + m) * N + n] = acc[f][s][i];
-                    }
-                }
-        return;
-    }
-    __syncthreads();  // sA is reused as the reduction buffer [WK][BM][BN] f32 (at most 32 KB: fits)
-    float* red = reinterpret_cast<float*>(sA);
+        for (int c = 0; c < 8; c++)
 #pragma unroll
-    for (int f = 0; f < MF; f++)
-#pragma unroll
-        for (int s = 0; s < 8; s++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                red[(wk * BM + f * 16 + g + 8 * (i / 2)) * BN + wn * 64 + 8 * s + 2 * tq + (i % 2)] = acc[f][s][i];
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < BM * BN; idx += MMA_THREADS) {
-        const int r = idx / BN, col = idx % BN;
-        const int m = m0 + r, n = blockIdx.x * BN + col;
-        if (m >= M || n >= N) continue;
-        float v = 0.f;
-#pragma unroll
-        for (int w = 0; w < WK; w++) v += red[(w * BM + r) * BN + col];
-        if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(v + (bias ? bias[n] : 0.f));
-        else partial[((long)blockIdx.y * M + m) * N + n] = v;
+            for (int j = 0; j < 2; j++) {
+                const u32 d = code_pair8(w[c] >> (8 * j));
+                b[c][j] = BF ? h2_to_b2(pfma<false>(d, 0x3C003C00u, 0xE400E400u /* -1024 */)) : d;
+            }
     }
 }
 
-// Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}_{sym|asym}.
+// d = a·b (C = 0): the first tile of a group starts its sums without zeroing registers.
+template <bool BF> __device__ __forceinline__ void mma16816_first(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    if (BF)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f), "f"(0.f), "f"(0.f), "f"(0.f));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f), "f"(0.f), "f"(0.f), "f"(0.f));
+}
+
+// tot += the group's sums with its zeros and scales applied (formula above). HI: rows 8-15 are real.
+template <int BITS, bool BF, bool SYM, bool HI>
+__device__ __forceinline__ void fold_group(const float (&acc)[8][4], const float (&sum)[4], float (&tot)[8][4],
+                                           const uint4 (&sc)[2], const uint4 (&zv)[2]) {
+    const u32 sw[8] = {sc[0].x, sc[0].y, sc[0].z, sc[0].w, sc[1].x, sc[1].y, sc[1].z, sc[1].w};
+    const u32 zw[8] = {zv[0].x, zv[0].y, zv[0].z, zv[0].w, zv[1].x, zv[1].y, zv[1].z, zv[1].w};
+    constexpr float magic = BITS == 4 ? (BF ? 128.f : 1024.f) : (BF ? 0.f : 1024.f);
+#pragma unroll
+    for (int s = 0; s < 8; s++) {
+        const float mult = BITS == 4 && !BF && (s & 1) ? 16.f : 1.f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float z = SYM ? (float)(1 << (BITS - 1)) : h2f((u16)(zw[s] >> (16 * h)));
+            const float off = -(magic + mult * z);
+            const float scl = h2f((u16)(sw[s] >> (16 * h))) * (1.f / mult);
+            tot[s][h] = fmaf(fmaf(sum[0], off, acc[s][h]), scl, tot[s][h]);
+            if (HI) tot[s][h + 2] = fmaf(fmaf(sum[2], off, acc[s][h + 2]), scl, tot[s][h + 2]);
+        }
+    }
+}
+
+// One 16-row fragment; each of the 4 warps streams one column tile over the block's whole share of K
+// (so a group's tiles stay with one warp, and the block reads 4 interleaved columns as one
+// contiguous stream).
+template <int BITS, bool BF, bool SYM>
+__device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
+                               const uint4* __restrict__ scale, const uint4* __restrict__ zero,
+                               const int* __restrict__ perm, float* __restrict__ partial,
+                               const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
+                               int tiles_per_split, int group_shift, int chunk) {
+    // Tiles per batch of loads: 4 KB per warp in flight either way (4 bit at 4 tiles per batch
+    // streamed at 67% of the read floor, 8 bit at 88%: bytes in flight, not instructions, were short).
+    constexpr int QV = BITS / 4, P = BITS == 4 ? 8 : 4;
+    extern __shared__ __align__(16) unsigned char smem[];
+    u16* sA = reinterpret_cast<u16*>(smem);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int KT = (K + 15) / 16, NT = (N + 63) / 64;
+    const int nt = blockIdx.x * 4 + warp;
+    const int m0 = blockIdx.z * 16;
+    const int rows = min(16, M - m0);
+    const int lds = chunk + 8;
+    const int t_begin = blockIdx.y * tiles_per_split;
+    const int t_end = min(t_begin + tiles_per_split, KT);
+    const bool active = nt < NT;
+    const uint4* qcol = column_words(qw, nt, KT, QV, lane);
+    const uint4* scol = scale + nt * 8 + (lane % 4) * 2;
+    const uint4* zcol = SYM ? scol : zero + nt * 8 + (lane % 4) * 2;
+    const bool vec = !perm && ((reinterpret_cast<unsigned long long>(A) & 15) == 0) && (lda & 7) == 0;
+    if (threadIdx.x == 0) *reinterpret_cast<uint4*>(&sA[SMEM_HALVES]) = make_uint4(0, 0, 0, 0);
+    const int r = (lane % 8) + 8 * ((lane / 8) % 2);
+    const bool a_real = r < rows;
+    const u32 a_row = smem_u32(&sA[r * lds + 8 * (lane / 16)]), zero_row = smem_u32(&sA[SMEM_HALVES]);
+    const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
+
+    float tot[1][8][4], acc[8][4], sum[4];
+#pragma unroll
+    for (int s = 0; s < 8; s++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) tot[0][s][i] = 0.f;
+    uint4 sc[2], zv[2];
+    zv[0] = zv[1] = make_uint4(0, 0, 0, 0);
+    int cur = -1;  // the group whose sums acc and sum hold
+    bool fresh = true;
+
+    for (int c0 = t_begin; c0 < t_end; c0 += chunk / 16) {
+        const int c1 = min(c0 + chunk / 16, t_end);
+        uint4 q[P][QV];
+        if (active) {
+#pragma unroll
+            for (int p = 0; p < P; p++)
+                if (c0 + p < c1)
+#pragma unroll
+                    for (int v = 0; v < QV; v++) q[p][v] = qcol[(long)(c0 + p) * TILE_STRIDE(QV) + 32 * v];
+        }
+        __syncthreads();  // the previous chunk is consumed
+        stage_a(A, lda, perm, vec, sA, lds, m0, rows, c0 * 16, (c1 - c0) * 16, K);
+        __syncthreads();
+        if (!active) continue;
+#pragma unroll 1
+        for (int t = c0; t < c1; t += P) {
+            if (t != c0) {
+#pragma unroll
+                for (int p = 0; p < P; p++)
+                    if (t + p < c1)
+#pragma unroll
+                        for (int v = 0; v < QV; v++) q[p][v] = qcol[(long)(t + p) * TILE_STRIDE(QV) + 32 * v];
+            }
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int tile = t + p;
+                if (tile >= c1) break;
+                const int G = tile >> group_shift;
+                if (G != cur) {
+                    if (cur >= 0) {
+                        if (rows > 8) fold_group<BITS, BF, SYM, true>(acc, sum, tot[0], sc, zv);
+                        else fold_group<BITS, BF, SYM, false>(acc, sum, tot[0], sc, zv);
+                    }
+                    cur = G;
+                    const long gi = (long)G * NT * 8;
+                    sc[0] = scol[gi];
+                    sc[1] = scol[gi + 1];
+                    if (!SYM) {
+                        zv[0] = zcol[gi];
+                        zv[1] = zcol[gi + 1];
+                    }
+                    fresh = true;
+                }
+                u32 b[8][2];
+                int_tile<BITS, BF>(q[p], b);
+                u32 a[4];
+                ldmatrix_x4(a, a_real ? a_row + 2 * (tile - c0) * 16 : zero_row);
+                if (fresh) {
+#pragma unroll
+                    for (int s = 0; s < 8; s++) mma16816_first<BF>(acc[s], a, b[s][0], b[s][1]);
+                    mma16816_first<BF>(sum, a, ones, ones);
+                    fresh = false;
+                } else {
+#pragma unroll
+                    for (int s = 0; s < 8; s++) mma16816<BF>(acc[s], a, b[s][0], b[s][1]);
+                    mma16816<BF>(sum, a, ones, ones);
+                }
+            }
+        }
+    }
+    if (cur >= 0) {
+        if (rows > 8) fold_group<BITS, BF, SYM, true>(acc, sum, tot[0], sc, zv);
+        else fold_group<BITS, BF, SYM, false>(acc, sum, tot[0], sc, zv);
+    }
+    store_c<1, 1, BF>(tot, sA, partial, bias, C, ldc, M, N, NT, nt, m0, 0, warp);
+}
+
+// Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}_{sym|asym} (M > 16).
 #define MMA(BITS, MF, WK, BF, SYM, NAME)                                                                   \
     extern "C" __global__ void __launch_bounds__(MMA_THREADS) NAME(                                        \
         const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* nzero, const int* perm,   \
@@ -341,12 +568,21 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
         mma_gemm<BITS, MF, WK, BF, SYM>(A, lda, qw, scale, nzero, perm, partial, bias, C, ldc, M, N, K, tps, \
                                         gshift, chunk);                                                       \
     }
-#define MMA_ALL(BITS, BF, T)                             \
-    MMA(BITS, 1, 4, BF, true, gptq_mma_b##BITS##_m1_##T##_sym)  \
-    MMA(BITS, 2, 2, BF, true, gptq_mma_b##BITS##_m2_##T##_sym)  \
-    MMA(BITS, 4, 1, BF, true, gptq_mma_b##BITS##_m4_##T##_sym)  \
-    MMA(BITS, 1, 4, BF, false, gptq_mma_b##BITS##_m1_##T##_asym) \
-    MMA(BITS, 2, 2, BF, false, gptq_mma_b##BITS##_m2_##T##_asym) \
+// Small batches: gptq_mma_b{BITS}_m1_{f16|bf16}_{sym|asym}, at most 168 registers (3 blocks/SM).
+#define MMA_SMALL(BITS, BF, SYM, NAME)                                                                     \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 3) NAME(                                     \
+        const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,    \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
+        int chunk) {                                                                                       \
+        mma_gemm_small<BITS, BF, SYM>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps, \
+                                          gshift, chunk);                                                     \
+    }
+#define MMA_ALL(BITS, BF, T)                                          \
+    MMA_SMALL(BITS, BF, true, gptq_mma_b##BITS##_m1_##T##_sym)         \
+    MMA(BITS, 2, 2, BF, true, gptq_mma_b##BITS##_m2_##T##_sym)         \
+    MMA(BITS, 4, 1, BF, true, gptq_mma_b##BITS##_m4_##T##_sym)         \
+    MMA_SMALL(BITS, BF, false, gptq_mma_b##BITS##_m1_##T##_asym)       \
+    MMA(BITS, 2, 2, BF, false, gptq_mma_b##BITS##_m2_##T##_asym)       \
     MMA(BITS, 4, 1, BF, false, gptq_mma_b##BITS##_m4_##T##_asym)
 MMA_ALL(4, false, f16)
 MMA_ALL(4, true, bf16)
@@ -376,7 +612,7 @@ __device__ void mma_dequant(const uint4* __restrict__ qw, const uint4* __restric
     if (tid >= (long)NT * KT * 32) return;
     const int lane = (int)(tid % 32), kt = (int)((tid / 32) % KT), nt = (int)(tid / 32 / KT);
     const int g = lane / 4, tq = lane % 4;
-    const uint4* src = qw + ((long)nt * KT + kt) * (32 * QV) + lane;
+    const uint4* src = column_words(qw, nt, KT, QV, lane) + (long)kt * TILE_STRIDE(QV);
     const long si = ((long)(kt / tiles_per_group) * NT + nt) * 8 + g;
     const uint4 sv = scale[si];
     const u32 magic_zero = BITS == 4 ? 0xE408E408u : 0xE480E480u;
@@ -391,10 +627,10 @@ __device__ void mma_dequant(const uint4* __restrict__ qw, const uint4* __restric
             const int c = 4 * v + c4;
 #pragma unroll
             for (int e = 0; e < 32 / BITS; e++) {
-                // 4 bit: nibble e -> subtile 2c + (e&3)/2, register (e&1), half e/4.
+                // 4 bit: nibble e -> subtile 2c + (e&1), register (e&3)/2, half e/4.
                 // 8 bit: byte e -> subtile c, register e&1, half e/2.
-                const int s = BITS == 4 ? 2 * c + ((e & 3) >> 1) : c;
-                const int r = e & 1, hi = BITS == 4 ? e >> 2 : e >> 1;
+                const int s = BITS == 4 ? 2 * c + (e & 1) : c;
+                const int r = BITS == 4 ? (e & 3) >> 1 : e & 1, hi = BITS == 4 ? e >> 2 : e >> 1;
                 const int k = kt * 16 + 2 * tq + 8 * r + hi, n = nt * 64 + 8 * s + g;
                 if (k >= K || n >= N) continue;
                 const u32 code = (w[c4] >> (BITS * e)) & ((1u << BITS) - 1u);

@@ -41,6 +41,9 @@ pub struct Device {
     pub arch: (u32, u32),
     module: cu::CUmodule,
     functions: Mutex<HashMap<String, usize>>,
+    /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
+    /// measured at init so launches never queue a second wave by accident.
+    resident: Mutex<HashMap<String, usize>>,
 }
 
 // SAFETY: CUDA contexts, modules and functions are usable from any thread; the function cache is
@@ -111,7 +114,15 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let mut module = std::ptr::null_mut();
     // SAFETY: `cubin` is a complete cubin image for this device's architecture.
     check(unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) }, "cuModuleLoadData")?;
-    let d = Arc::new(Device { ordinal, ctx, sm_count, arch, module, functions: Mutex::new(HashMap::new()) });
+    let d = Arc::new(Device {
+        ordinal,
+        ctx,
+        sm_count,
+        arch,
+        module,
+        functions: Mutex::new(HashMap::new()),
+        resident: Mutex::new(HashMap::new()),
+    });
     // Look up every tensor-core kernel here, once, and set its dynamic shared-memory limit to what
     // it uses (under the default 48 KB today; set explicitly so larger staging needs no other change),
     // so GEMM calls only launch.
@@ -124,6 +135,14 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
                     check(unsafe { cu::cuFuncSetAttribute(f, attr, bytes) }, "cuFuncSetAttribute (shared memory)")?;
+                    let mut blocks = 0;
+                    // SAFETY: as above; writes one int.
+                    check(
+                        unsafe { cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, 128, bytes as usize) },
+                        "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                    )?;
+                    let name = super::layer::mma_kernel_name(bits, mf, act, sym);
+                    d.resident.lock().unwrap_or_else(|e| e.into_inner()).insert(name, blocks.max(1) as usize);
                 }
             }
         }
@@ -133,6 +152,11 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 }
 
 impl Device {
+    /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).
+    pub(crate) fn resident_blocks(&self, name: &str) -> usize {
+        self.resident.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(1)
+    }
+
     /// A kernel of the module by its `extern "C"` name.
     pub(crate) fn function(&self, name: &str) -> Result<cu::CUfunction> {
         let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,12 +1,12 @@
 //! A layer prepared for one GPU, and the stream-ordered GEMM and dequantization on it.
 
-use super::device::{init, CtxGuard, Device};
 use super::check;
+use super::device::{CtxGuard, Device, init};
+use super::tiles::{TILE_K, TILE_N, mma_tiles};
 use crate::error::{Error, Result};
 use crate::format::QuantizedLayer;
 use cudarc::driver::sys as cu;
 use std::ffi::c_void;
-use super::tiles::{mma_tiles, TILE_K, TILE_N};
 use std::sync::Arc;
 
 /// Activation (A and C) element type on the GPU.
@@ -23,7 +23,8 @@ const KSPAN: usize = 1024;
 /// Halves of A the tensor-core kernel stages (kernels/gptq_mma.cu, SMEM_HALVES).
 const MMA_SMEM_HALVES: usize = 64 * 264;
 
-/// The tensor-core kernel's name (kernels/gptq_mma.cu, MMA_ALL).
+/// The tensor-core kernel's name (kernels/gptq_mma.cu, MMA_ALL): `mf` 16-row fragments per block
+/// (1: the small-batch kernel).
 pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool) -> String {
     format!("gptq_mma_b{bits}_m{mf}_{act}_{}", if sym { "sym" } else { "asym" })
 }
@@ -52,9 +53,12 @@ pub enum KernelFamily {
 enum Weights {
     /// kernels/gptq_gemv.cu: packed rows in permuted K order, f32 scales, scaled zeros and zeros.
     Gemv { qweight: DevBuf, gword: DevBuf, scale: DevBuf, szero: DevBuf, zero: DevBuf, pair_math: bool },
-    /// kernels/gptq_mma.cu: mma-fragment tiles, per-lane scales and zero offsets per activation type.
+    /// kernels/gptq_mma.cu: mma-fragment tiles; per-lane scales and zero offsets per activation type
+    /// (large batches), per-group scales and zeros in accumulator order (small batches).
     Mma {
         qweight: DevBuf,
+        acc_scale: DevBuf,
+        acc_zero: Option<DevBuf>,
         scale_f16: DevBuf,
         scale_bf16: DevBuf,
         nzero_f16: Option<DevBuf>,
@@ -132,7 +136,19 @@ unsafe fn launch_smem(
 ) -> Result<()> {
     // SAFETY: the caller's contract above.
     let r = unsafe {
-        cu::cuLaunchKernel(f, grid.0, grid.1, grid.2, threads, 1, 1, smem, stream, args.as_mut_ptr(), std::ptr::null_mut())
+        cu::cuLaunchKernel(
+            f,
+            grid.0,
+            grid.1,
+            grid.2,
+            threads,
+            1,
+            1,
+            smem,
+            stream,
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
     };
     check(r, what)
 }
@@ -150,24 +166,35 @@ struct MmaShape {
     chunk: usize,
 }
 
-/// The launch shape for `m` rows of a `k`×`n` layer on a device with `sm_count` SMs.
-fn mma_shape(m: usize, k: usize, n: usize, sm_count: usize, blocks_per_sm: Option<usize>) -> MmaShape {
-    // Small M: one 16-row fragment, 4 warps streaming one column tile (memory-bound). Larger M:
+/// The launch shape for `m` rows of a `k`×`n` layer on a device with `sm_count` SMs, where
+/// `resident(mf)` blocks of the kernel with `mf` fragments fit on one SM at once.
+fn mma_shape(
+    m: usize,
+    k: usize,
+    n: usize,
+    sm_count: usize,
+    blocks_per_sm: Option<usize>,
+    resident: impl Fn(usize) -> usize,
+) -> MmaShape {
+    // Small M: one 16-row fragment, each warp streaming one column tile (memory-bound). Larger M:
     // more rows per block so each dequantized tile feeds more mma, 4 warps sharing A.
     // Blocks per SM to aim for (through splits of K): at M <= 16 three measured faster than 4, 6
     // or 8 (fewer splits and partial sums; docs/perf.md).
     let (mf, wk, per_sm) = match m {
-        0..=16 => (1, 4, 3),
+        0..=16 => (1, 1, 3),
         17..=32 => (2, 2, 3),
         _ => (4, 1, 2),
     };
     let per_sm = blocks_per_sm.unwrap_or(per_sm); // benchmark override (GPTQ_CUDA_BLOCKS_PER_SM)
+    // Never more split blocks than fit at once: a second wave of a few blocks costs a whole block's
+    // time (version 10 in docs/perf.md: 448 blocks where 396 fit ran 30% slower than 336).
+    let per_sm = per_sm.min(resident(mf).max(1));
     let kt = k.div_ceil(TILE_K);
     let cols_per_block = TILE_N * (4 / wk);
     let blocks = n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
-    let want = (per_sm * sm_count).div_ceil(blocks);
+    let want = (per_sm * sm_count) / blocks;
     // Each warp keeps at least two tiles per split.
-    let splits = want.min((kt / (2 * wk)).max(1)).min(65535); // gridDim.y
+    let splits = want.clamp(1, (kt / (2 * wk)).max(1)).min(65535); // gridDim.y
     let tiles_per_split = kt.div_ceil(splits);
     // Shared memory holds rows × (chunk + 8) halves (kernels/gptq_mma.cu, SMEM_HALVES); chunks are
     // multiples of 64 inputs so rows start 16 bytes apart modulo 128 (conflict-free ldmatrix).
@@ -246,6 +273,8 @@ impl CudaLayer {
         let weights = match tiles {
             Some(t) => Weights::Mma {
                 qweight: upload(&t.qweight, "tiled qweight")?,
+                acc_scale: upload(&t.acc_scale, "scales")?,
+                acc_zero: t.acc_zero.map(|z| upload(&z, "zeros")).transpose()?,
                 scale_f16: upload(&t.scale_f16, "scales")?,
                 scale_bf16: upload(&t.scale_bf16, "scales")?,
                 nzero_f16: t.nzero_f16.map(|z| upload(&z, "zero offsets")).transpose()?,
@@ -279,7 +308,10 @@ impl CudaLayer {
             weights,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
-            blocks_per_sm: std::env::var("GPTQ_CUDA_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0),
+            blocks_per_sm: std::env::var("GPTQ_CUDA_BLOCKS_PER_SM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&v| v > 0),
             device,
         })
     }
@@ -299,8 +331,9 @@ impl CudaLayer {
     pub fn weight_buffers(&self) -> Vec<(u64, usize)> {
         let bufs: Vec<&DevBuf> = match &self.weights {
             Weights::Gemv { qweight, scale, szero, .. } => vec![qweight, scale, szero],
-            Weights::Mma { qweight, scale_f16, nzero_f16, .. } => {
-                [Some(qweight), Some(scale_f16), nzero_f16.as_ref()].into_iter().flatten().collect()
+            // What the small-batch kernel reads (the large-batch one reads as many bytes).
+            Weights::Mma { qweight, acc_scale, acc_zero, .. } => {
+                [Some(qweight), Some(acc_scale), acc_zero.as_ref()].into_iter().flatten().collect()
             }
         };
         bufs.iter().map(|b| (b.ptr, b.len)).collect()
@@ -327,7 +360,17 @@ impl CudaLayer {
     }
 
     fn mma_shape(&self, m: usize) -> MmaShape {
-        mma_shape(m, self.k, self.n, self.device.sm_count as usize, self.blocks_per_sm)
+        // Symmetric layers have their own kernels; fp16 and bf16 ones may differ in registers (the
+        // shape must not depend on the activation type: the workspace query does not know it).
+        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        let resident = |mf| {
+            ["f16", "bf16"]
+                .iter()
+                .map(|act| self.device.resident_blocks(&mma_kernel_name(self.bits, mf, act, sym)))
+                .min()
+                .unwrap_or(1)
+        };
+        mma_shape(m, self.k, self.n, self.device.sm_count as usize, self.blocks_per_sm, resident)
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
@@ -436,7 +479,10 @@ impl CudaLayer {
             return Err(Error::Misaligned("A and C must be 2-byte aligned, the workspace 4-byte aligned".into()));
         }
         if m > self.max_rows() {
-            return Err(Error::Shape(format!("m = {m} exceeds the {} rows one call can take; split the call", self.max_rows())));
+            return Err(Error::Shape(format!(
+                "m = {m} exceeds the {} rows one call can take; split the call",
+                self.max_rows()
+            )));
         }
         let need = self.workspace_need(m);
         if workspace_bytes < need || (need > 0 && workspace == 0) {
@@ -452,13 +498,30 @@ impl CudaLayer {
         let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
         let bias = self.bias.as_ref().map_or(0, |b| b.ptr);
         let splits = match &self.weights {
-            Weights::Mma { qweight, scale_f16, scale_bf16, nzero_f16, nzero_bf16, group_shift, .. } => {
+            Weights::Mma {
+                qweight,
+                acc_scale,
+                acc_zero,
+                scale_f16,
+                scale_bf16,
+                nzero_f16,
+                nzero_bf16,
+                group_shift,
+                ..
+            } => {
                 let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk } = self.mma_shape(m);
                 let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, nzero_f16.is_none()))?;
                 let smem = MMA_SMEM_BYTES as u32;
                 let bf = dtype == ActDType::BF16;
-                let scale = if bf { scale_bf16.ptr } else { scale_f16.ptr };
-                let nz = if bf { nzero_bf16 } else { nzero_f16 }.as_ref().map_or(0, |z| z.ptr);
+                // The small-batch kernel applies scales and zeros per group (accumulator order); the
+                // large-batch ones per code pair, in the activation type.
+                let (scale, nz) = if mf == 1 {
+                    (acc_scale.ptr, acc_zero.as_ref().map_or(0, |z| z.ptr))
+                } else if bf {
+                    (scale_bf16.ptr, nzero_bf16.as_ref().map_or(0, |z| z.ptr))
+                } else {
+                    (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
+                };
                 let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
                 let gather = self.gather_bytes(m);
                 let (a_in, lda_in, perm_in) = if gather > 0 {
@@ -474,7 +537,22 @@ impl CudaLayer {
                 };
                 let partial = workspace + gather as u64;
                 let mut args = args![
-                    a_in, lda_in, qweight.ptr, scale, nz, perm_in, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, chunki
+                    a_in,
+                    lda_in,
+                    qweight.ptr,
+                    scale,
+                    nz,
+                    perm_in,
+                    partial,
+                    bias,
+                    c,
+                    ldc64,
+                    mi,
+                    ni,
+                    ki,
+                    tpsi,
+                    shifti,
+                    chunki
                 ];
                 let cols = TILE_N * (4 / wk);
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
@@ -491,8 +569,22 @@ impl CudaLayer {
                 let f = self.device.function(&format!("gptq_gemv_b{}_m{mt}_{variant}", self.bits))?;
                 let wpsi = wps as i32;
                 let mut args = args![
-                    a, lda64, qweight.ptr, gword.ptr, scale.ptr, szero.ptr, zero.ptr, perm, workspace, bias, c, ldc64, mi, ni,
-                    ki, wpsi
+                    a,
+                    lda64,
+                    qweight.ptr,
+                    gword.ptr,
+                    scale.ptr,
+                    szero.ptr,
+                    zero.ptr,
+                    perm,
+                    workspace,
+                    bias,
+                    c,
+                    ldc64,
+                    mi,
+                    ni,
+                    ki,
+                    wpsi
                 ];
                 let grid = (self.n.div_ceil(THREADS) as u32, splits as u32, m.div_ceil(mt) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
@@ -510,7 +602,16 @@ impl CudaLayer {
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         // SAFETY: as above.
-        unsafe { launch(reduce, (total.div_ceil(256) as u32, 1, 1), 256, stream, &mut rargs, "launching the reduction kernel") }
+        unsafe {
+            launch(
+                reduce,
+                (total.div_ceil(256) as u32, 1, 1),
+                256,
+                stream,
+                &mut rargs,
+                "launching the reduction kernel",
+            )
+        }
     }
 
     /// Writes the dequantized weight, `[n, k]` fp16 in the original input order, to `out` on `stream`.
@@ -533,7 +634,16 @@ impl CudaLayer {
                 let threads = self.n.div_ceil(TILE_N) * self.k.div_ceil(TILE_K) * 32;
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 // SAFETY: argument types and order match the kernel's signature.
-                unsafe { launch(f, (threads.div_ceil(128) as u32, 1, 1), 128, stream, &mut args, "launching the dequantization kernel") }
+                unsafe {
+                    launch(
+                        f,
+                        (threads.div_ceil(128) as u32, 1, 1),
+                        128,
+                        stream,
+                        &mut args,
+                        "launching the dequantization kernel",
+                    )
+                }
             }
             Weights::Gemv { qweight, gword, scale, szero, .. } => {
                 let f = self.device.function(&format!("gptq_dequant_b{}", self.bits))?;
@@ -570,7 +680,7 @@ mod tests {
         let sm = 132;
         for &(k, n) in &[(4096usize, 4096usize), (512, 1000), (28672, 8192), (1024, 64)] {
             let mma = |r: usize| {
-                let s = mma_shape(r, k, n, sm, None);
+                let s = mma_shape(r, k, n, sm, None, |_| 3);
                 if s.splits > 1 { s.splits * r * n * 4 } else { 0 }
             };
             let gemv = |r: usize| {
@@ -598,7 +708,7 @@ mod tests {
         for sm in [1usize, 46, 132] {
             for &(k, n) in &[(16usize, 64usize), (520, 200), (4096, 4096), (8192, 28672), (28672, 8192), (1028, 328)] {
                 for m in (1..=70).chain([127, 128, 129, 1000, 4096, 65536]) {
-                    let s = mma_shape(m, k, n, sm, None);
+                    let s = mma_shape(m, k, n, sm, None, |mf| if mf == 4 { 2 } else { 3 });
                     let kt = k.div_ceil(TILE_K);
                     let rows = m.min(16 * s.mf);
                     assert!(rows * (s.chunk + 8) <= MMA_SMEM_HALVES, "{m} {k} {n}: {s:?}");

@@ -11,26 +11,39 @@ pub(crate) const TILE_N: usize = 64;
 /// A layer in the tile layout: weights shuffled into mma B fragments, scales and zero offsets in the
 /// per-lane order the kernel loads, all padded to whole tiles.
 pub(crate) struct MmaTiles {
-    /// `[nt][kt][v][lane][4]` words (`v < bits/4`).
+    /// `[nt/4][kt][nt%4][v][lane][4]` words (`v < bits/4`; column tiles padded to a multiple of 4):
+    /// tile `(nt, kt)` starts at word [`tile_index`]`·tile_words`.
     pub qweight: Vec<u32>,
     /// `[segment][nt][g][s]` scales as f16 and as bf16 bits.
     pub scale_f16: Vec<u16>,
     pub scale_bf16: Vec<u16>,
     /// Pair offsets `-(magic + zero)`: f16 with magic 1024; for bf16 activations at 4 bit, bf16 with
     /// magic 128 (8 bit in bf16 forms the difference in f16). `None` when every zero is `2^(bits-1)`
-    /// (the kernel then uses a constant).
+    /// (the kernel then uses a constant). These and the scales above serve the large-batch kernels,
+    /// which scale each code pair before the mma.
     pub nzero_f16: Option<Vec<u16>>,
     pub nzero_bf16: Option<Vec<u16>>,
+    /// The small-batch kernel's per-group data, in its accumulator order `[segment][nt][t][s][2]`
+    /// (column `64·nt + 8s + 2t + h`): f16 scales, and f16 zeros (`None` when symmetric).
+    pub acc_scale: Vec<u16>,
+    pub acc_zero: Option<Vec<u16>>,
     pub tiles_per_group: usize,
     /// `log2(tiles_per_group)`, or 31 for one group (the kernel finds a tile's group by a shift).
     pub group_shift: u32,
+}
+
+/// Position of tile (`nt`, `kt`) among the tiles of a layer with `kt_count` tiles along K: four
+/// neighbouring column tiles interleaved tile by tile, so the four warps of a block that stream them
+/// read one contiguous stream (kernels/gptq_mma.cu, column_words).
+pub(crate) fn tile_index(nt: usize, kt: usize, kt_count: usize) -> usize {
+    ((nt / 4) * kt_count + kt) * 4 + nt % 4
 }
 
 /// The (k, n) offsets inside a tile of code `e` in word `c` of lane `lane` (the mapping written in
 /// kernels/gptq_mma.cu's header: one mma B fragment register per code pair).
 pub(crate) fn code_position(bits: u32, lane: usize, c: usize, e: usize) -> (usize, usize) {
     let (g, t) = (lane / 4, lane % 4);
-    let (s, r, hi) = if bits == 4 { (2 * c + ((e & 3) >> 1), e & 1, e >> 2) } else { (c, e & 1, e >> 1) };
+    let (s, r, hi) = if bits == 4 { (2 * c + (e & 1), (e & 3) >> 1, e >> 2) } else { (c, e & 1, e >> 1) };
     (2 * t + 8 * r + hi, 8 * s + g)
 }
 
@@ -71,19 +84,20 @@ pub(crate) fn mma_tiles(
         if kk < k && nn < n { (qweight[(kk / pf) * n + nn] >> ((kk % pf) as u32 * bits)) & mask } else { 0 }
     };
     let tile_words = qv * 32 * 4;
-    let mut qw = vec![0u32; nt * kt * tile_words];
-    qw.par_chunks_mut(kt * tile_words).enumerate().for_each(|(ti, col)| {
-        for (kti, tile) in col.chunks_exact_mut(tile_words).enumerate() {
-            for (wi, word) in tile.iter_mut().enumerate() {
-                let (v, rest) = (wi / 128, wi % 128);
-                let (lane, c) = (rest / 4, 4 * v + rest % 4);
-                let mut w = 0u32;
-                for e in 0..pf {
-                    let (dk, dn) = code_position(bits, lane, c, e);
-                    w |= code(kti * TILE_K + dk, ti * TILE_N + dn) << (bits * e as u32);
-                }
-                *word = w;
+    let mut qw = vec![0u32; nt.next_multiple_of(4) * kt * tile_words];
+    // Tiles in storage order: index i is (quad i / (4·kt), kt (i / 4) % kt, column i % 4 of the quad).
+    qw.par_chunks_mut(tile_words).enumerate().for_each(|(i, tile)| {
+        let (ti, kti) = ((i / (4 * kt)) * 4 + i % 4, (i / 4) % kt);
+        debug_assert_eq!(tile_index(ti, kti, kt), i);
+        for (wi, word) in tile.iter_mut().enumerate() {
+            let (v, rest) = (wi / 128, wi % 128);
+            let (lane, c) = (rest / 4, 4 * v + rest % 4);
+            let mut w = 0u32;
+            for e in 0..pf {
+                let (dk, dn) = code_position(bits, lane, c, e);
+                w |= code(kti * TILE_K + dk, ti * TILE_N + dn) << (bits * e as u32);
             }
+            *word = w;
         }
     });
     let half = 1u32 << (bits - 1);
@@ -91,17 +105,23 @@ pub(crate) fn mma_tiles(
     let len = segments.len() * nt * TILE_N;
     let (mut sh, mut sb) = (vec![0u16; len], vec![0u16; len]);
     let (mut zh, mut zb) = (vec![0u16; len], vec![0u16; len]);
+    let (mut acc_scale, mut acc_zero) = (vec![0u16; len], vec![0u16; len]);
     let bf_magic = if bits == 4 { 128.0 } else { 1024.0 };
     for (si, &(_, _, grp)) in segments.iter().enumerate() {
         for col in 0..nt * TILE_N {
             let (ti, off) = (col / TILE_N, col % TILE_N);
             let (s, g) = (off / 8, off % 8);
             let at = ((si * nt + ti) * 8 + g) * 8 + s;
-            let (scale, zero) = if col < n { (scales[grp as usize * n + col], zeros[grp as usize * n + col]) } else { (0.0, 0.0) };
+            let (scale, zero) =
+                if col < n { (scales[grp as usize * n + col], zeros[grp as usize * n + col]) } else { (0.0, 0.0) };
             sh[at] = f16::from_f32(scale).to_bits();
             sb[at] = bf16::from_f32(scale).to_bits();
             zh[at] = f16::from_f32(-(1024.0 + zero)).to_bits();
             zb[at] = if bits == 4 { bf16::from_f32(-(bf_magic + zero)).to_bits() } else { zh[at] };
+            let (t, h) = ((off % 8) / 2, off % 2);
+            let acc_at = ((si * nt + ti) * 4 + t) * 16 + 2 * s + h;
+            acc_scale[acc_at] = sh[at];
+            acc_zero[acc_at] = f16::from_f32(zero).to_bits();
         }
     }
     Some(MmaTiles {
@@ -110,6 +130,8 @@ pub(crate) fn mma_tiles(
         scale_bf16: sb,
         nzero_f16: (!sym).then_some(zh),
         nzero_bf16: (!sym).then_some(zb),
+        acc_scale,
+        acc_zero: (!sym).then_some(acc_zero),
         tiles_per_group,
         group_shift,
     })
@@ -139,7 +161,8 @@ mod tests {
                 }
             }
             let gs = 32;
-            let segments: Vec<(usize, usize, u32)> = (0..k.div_ceil(gs)).map(|g| (g * gs, ((g + 1) * gs).min(k), g as u32)).collect();
+            let segments: Vec<(usize, usize, u32)> =
+                (0..k.div_ceil(gs)).map(|g| (g * gs, ((g + 1) * gs).min(k), g as u32)).collect();
             let groups = segments.len();
             let scales: Vec<f32> = (0..groups * n).map(|i| 0.001 * (i + 1) as f32).collect();
             let zeros: Vec<f32> = (0..groups * n).map(|i| (i % 7) as f32).collect();
@@ -150,7 +173,7 @@ mod tests {
             for ti in 0..nt {
                 for kti in 0..kt {
                     for wi in 0..(bits as usize / 4) * 128 {
-                        let w = t.qweight[((ti * kt + kti) * (bits as usize / 4)) * 128 + wi];
+                        let w = t.qweight[tile_index(ti, kti, kt) * (bits as usize / 4) * 128 + wi];
                         let (lane, c) = ((wi % 128) / 4, 4 * (wi / 128) + wi % 4);
                         for e in 0..pf {
                             let (dk, dn) = code_position(bits, lane, c, e);
@@ -168,6 +191,14 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|&s| s), "every code placed");
+            let tile_words = (bits as usize / 4) * 128;
+            assert_eq!(t.qweight.len(), nt.next_multiple_of(4) * kt * tile_words);
+            for ti in nt..nt.next_multiple_of(4) {
+                for kti in 0..kt {
+                    let at = tile_index(ti, kti, kt) * tile_words;
+                    assert!(t.qweight[at..at + tile_words].iter().all(|&w| w == 0), "padding column tile");
+                }
+            }
             let nz = t.nzero_f16.as_ref().expect("asymmetric");
             for (si, &(_, _, grp)) in segments.iter().enumerate() {
                 for col in 0..n {
@@ -175,6 +206,10 @@ mod tests {
                     assert_eq!(t.scale_f16[at], f16::from_f32(scales[grp as usize * n + col]).to_bits());
                     let z = zeros[grp as usize * n + col];
                     assert_eq!(f16::from_bits(nz[at]).to_f32(), -(1024.0 + z));
+                    let (s, tq, h) = ((col % 64) / 8, (col % 8) / 2, col % 2);
+                    let acc_at = ((si * nt + col / 64) * 4 + tq) * 16 + 2 * s + h;
+                    assert_eq!(t.acc_scale[acc_at], t.scale_f16[at]);
+                    assert_eq!(f16::from_bits(t.acc_zero.as_ref().unwrap()[acc_at]).to_f32(), z);
                 }
             }
         }
