@@ -121,7 +121,13 @@ fn main() {
         ok(cu::cuCtxSetCurrent(ctx), "set ctx");
     }
     let dev = gptq::cuda::init(0).unwrap();
-    println!("device 0: compute capability {}.{}, {} SMs", dev.arch.0, dev.arch.1, dev.sm_count);
+    println!(
+        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}",
+        dev.arch.0,
+        dev.arch.1,
+        dev.sm_count,
+        if dev.pdl { "on" } else { "off" }
+    );
     let mut stream = std::ptr::null_mut();
     unsafe { ok(cu::cuStreamCreate(&mut stream, 1), "stream") };
     let mut handle = std::ptr::null_mut();

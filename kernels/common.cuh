@@ -24,6 +24,23 @@ __device__ __forceinline__ u16 f2b(float f) {
 template <bool BF16> __device__ __forceinline__ float load_act(u16 v) { return BF16 ? b2f(v) : h2f(v); }
 template <bool BF16> __device__ __forceinline__ u16 store_act(float v) { return BF16 ? f2b(v) : f2h(v); }
 
+// Programmatic dependent launch (sm_90+; no-ops before, and when a kernel was launched without it):
+// a kernel the host launched with programmatic stream serialization may start while the previous
+// kernel on the stream finishes. It must call pdl_wait() before it reads anything that kernel may
+// write (A, the workspace) and before it writes anything (C, the workspace); weights and scales are
+// the layer's own, immutable, so they may be prefetched before. pdl_launch_dependents() lets the
+// next such kernel start early (it still waits for this one's completion in its own pdl_wait()).
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Packed 16-bit pair math (f16x2 or bf16x2). bf16 uses FMAs only: fma.rn.bf16x2 exists from sm_80,
 // add/mul only from sm_90.
 template <bool BF> __device__ __forceinline__ u32 pfma(u32 a, u32 b, u32 c) {

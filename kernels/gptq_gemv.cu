@@ -217,6 +217,8 @@ __device__ void gemv_pair(const u16* __restrict__ A, long lda, const u32* __rest
 template <bool BF16>
 __device__ void reduce(const float* __restrict__ partial, int splits, const float* __restrict__ bias,
                        u16* __restrict__ C, long ldc, int M, int N) {
+    pdl_launch_dependents();
+    pdl_wait();  // the GEMM's partial sums are complete
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)M * N) return;
     const int m = (int)(i / N), n = (int)(i % N);

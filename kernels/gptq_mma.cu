@@ -321,6 +321,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
         for (int s = 0; s < 8; s++)
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[f][s][i] = 0.f;
+    pdl_launch_dependents();
 
     for (int c0 = t_begin; c0 < t_end; c0 += chunk / 16) {
         const int c1 = min(c0 + chunk / 16, t_end);
@@ -335,6 +336,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
                 if (first + p * WK < c1) load_tile<QV, SYM>(qcol, scol, zcol, first + p * WK, group_shift, NT, q[p], sc[p], nz[p]);
         }
         __syncthreads();  // the previous chunk is consumed
+        pdl_wait();       // A is written by the previous kernel (first batch of weights already in flight)
         stage_a(A, lda, perm, vec, sA, lds, m0, rows, kb, klen, K);
         __syncthreads();
         if (active) {
@@ -365,6 +367,7 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
         }
     }
 
+    pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     store_c<MF, WK, BF>(acc, sA, partial, bias, C, ldc, M, N, NT, nt, m0, wk, wn);
 }
 
@@ -491,6 +494,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
     zv[0] = zv[1] = make_uint4(0, 0, 0, 0);
     int cur = -1;  // the group whose sums acc and sum hold
     bool fresh = true;
+    pdl_launch_dependents();
 
     for (int c0 = t_begin; c0 < t_end; c0 += chunk / 16) {
         const int c1 = min(c0 + chunk / 16, t_end);
@@ -503,6 +507,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
                     for (int v = 0; v < QV; v++) q[p][v] = qcol[(long)(c0 + p) * TILE_STRIDE(QV) + 32 * v];
         }
         __syncthreads();  // the previous chunk is consumed
+        pdl_wait();       // A is written by the previous kernel (first batch of weights already in flight)
         stage_a(A, lda, perm, vec, sA, lds, m0, rows, c0 * 16, (c1 - c0) * 16, K);
         __syncthreads();
         if (!active) continue;
@@ -556,6 +561,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
         if (rows > 8) fold_group<BITS, BF, SYM, true>(acc, sum, tot[0], sc, zv);
         else fold_group<BITS, BF, SYM, false>(acc, sum, tot[0], sc, zv);
     }
+    pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     store_c<1, 1, BF>(tot, sA, partial, bias, C, ldc, M, N, NT, nt, m0, 0, warp);
 }
 
@@ -594,9 +600,11 @@ MMA_ALL(8, true, bf16)
 // in every block; docs/perf.md). Grid (K / 256, up to 65535 rows).
 extern "C" __global__ void gptq_gather_a(const u16* __restrict__ A, long lda, const int* __restrict__ perm,
                                          u16* __restrict__ out, int M, int K) {
+    pdl_launch_dependents();  // the GEMM may start streaming weights now
     const int k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= K) return;
     const int col = perm[k];
+    pdl_wait();
     for (long m = blockIdx.y; m < M; m += gridDim.y) out[m * K + k] = A[m * lda + col];
 }
 

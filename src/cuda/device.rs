@@ -39,6 +39,10 @@ pub struct Device {
     pub sm_count: u32,
     /// Compute capability, e.g. (9, 0).
     pub arch: (u32, u32),
+    /// Whether the GEMM kernels are launched with programmatic dependent launch (sm_90 and later,
+    /// a driver of CUDA 12.3 or later, which also captures it into graphs; `GPTQ_CUDA_PDL=0` turns it
+    /// off): each may start its weight loads while the previous kernel on the stream finishes.
+    pub pdl: bool,
     module: cu::CUmodule,
     functions: Mutex<HashMap<String, usize>>,
     /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
@@ -106,6 +110,10 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
     );
     let sm_count = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let mut driver_version = 0;
+    // SAFETY: writes one int.
+    check(unsafe { cu::cuDriverGetVersion(&mut driver_version) }, "cuDriverGetVersion")?;
+    let pdl = arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let mut ctx = std::ptr::null_mut();
     // SAFETY: retains the primary context (released never: it lives as long as the process).
     check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
@@ -119,6 +127,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         ctx,
         sm_count,
         arch,
+        pdl,
         module,
         functions: Mutex::new(HashMap::new()),
         resident: Mutex::new(HashMap::new()),

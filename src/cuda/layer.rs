@@ -118,13 +118,17 @@ unsafe fn launch(
     what: &str,
 ) -> Result<()> {
     // SAFETY: the caller's contract.
-    unsafe { launch_smem(f, grid, threads, 0, stream, args, what) }
+    unsafe { launch_smem(f, grid, threads, 0, stream, args, what, false) }
 }
 
-/// [`launch`] with `smem` bytes of dynamic shared memory (the function's limit raised at init).
+/// [`launch`] with `smem` bytes of dynamic shared memory (the function's limit raised at init), and
+/// with programmatic stream serialization when `pdl` (kernels/common.cuh, pdl_wait: the kernel may
+/// start while the previous one on the stream finishes, and waits for it before touching its data).
 ///
 /// # Safety
-/// As [`launch`].
+/// As [`launch`]; with `pdl`, the kernel must call `pdl_wait()` before it reads or writes memory
+/// that earlier work on the stream may use.
+#[allow(clippy::too_many_arguments)]
 unsafe fn launch_smem(
     f: cu::CUfunction,
     grid: (u32, u32, u32),
@@ -133,22 +137,44 @@ unsafe fn launch_smem(
     stream: cu::CUstream,
     args: &mut [*mut c_void],
     what: &str,
+    pdl: bool,
 ) -> Result<()> {
-    // SAFETY: the caller's contract above.
-    let r = unsafe {
-        cu::cuLaunchKernel(
-            f,
-            grid.0,
-            grid.1,
-            grid.2,
-            threads,
-            1,
-            1,
-            smem,
-            stream,
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
+    let r = if pdl {
+        // SAFETY: a zeroed attribute is a valid plain-data value; then id and the matching member set.
+        let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = cu::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: threads,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the caller's contract above; `config` and `attr` outlive the call.
+        unsafe { cu::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
+    } else {
+        // SAFETY: the caller's contract above.
+        unsafe {
+            cu::cuLaunchKernel(
+                f,
+                grid.0,
+                grid.1,
+                grid.2,
+                threads,
+                1,
+                1,
+                smem,
+                stream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
     };
     check(r, what)
 }
@@ -530,7 +556,10 @@ impl CudaLayer {
                     let grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
                     let _ctx = CtxGuard::push(self.device.ctx)?;
                     // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
-                    unsafe { launch(g, grid, 256, stream, &mut gargs, "launching the act-order gather kernel")? };
+                    unsafe {
+                        let what = "launching the act-order gather kernel";
+                        launch_smem(g, grid, 256, 0, stream, &mut gargs, what, self.device.pdl)?
+                    };
                     (workspace, self.k as i64, 0u64)
                 } else {
                     (a, lda64, perm)
@@ -558,7 +587,10 @@ impl CudaLayer {
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-                unsafe { launch_smem(f, grid, 128, smem, stream, &mut args, "launching the tensor-core GEMM kernel")? };
+                unsafe {
+                    let what = "launching the tensor-core GEMM kernel";
+                    launch_smem(f, grid, 128, smem, stream, &mut args, what, self.device.pdl)?
+                };
                 splits
             }
             Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
@@ -601,17 +633,12 @@ impl CudaLayer {
         let mut rargs = args![partial, si, bias, c, ldc64, mi, ni];
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
+        // After the tensor-core kernel (which lets dependents launch early) the reduction may start
+        // while the GEMM's last blocks finish; it waits for them in pdl_wait().
+        let pdl = self.device.pdl && self.uses_tensor_cores();
+        let grid = (total.div_ceil(256) as u32, 1, 1);
         // SAFETY: as above.
-        unsafe {
-            launch(
-                reduce,
-                (total.div_ceil(256) as u32, 1, 1),
-                256,
-                stream,
-                &mut rargs,
-                "launching the reduction kernel",
-            )
-        }
+        unsafe { launch_smem(reduce, grid, 256, 0, stream, &mut rargs, "launching the reduction kernel", pdl) }
     }
 
     /// Writes the dequantized weight, `[n, k]` fp16 in the original input order, to `out` on `stream`.
