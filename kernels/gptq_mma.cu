@@ -28,8 +28,10 @@
 //   scale [G][nt][g < 8][s < 8]  fp16 or bf16 (large batches): the scale of column 64·nt + 8s + g,
 //                                one 16-byte load per lane; groups are uniform runs of 2^shift tiles
 //   nzero same layout, the pair offset -(magic + zero) (null for symmetric layers: a constant)
-//   perm  i32 [K] or null        column of A feeding permuted input k (the library passes null and
-//                                gathers act-order A into the workspace first)
+//   perm  i32 [K] or null        column of A feeding permuted input k: the library gathers act-order
+//                                A into the workspace first (gptq_gather_a) and passes null, except
+//                                to the small-batch kernel for <= 4 rows and <= 256 inputs per block,
+//                                which gathers while staging (no extra launch)
 //   partial f32 [S, M, N]        split-K workspace; gptq_reduce_* adds the splits and the bias
 //
 // Tiles: a block of 4 warps owns BM = 16·MF rows of A and 64·WN columns; its WK = 4/WN warps split
@@ -506,9 +508,31 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 #pragma unroll
                     for (int v = 0; v < QV; v++) q[p][v] = qcol[(long)(c0 + p) * TILE_STRIDE(QV) + 32 * v];
         }
+        const int kb = c0 * 16, klen = (c1 - c0) * 16;
+        int col[2];  // act-order: the permuted columns (the layer's own data: loaded before pdl_wait)
+        if (perm) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int kk = threadIdx.x + j * MMA_THREADS;
+                col[j] = kk < klen && kb + kk < K ? perm[kb + kk] : -1;
+            }
+        }
         __syncthreads();  // the previous chunk is consumed
         pdl_wait();       // A is written by the previous kernel (first batch of weights already in flight)
-        stage_a(A, lda, perm, vec, sA, lds, m0, rows, c0 * 16, (c1 - c0) * 16, K);
+        if (perm) {
+            // Act-order A gathered here (the host passes perm only for <= 4 rows and <= 256 inputs per
+            // chunk: src/cuda/layer.rs, gathers_in_kernel): one round of independent loads.
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int kk = threadIdx.x + j * MMA_THREADS;
+                if (kk >= klen) continue;
+#pragma unroll
+                for (int r = 0; r < 4; r++)
+                    if (r < rows) sA[r * lds + kk] = col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
+            }
+        } else {
+            stage_a(A, lda, nullptr, vec, sA, lds, m0, rows, kb, klen, K);
+        }
         __syncthreads();
         if (!active) continue;
 #pragma unroll 1

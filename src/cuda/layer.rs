@@ -410,11 +410,23 @@ impl CudaLayer {
     /// Bytes at the start of the workspace for act-order activations gathered once (tensor-core
     /// kernel).
     fn gather_bytes(&self, m: usize) -> usize {
-        if matches!(self.weights, Weights::Mma { .. }) && self.perm.is_some() {
+        if matches!(self.weights, Weights::Mma { .. }) && self.perm.is_some() && !self.gathers_in_kernel(m) {
             (m * self.k * 2).next_multiple_of(256)
         } else {
             0
         }
+    }
+
+    /// Whether act-order activations for `m` rows are gathered by the small-batch kernel itself while
+    /// it stages them (kernels/gptq_mma.cu, mma_gemm_small): at most 4 rows over at most 256 inputs
+    /// per block, where one round of loads covers the block's A and a separate gather launch would
+    /// cost more than the whole staging (4096×4096 at M = 1: +18%, docs/perf.md version 13).
+    fn gathers_in_kernel(&self, m: usize) -> bool {
+        if self.perm.is_none() || !self.uses_tensor_cores() || m > 4 {
+            return false;
+        }
+        let s = self.mma_shape(m);
+        s.mf == 1 && s.tiles_per_split * TILE_K <= 256
     }
 
     /// The most rows one `gemm` call takes (grid limits: gridDim.z counts blocks of 64 rows on the
