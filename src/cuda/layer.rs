@@ -192,12 +192,14 @@ struct MmaShape {
     chunk: usize,
 }
 
-/// The launch shape for `m` rows of a `k`×`n` layer on a device with `sm_count` SMs, where
-/// `resident(mf)` blocks of the kernel with `mf` fragments fit on one SM at once.
+/// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
+/// SMs, where `resident(mf)` blocks of the kernel with `mf` fragments fit on one SM at once.
+#[allow(clippy::too_many_arguments)]
 fn mma_shape(
     m: usize,
     k: usize,
     n: usize,
+    bits: u32,
     sm_count: usize,
     blocks_per_sm: Option<usize>,
     resident: impl Fn(usize) -> usize,
@@ -220,7 +222,13 @@ fn mma_shape(
     let blocks = n.div_ceil(cols_per_block) * m.div_ceil(16 * mf);
     let want = (per_sm * sm_count) / blocks;
     // Each warp keeps at least two tiles per split.
-    let splits = want.clamp(1, (kt / (2 * wk)).max(1)).min(65535); // gridDim.y
+    let mut splits = want.clamp(1, (kt / (2 * wk)).max(1)).min(65535); // gridDim.y
+    if mf == 1 {
+        // Small batches stream the weights once; the partial sums (written, then read by the
+        // reduction) must not outweigh them: 4096×4096 at M = 16 ran 16% faster with 16 splits than
+        // with 24 (docs/perf.md, version 15).
+        splits = splits.min((k * bits as usize / (64 * m)).max(1));
+    }
     let tiles_per_split = kt.div_ceil(splits);
     // Shared memory holds rows × (chunk + 8) halves (kernels/gptq_mma.cu, SMEM_HALVES); chunks are
     // multiples of 64 inputs so rows start 16 bytes apart modulo 128 (conflict-free ldmatrix).
@@ -250,12 +258,14 @@ fn gemv_shape(m: usize, k: usize, n: usize, bits: u32, sm_count: usize) -> (usiz
 }
 
 /// The largest value of `partial(r)` over r in 1..=m, where `partial` is non-decreasing within each run
-/// of `step` rows ending at a multiple of `step` (the split of K is fixed there and the partial sums
-/// grow with r), and non-decreasing from `limit` on: only the ends of runs up to `limit`, and `m`
-/// itself, need evaluating.
+/// of `step` rows ending at a multiple of `step` after the first (the split of K is fixed there and
+/// the partial sums grow with r; within the first run the split may shrink as r grows), and
+/// non-decreasing from `limit` on: every r of the first run, the ends of later runs up to `limit`, and
+/// `m` itself need evaluating.
 fn max_over_rows(m: usize, step: usize, limit: usize, partial: impl Fn(usize) -> usize) -> usize {
     let last = m.min(limit) / step;
-    (1..=last).map(|j| partial(j * step)).chain(std::iter::once(partial(m))).max().unwrap_or(0)
+    let first = (1..=m.min(step)).map(&partial);
+    first.chain((2..=last).map(|j| partial(j * step))).chain(std::iter::once(partial(m))).max().unwrap_or(0)
 }
 
 /// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
@@ -396,7 +406,7 @@ impl CudaLayer {
                 .min()
                 .unwrap_or(1)
         };
-        mma_shape(m, self.k, self.n, self.device.sm_count as usize, self.blocks_per_sm, resident)
+        mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident)
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
@@ -719,7 +729,7 @@ mod tests {
         let sm = 132;
         for &(k, n) in &[(4096usize, 4096usize), (512, 1000), (28672, 8192), (1024, 64)] {
             let mma = |r: usize| {
-                let s = mma_shape(r, k, n, sm, None, |_| 3);
+                let s = mma_shape(r, k, n, 4, sm, None, |_| 3);
                 if s.splits > 1 { s.splits * r * n * 4 } else { 0 }
             };
             let gemv = |r: usize| {
@@ -747,7 +757,7 @@ mod tests {
         for sm in [1usize, 46, 132] {
             for &(k, n) in &[(16usize, 64usize), (520, 200), (4096, 4096), (8192, 28672), (28672, 8192), (1028, 328)] {
                 for m in (1..=70).chain([127, 128, 129, 1000, 4096, 65536]) {
-                    let s = mma_shape(m, k, n, sm, None, |mf| if mf == 4 { 2 } else { 3 });
+                    let s = mma_shape(m, k, n, 4, sm, None, |mf| if mf == 4 { 2 } else { 3 });
                     let kt = k.div_ceil(TILE_K);
                     let rows = m.min(16 * s.mf);
                     assert!(rows * (s.chunk + 8) <= MMA_SMEM_HALVES, "{m} {k} {n}: {s:?}");
