@@ -107,7 +107,8 @@ fn time_graph(stream: cu::CUstream, calls: usize, reps: usize, mut f: impl FnMut
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    // `profile`: one call shape (8192x28672, 4 bit, M from GPTQ_BENCH_M or 1), for a profiler.
+    // `profile`: one call shape (GPTQ_BENCH_SHAPE, default 8192x28672; 4 bit; M from GPTQ_BENCH_M or
+    // 1), for a profiler.
     let profile = std::env::args().any(|a| a == "profile");
     if !unsafe { cu::is_culib_present() } || gptq::cuda::device_count().unwrap_or(0) == 0 {
         println!("NOTICE: no CUDA device; nothing to benchmark");
@@ -148,9 +149,14 @@ fn main() {
         "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor", "bf16 us", "cores us"
     );
     println!("(ours: tensor-core kernel, fp16; cores: the CUDA-core kernel on the same call, M <= 16)");
+    // GPTQ_BENCH_SHAPE=KxN picks the profile shape (default 8192x28672).
+    let profile_shape: [(usize, usize); 1] = [std::env::var("GPTQ_BENCH_SHAPE")
+        .ok()
+        .and_then(|v| v.split_once('x').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?))))
+        .unwrap_or((8192, 28672))];
     let profile_m: Vec<usize> = std::env::var("GPTQ_BENCH_M").ok().and_then(|v| v.parse().ok()).into_iter().collect();
     let (shapes, ms): (&[(usize, usize)], &[usize]) =
-        if profile { (&[(8192, 28672)], if profile_m.is_empty() { &[1] } else { &profile_m }) } else { (shapes, ms) };
+        if profile { (&profile_shape, if profile_m.is_empty() { &[1] } else { &profile_m }) } else { (shapes, ms) };
     // cuBLAS fp16 times per (K, N, M), measured in the 4-bit pass and reused for the 8-bit rows.
     let mut cublas_us: std::collections::HashMap<(usize, usize, usize), f64> = std::collections::HashMap::new();
     for &(k, n) in shapes {
