@@ -677,7 +677,10 @@ gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer,
  * takes up to 4,194,240 rows (524,280 on the CUDA-core kernel); `_SHAPE_MISMATCH` beyond. The stream must belong to
  * the layer's device's primary context (NULL = legacy default stream). The call only enqueues
  * kernels (up to three): it allocates nothing, never synchronizes, and can be captured in a CUDA
- * graph. Argument errors are detected before anything is enqueued; a failed launch (`_CUDA`) may
+ * graph. On sm_90+ with a CUDA 12.3+ driver they are launched with programmatic dependent launch
+ * (each may begin loading the layer's own weights while the previous kernel on the stream finishes,
+ * and waits for that kernel before it reads `a` or writes anything; `GPTQ_CUDA_PDL=0` disables it).
+ * Argument errors are detected before anything is enqueued; a failed launch (`_CUDA`) may
  * leave an earlier kernel of the same call enqueued, which writes only the workspace; kernel faults
  * surface on the stream as CUDA errors.
  *
