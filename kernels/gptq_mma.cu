@@ -42,9 +42,9 @@
 // the block's real rows are staged, rows past M read a zero row), read with ldmatrix; rows padded by
 // 8 halves so the 8 rows of an ldmatrix hit distinct banks. The chunk is as long as the rows allow
 // (`chunk`, from the host: 16384 inputs at M = 1, 256 at 64 rows), so small M stages A once. Each
-// warp loads its tiles in batches of 4 (2 at MF = 4) straight into registers, a chunk's first batch
-// before A is staged. (A cp.async ring in shared memory, 8 tiles deep, was measured slower: the
-// kernel is bound by instructions per tile, not by loads in flight; docs/perf.md.) blockIdx.y splits
+// warp loads its tiles in batches straight into registers (small batches: 8 tiles at 4 bit, 4 at
+// 8 bit, 4 KB either way; large: 4, 2 at MF = 4), a chunk's first batch before A is staged. (A cp.async ring in shared memory, 8 tiles deep, and a ring of two register
+// half-batches were both measured slower: docs/perf.md, versions 3 and 14.) blockIdx.y splits
 // K so that small M still puts enough loads in flight on every SM; with one split C is written
 // directly.
 
@@ -381,9 +381,10 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
 //     Σ_k A·s·(q − z) = s · (Σ_k A·(magic + mult·q) − (magic + mult·z) · S) / mult
 // so each warp keeps a group's raw sums and folds them into the total once per group. Per tile that
 // leaves one LOP3 per register (plus a shift per word) and 9 mma, against ≈ 3.5 instructions per
-// register when each pair was offset and scaled in f16 (version 9 in docs/perf.md): the small-M
-// kernel was bound by instructions per tile, not by memory. The cancellation against magic·S costs
-// about 10 of f32's 24 bits on the group's raw sum, far inside the f16 output's precision.
+// register when each pair was offset and scaled in f16. (Fewer instructions alone did not make it
+// faster: the speed came with one wave of blocks and 4 KB of loads in flight per warp; versions
+// 9-11 in docs/perf.md.) The cancellation against magic·S costs about 10 of f32's 24 bits on the
+// group's raw sum, far inside the f16 output's precision.
 //   4 bit fp16: subtile 2c is 1024 + q, subtile 2c+1 is 1024 + 16q (its nibbles left in place,
 //               so mult 16: one shift per word, four LOP3).
 //   4 bit bf16: 128 + q (bf16 has no room for 16q above its magic: one shift per register).
