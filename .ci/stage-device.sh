@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Stages GPU test and bench executables for the device machine, which has CUDA but no Rust toolchain:
-# builds them here and copies them into ./stage (git-ignored), with a checkpoint for the interop
-# check (.ci/interop_check.py: Python safetensors, transformers' GPTQConfig, AutoGPTQ-style decode). Pass `stage` in the device tool's
-# `carry` and run `stage/run.sh` there. Test executables link libgptq statically; the .so is copied
-# for C programs.
+# builds them here and copies them into ./stage (or the directory named by the first argument; all
+# of /stage* is git-ignored), with a checkpoint for the interop check (.ci/interop_check.py: Python
+# safetensors, transformers' GPTQConfig, AutoGPTQ-style decode). Pass the directory in the device
+# tool's `carry` and run `stage/run.sh` there. Test executables link libgptq statically; the .so is
+# copied for C programs.
+#
+# A/B runs (different lent machines differ by up to ~10% on one binary, docs/perf.md): stage the
+# baseline as `bash .ci/stage-device.sh stage-base`, change the code, stage it as usual, carry both
+# and run `stage-base/bench-cuda quick` and `stage/bench-cuda quick` in one call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/kernel-syntax.sh
-rm -rf stage && mkdir -p stage
+D=${1:-stage}
+rm -rf "$D" && mkdir -p "$D"
 cargo build --release
 cargo test --release --no-run --message-format=json --test cuda 2>/dev/null |
     python3 -c '
@@ -15,8 +21,8 @@ import json, sys, shutil
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        shutil.copy(m["executable"], "stage/test-" + m["target"]["name"])
-'
+        shutil.copy(m["executable"], sys.argv[1] + "/test-" + m["target"]["name"])
+' "$D"
 if [ -f benches/cuda.rs ]; then
     cargo bench --no-run --bench cuda --message-format=json 2>/dev/null |
         python3 -c '
@@ -24,29 +30,30 @@ import json, sys, shutil
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
-        shutil.copy(m["executable"], "stage/bench-cuda")
-'
+        shutil.copy(m["executable"], sys.argv[1] + "/bench-cuda")
+' "$D"
 fi
-cp target/release/libgptq.so stage/
+cp target/release/libgptq.so "$D"/
 # The kernels as NVRTC sees them, for a register/spill report with nvcc on the device machine.
-cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > stage/kernels.cu
+cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > "$D"/kernels.cu
 # A small sharded act-order checkpoint for the interop check (Python safetensors + transformers there).
-cargo run --release --quiet --example interop_fixture -- stage/interop
-cat > stage/run.sh <<'RUN'
+cargo run --release --quiet --example interop_fixture -- "$D"/interop
+cat > "$D"/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs on the device machine from the repository root. STAGE_TESTS=0 / STAGE_BENCH=0 skip a part;
 # BENCH_ARGS (e.g. "quick") is passed to the bench; STAGE_SANITIZE=1 adds compute-sanitizer runs
 # (memcheck with leak check, racecheck, initcheck) of the graph/two-stream and oracle-vector tests.
 set -uo pipefail
+S=$(dirname "$0")  # this staging directory
 export GPTQ_CACHE_DIR=${GPTQ_CACHE_DIR:-/tmp/gptq-cache}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv || true
 status=0
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
     echo "== kernel resources (nvcc -Xptxas -v, sm_90a)"
     PATH=$PATH:/usr/local/cuda/bin nvcc -cubin -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
-        stage/kernels.cu -o /tmp/gptq-kernels.cubin 2>&1 | grep -E "error|Compiling entry|registers|spill" | grep -B1 -A1 -E "error|mma|spill [1-9]" | head -60
+        $S/kernels.cu -o /tmp/gptq-kernels.cubin 2>&1 | grep -E "error|Compiling entry|registers|spill" | grep -B1 -A1 -E "error|mma|[1-9][0-9]* bytes spill" | head -60
 fi
-for t in stage/test-*; do
+for t in $S/test-*; do
     [ "${STAGE_TESTS:-1}" = 0 ] && break
     echo "== $t"
     "$t" --nocapture --test-threads=1 || status=1
@@ -55,17 +62,17 @@ if [ "${STAGE_SANITIZE:-0}" = 1 ]; then
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     for tool in "memcheck --leak-check full" racecheck initcheck; do
         echo "== compute-sanitizer $tool"
-        $CS --tool $tool --error-exitcode 1 stage/test-cuda graph_replay --test-threads=1 2>&1 | tail -2 || status=1
+        $CS --tool $tool --error-exitcode 1 $S/test-cuda graph_replay --test-threads=1 2>&1 | tail -2 || status=1
     done
     echo "== compute-sanitizer memcheck (oracle vectors)"
-    $CS --tool memcheck --error-exitcode 1 stage/test-cuda oracle --test-threads=1 2>&1 | tail -2 || status=1
+    $CS --tool memcheck --error-exitcode 1 $S/test-cuda oracle --test-threads=1 2>&1 | tail -2 || status=1
 fi
-if command -v python3 >/dev/null && [ -d stage/interop ]; then
+if command -v python3 >/dev/null && [ -d $S/interop ]; then
     echo "== interop"
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 .ci/interop_check.py stage/interop || status=1
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 .ci/interop_check.py $S/interop || status=1
 fi
-if [ "${STAGE_BENCH:-1}" != 0 ] && [ -x stage/bench-cuda ]; then echo "== bench"; stage/bench-cuda ${BENCH_ARGS:-} || status=1; fi
+if [ "${STAGE_BENCH:-1}" != 0 ] && [ -x $S/bench-cuda ]; then echo "== bench"; $S/bench-cuda ${BENCH_ARGS:-} || status=1; fi
 exit $status
 RUN
-chmod +x stage/run.sh
-ls -la stage
+chmod +x "$D"/run.sh
+ls -la "$D"

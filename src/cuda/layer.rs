@@ -764,6 +764,10 @@ mod tests {
                     assert!(s.chunk >= 64 && s.chunk % 64 == 0, "{s:?}");
                     assert!(s.splits * s.tiles_per_split >= kt && (s.splits - 1) * s.tiles_per_split < kt, "{s:?}");
                     assert!(s.splits <= 65535);
+                    if s.mf == 1 && s.splits > 1 {
+                        // Small batches: partial sums (written and read back) within the 4-bit weights.
+                        assert!(s.splits * m * n * 8 <= k * n / 2, "{m} {k} {n}: {s:?}");
+                    }
                     if s.wk > 1 {
                         let red_bytes = s.wk * 16 * s.mf * TILE_N * (4 / s.wk) * 4;
                         assert!(red_bytes <= MMA_SMEM_HALVES * 2, "{s:?}");
