@@ -280,6 +280,25 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     }
 }
 
+/// Small batches whose blocks stage A in several chunks (the next chunk copied with cp.async while
+/// the current one is used), with K ending inside a tile (the copies zero-fill past K) and
+/// asymmetric zeros; even M so A takes the aligned path that the pipelining needs.
+#[test]
+fn small_batches_staged_in_several_chunks_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(17);
+    let (k, n) = (8200usize, 12800usize);
+    let cpu = random_layer(77, 4, Some(128), k, n, false, false);
+    let l = CudaLayer::new(&cpu, 0).unwrap();
+    // 7 splits of 1184 inputs; 14 and 16 rows stage at most 1152 and 1024 inputs per chunk.
+    assert_matches(Target::Rust(&l), &cpu, &[14, 16], stream, &mut rng, &format!("K {k} N {n} asym"));
+    eprintln!("{k}x{n} asym: M 14, 16 pass");
+}
+
 #[test]
 fn the_cuda_core_kernel_matches_the_cpu_path() {
     if !gpu_available() {
