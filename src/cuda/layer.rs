@@ -81,6 +81,10 @@ pub struct CudaLayer {
     bias: Option<DevBuf>,
     /// Blocks per SM the tensor-core launch aims for, when overridden for benchmarks.
     blocks_per_sm: Option<usize>,
+    /// Blocks of this layer's tensor-core kernels (1, 2 and 4 fragments) resident on one SM, the
+    /// smaller of the fp16 and bf16 kernels: the launch shape must not depend on the activation
+    /// type (the workspace query does not know it). Looked up once here, not on every call.
+    resident: [usize; 3],
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -337,6 +341,14 @@ impl CudaLayer {
         };
         let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
         let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
+        let sym = matches!(&weights, Weights::Mma { nzero_f16: None, .. });
+        let resident = [1, 2, 4].map(|mf| {
+            ["f16", "bf16"]
+                .iter()
+                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym)))
+                .min()
+                .unwrap_or(1)
+        });
         Ok(CudaLayer {
             bits: d.bits,
             k,
@@ -348,6 +360,7 @@ impl CudaLayer {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|&v| v > 0),
+            resident,
             device,
         })
     }
@@ -396,16 +409,7 @@ impl CudaLayer {
     }
 
     fn mma_shape(&self, m: usize) -> MmaShape {
-        // Symmetric layers have their own kernels; fp16 and bf16 ones may differ in registers (the
-        // shape must not depend on the activation type: the workspace query does not know it).
-        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
-        let resident = |mf| {
-            ["f16", "bf16"]
-                .iter()
-                .map(|act| self.device.resident_blocks(&mma_kernel_name(self.bits, mf, act, sym)))
-                .min()
-                .unwrap_or(1)
-        };
+        let resident = |mf: usize| self.resident[mf.trailing_zeros() as usize];
         mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident)
     }
 
