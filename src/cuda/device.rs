@@ -47,7 +47,7 @@ pub struct Device {
     functions: Mutex<HashMap<String, usize>>,
     /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
     /// measured at init so launches never queue a second wave by accident.
-    resident: Mutex<HashMap<String, usize>>,
+    resident: HashMap<String, usize>,
 }
 
 // SAFETY: CUDA contexts, modules and functions are usable from any thread; the function cache is
@@ -122,7 +122,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let mut module = std::ptr::null_mut();
     // SAFETY: `cubin` is a complete cubin image for this device's architecture.
     check(unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) }, "cuModuleLoadData")?;
-    let d = Arc::new(Device {
+    let mut d = Device {
         ordinal,
         ctx,
         sm_count,
@@ -130,8 +130,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         pdl,
         module,
         functions: Mutex::new(HashMap::new()),
-        resident: Mutex::new(HashMap::new()),
-    });
+        resident: HashMap::new(),
+    };
     // Look up every tensor-core kernel here, once, and set its dynamic shared-memory limit to what
     // it uses (under the default 48 KB today; set explicitly so larger staging needs no other change),
     // so GEMM calls only launch.
@@ -139,7 +139,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         for mf in [1, 2, 4] {
             for act in ["f16", "bf16"] {
                 for sym in [true, false] {
-                    let f = d.function(&super::layer::mma_kernel_name(bits, mf, act, sym))?;
+                    let name = super::layer::mma_kernel_name(bits, mf, act, sym);
+                    let f = d.function(&name)?;
                     let bytes = super::layer::MMA_SMEM_BYTES as i32;
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
@@ -150,12 +151,12 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                         unsafe { cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, 128, bytes as usize) },
                         "cuOccupancyMaxActiveBlocksPerMultiprocessor",
                     )?;
-                    let name = super::layer::mma_kernel_name(bits, mf, act, sym);
-                    d.resident.lock().unwrap_or_else(|e| e.into_inner()).insert(name, blocks.max(1) as usize);
+                    d.resident.insert(name, blocks.max(1) as usize);
                 }
             }
         }
     }
+    let d = Arc::new(d);
     map.insert(ordinal, d.clone());
     Ok(d)
 }
@@ -163,7 +164,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 impl Device {
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).
     pub(crate) fn resident_blocks(&self, name: &str) -> usize {
-        self.resident.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(1)
+        self.resident.get(name).copied().unwrap_or(1)
     }
 
     /// A kernel of the module by its `extern "C"` name.
