@@ -51,7 +51,7 @@ status=0
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
     echo "== kernel resources (nvcc -Xptxas -v, sm_90a)"
     PATH=$PATH:/usr/local/cuda/bin nvcc -cubin -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
-        $S/kernels.cu -o /tmp/gptq-kernels.cubin 2>&1 | grep -E "error|Compiling entry|registers|spill" | grep -B1 -A1 -E "error|mma|[1-9][0-9]* bytes spill" | head -60
+        $S/kernels.cu -o /tmp/gptq-kernels.cubin 2>&1 | grep -E "error|Compiling entry|registers|spill" | grep -B1 -A1 -E "error|mma|bulk|[1-9][0-9]* bytes spill" | head -60
 fi
 for t in $S/test-*; do
     [ "${STAGE_TESTS:-1}" = 0 ] && break

@@ -123,11 +123,12 @@ fn main() {
     }
     let dev = gptq::cuda::init(0).unwrap();
     println!(
-        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}",
+        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}, bulk-copy small-batch kernel {}",
         dev.arch.0,
         dev.arch.1,
         dev.sm_count,
-        if dev.pdl { "on" } else { "off" }
+        if dev.pdl { "on" } else { "off" },
+        if dev.bulk { format!("on ({} stages)", dev.bulk_stages(true)) } else { "off".to_string() }
     );
     let mut stream = std::ptr::null_mut();
     unsafe { ok(cu::cuStreamCreate(&mut stream, 1), "stream") };

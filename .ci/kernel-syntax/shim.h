@@ -24,3 +24,5 @@ inline float4 make_float4(float a, float b, float c, float d) { return {a,b,c,d}
 struct uint2 { unsigned x, y; };
 inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
 inline float __shfl_down_sync(unsigned, float v, int) { return v; }
+inline void __syncwarp() {}
+#define __CUDA_ARCH__ 900

@@ -1,6 +1,6 @@
 //! Driver loading, devices and their primary contexts, and the per-device kernel module.
 
-use super::{check, compile};
+use super::{check, compile, layer};
 use crate::error::{Error, Result};
 use cudarc::driver::sys as cu;
 use once_cell::sync::OnceCell;
@@ -43,6 +43,16 @@ pub struct Device {
     /// a driver of CUDA 12.3 or later, which also captures it into graphs; `GPTQ_CUDA_PDL=0` turns it
     /// off): each may start its weight loads while the previous kernel on the stream finishes.
     pub pdl: bool,
+    /// Whether up to 8 rows take the sm_90 kernel that streams weights into shared memory with bulk
+    /// copies (cp.async.bulk and mbarriers) and swaps the mma roles; not before sm_90, nor with
+    /// `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
+    /// comparisons).
+    pub bulk: bool,
+    /// `GPTQ_CUDA_BULK_STAGES`: the bulk kernel's ring depth, for benchmarks.
+    bulk_stages_override: Option<usize>,
+    /// Fewest K tiles per block for which small batches take the bulk-copy kernel
+    /// (`GPTQ_CUDA_BULK_MIN_TILES` overrides it for benchmarks).
+    pub(crate) bulk_min_tiles: usize,
     module: cu::CUmodule,
     functions: Mutex<HashMap<String, usize>>,
     /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
@@ -114,6 +124,10 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     // SAFETY: writes one int.
     check(unsafe { cu::cuDriverGetVersion(&mut driver_version) }, "cuDriverGetVersion")?;
     let pdl = arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    let bulk = arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
+    let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
+    let bulk_min_tiles = env("GPTQ_CUDA_BULK_MIN_TILES").unwrap_or(32);
     let mut ctx = std::ptr::null_mut();
     // SAFETY: retains the primary context (released never: it lives as long as the process).
     check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
@@ -128,27 +142,40 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         sm_count,
         arch,
         pdl,
+        bulk,
+        bulk_stages_override,
+        bulk_min_tiles,
         module,
         functions: Mutex::new(HashMap::new()),
         resident: HashMap::new(),
     };
     // Look up every tensor-core kernel here, once, and set its dynamic shared-memory limit to what
-    // it uses (under the default 48 KB today; set explicitly so larger staging needs no other change),
-    // so GEMM calls only launch.
+    // it uses (above the default 48 KB for the bulk-copy kernel), so GEMM calls only launch.
     for bits in [4, 8] {
         for mf in [1, 2, 4] {
             for act in ["f16", "bf16"] {
-                for sym in [true, false] {
-                    let name = super::layer::mma_kernel_name(bits, mf, act, sym);
+                for (sym, bulk) in [true, false].into_iter().flat_map(|s| [(s, false), (s, bulk && mf == 1)]) {
+                    let name = layer::mma_kernel_name(bits, mf, act, sym, bulk);
+                    if d.resident.contains_key(&name) {
+                        continue;
+                    }
                     let f = d.function(&name)?;
-                    let bytes = super::layer::MMA_SMEM_BYTES as i32;
+                    let (threads, bytes) = layer::mma_block(bits, mf, sym, bulk.then(|| d.bulk_stages(sym)));
+                    let bytes = bytes as i32;
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
                     check(unsafe { cu::cuFuncSetAttribute(f, attr, bytes) }, "cuFuncSetAttribute (shared memory)")?;
                     let mut blocks = 0;
                     // SAFETY: as above; writes one int.
                     check(
-                        unsafe { cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, 128, bytes as usize) },
+                        unsafe {
+                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                                &mut blocks,
+                                f,
+                                threads as i32,
+                                bytes as usize,
+                            )
+                        },
                         "cuOccupancyMaxActiveBlocksPerMultiprocessor",
                     )?;
                     d.resident.insert(name, blocks.max(1) as usize);
@@ -162,6 +189,12 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 }
 
 impl Device {
+    /// Ring stages of the bulk-copy kernel: as many as let three blocks share an SM's 228 KB on
+    /// sm_90 (4 with symmetric zeros, 3 with the zero rows in every stage).
+    pub fn bulk_stages(&self, sym: bool) -> usize {
+        self.bulk_stages_override.unwrap_or(if sym { 4 } else { 3 })
+    }
+
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).
     pub(crate) fn resident_blocks(&self, name: &str) -> usize {
         self.resident.get(name).copied().unwrap_or(1)

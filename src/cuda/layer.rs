@@ -23,14 +23,41 @@ const KSPAN: usize = 1024;
 /// Halves of A the tensor-core kernel stages (kernels/gptq_mma.cu, SMEM_HALVES).
 const MMA_SMEM_HALVES: usize = 64 * 264;
 
-/// The tensor-core kernel's name (kernels/gptq_mma.cu, MMA_ALL): `mf` 16-row fragments per block
-/// (1: the small-batch kernel).
-pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool) -> String {
-    format!("gptq_mma_b{bits}_m{mf}_{act}_{}", if sym { "sym" } else { "asym" })
+/// The tensor-core kernel's name (kernels/gptq_mma.cu): `mf` 16-row fragments per block (1: the
+/// small-batch kernel; with `bulk`, the sm_90 kernel for up to 8 rows that streams its weights with
+/// bulk copies).
+pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool, bulk: bool) -> String {
+    let sym = if sym { "sym" } else { "asym" };
+    if mf == 1 && bulk {
+        format!("gptq_bulk_b{bits}_{act}_{sym}")
+    } else {
+        format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}")
+    }
 }
 
-/// Dynamic shared memory of every tensor-core kernel: A and its zero row (kernels/gptq_mma.cu).
+/// Dynamic shared memory of the register-fed tensor-core kernels: A and its zero row
+/// (kernels/gptq_mma.cu).
 pub(crate) const MMA_SMEM_BYTES: usize = (MMA_SMEM_HALVES + 8) * 2;
+/// Most stages of the bulk-copy kernel's ring (kernels/gptq_mma.cu, BULK_MAX_STAGES).
+pub(crate) const BULK_MAX_STAGES: usize = 16;
+
+/// Dynamic shared memory of the bulk-copy kernel with `stages` stages
+/// (kernels/gptq_mma.cu, bulk_gemm_small): 2·16 mbarriers, A as above rounded up to 128 bytes, and
+/// per stage 8 KB of weights and the scale (and zero) rows of up to `tps` groups, 512 bytes each.
+pub(crate) fn bulk_smem_bytes(bits: u32, sym: bool, stages: usize) -> usize {
+    let tps = if bits == 4 { 4 } else { 2 };
+    let stage = 8192 + tps * 512 * if sym { 1 } else { 2 };
+    BULK_MAX_STAGES * 16 + MMA_SMEM_BYTES.next_multiple_of(128) + stages * stage
+}
+
+/// Threads per block and dynamic shared memory of the kernel `mma_kernel_name` names.
+pub(crate) fn mma_block(bits: u32, mf: usize, sym: bool, bulk_stages: Option<usize>) -> (u32, usize) {
+    match bulk_stages {
+        // The bulk kernel's fifth warp issues the copies.
+        Some(stages) if mf == 1 => (160, bulk_smem_bytes(bits, sym, stages)),
+        _ => (128, MMA_SMEM_BYTES),
+    }
+}
 
 /// Device memory owned by a layer, freed in the context that allocated it.
 struct DevBuf {
@@ -85,6 +112,8 @@ pub struct CudaLayer {
     /// smaller of the fp16 and bf16 kernels: the launch shape must not depend on the activation
     /// type (the workspace query does not know it). Looked up once here, not on every call.
     resident: [usize; 3],
+    /// The same for the bulk-copy small-batch kernel (where the device uses it).
+    resident_bulk: usize,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -194,6 +223,8 @@ struct MmaShape {
     tiles_per_split: usize,
     /// Inputs of A per shared-memory chunk.
     chunk: usize,
+    /// Up to 8 rows on the bulk-copy kernel (sm_90; mf = 1, one block row).
+    bulk: bool,
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
@@ -239,7 +270,7 @@ fn mma_shape(
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk }
+    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, bulk: false }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -342,13 +373,15 @@ impl CudaLayer {
         let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
         let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
         let sym = matches!(&weights, Weights::Mma { nzero_f16: None, .. });
-        let resident = [1, 2, 4].map(|mf| {
+        let resident_of = |mf: usize, bulk: bool| {
             ["f16", "bf16"]
                 .iter()
-                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym)))
+                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym, bulk)))
                 .min()
                 .unwrap_or(1)
-        });
+        };
+        let resident = [1, 2, 4].map(|mf| resident_of(mf, false));
+        let resident_bulk = resident_of(1, true);
         Ok(CudaLayer {
             bits: d.bits,
             k,
@@ -361,6 +394,7 @@ impl CudaLayer {
                 .and_then(|v| v.parse().ok())
                 .filter(|&v| v > 0),
             resident,
+            resident_bulk,
             device,
         })
     }
@@ -409,8 +443,20 @@ impl CudaLayer {
     }
 
     fn mma_shape(&self, m: usize) -> MmaShape {
-        let resident = |mf: usize| self.resident[mf.trailing_zeros() as usize];
-        mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident)
+        let shape = |bulk: bool| {
+            let resident = |mf: usize| {
+                if mf == 1 && bulk { self.resident_bulk } else { self.resident[mf.trailing_zeros() as usize] }
+            };
+            mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident)
+        };
+        if self.device.bulk && m <= 8 {
+            // Blocks with few tiles gain nothing from the copy engine's stream and pay its setup.
+            let s = shape(true);
+            if s.tiles_per_split >= self.device.bulk_min_tiles {
+                return MmaShape { bulk: true, ..s };
+            }
+        }
+        shape(false)
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
@@ -561,13 +607,18 @@ impl CudaLayer {
                 group_shift,
                 ..
             } => {
-                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk } = self.mma_shape(m);
-                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, nzero_f16.is_none()))?;
-                let smem = MMA_SMEM_BYTES as u32;
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk } = self.mma_shape(m);
+                let sym = nzero_f16.is_none();
+                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk))?;
+                let stages = bulk.then(|| self.device.bulk_stages(sym));
+                let (threads, smem) = mma_block(self.bits, mf, sym, stages);
                 let bf = dtype == ActDType::BF16;
                 // The small-batch kernel applies scales and zeros per group (accumulator order); the
-                // large-batch ones per code pair, in the activation type.
-                let (scale, nz) = if mf == 1 {
+                // bulk one too, in the per-lane order of f16 scales and offsets; the large-batch
+                // ones per code pair, in the activation type.
+                let (scale, nz) = if bulk {
+                    (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
+                } else if mf == 1 {
                     (acc_scale.ptr, acc_zero.as_ref().map_or(0, |z| z.ptr))
                 } else if bf {
                     (scale_bf16.ptr, nzero_bf16.as_ref().map_or(0, |z| z.ptr))
@@ -575,6 +626,8 @@ impl CudaLayer {
                     (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
                 };
                 let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
+                // The bulk kernel's ring depth (an extra argument the register kernels ignore).
+                let stagesi = stages.unwrap_or(0) as i32;
                 let gather = self.gather_bytes(m);
                 let (a_in, lda_in, perm_in) = if gather > 0 {
                     let g = self.device.function("gptq_gather_a")?;
@@ -607,7 +660,8 @@ impl CudaLayer {
                     ki,
                     tpsi,
                     shifti,
-                    chunki
+                    chunki,
+                    stagesi
                 ];
                 let cols = TILE_N * (4 / wk);
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(16 * mf) as u32);
@@ -615,7 +669,7 @@ impl CudaLayer {
                 // SAFETY: argument types and order match the kernel's signature; extents were checked above.
                 unsafe {
                     let what = "launching the tensor-core GEMM kernel";
-                    launch_smem(f, grid, 128, smem, stream, &mut args, what, self.device.pdl)?
+                    launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)?
                 };
                 splits
             }
