@@ -123,12 +123,15 @@ fn main() {
     }
     let dev = gptq::cuda::init(0).unwrap();
     println!(
-        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}, bulk-copy small-batch kernel {}",
+        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}, bulk-copy kernel {}",
         dev.arch.0,
         dev.arch.1,
         dev.sm_count,
         if dev.pdl { "on" } else { "off" },
-        if dev.bulk { format!("on ({} stages)", dev.bulk_stages(true)) } else { "off".to_string() }
+        match dev.bulk_max_rows {
+            0 => "off".to_string(),
+            r => format!("up to {r} rows ({} stages at 4 bit, 8 rows, symmetric)", dev.bulk_stages(4, true, 8)),
+        }
     );
     let mut stream = std::ptr::null_mut();
     unsafe { ok(cu::cuStreamCreate(&mut stream, 1), "stream") };

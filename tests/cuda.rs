@@ -281,8 +281,9 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     }
 }
 
-/// Small batches whose blocks stage A in several chunks, with K ending inside a tile (staging
-/// zero-fills past K) and asymmetric zeros.
+/// Small batches whose blocks stage A in several chunks (the register-fed kernel, GPTQ_CUDA_BULK=0;
+/// the bulk-copy kernel copies A with every stage), with K ending inside a tile (the inputs past K
+/// read zeros) and asymmetric zeros.
 #[test]
 fn small_batches_staged_in_several_chunks_match_the_cpu_path() {
     if !gpu_available() {

@@ -43,16 +43,17 @@ pub struct Device {
     /// a driver of CUDA 12.3 or later, which also captures it into graphs; `GPTQ_CUDA_PDL=0` turns it
     /// off): each may start its weight loads while the previous kernel on the stream finishes.
     pub pdl: bool,
-    /// Whether up to 8 rows take the sm_90 kernel that streams weights into shared memory with bulk
-    /// copies (cp.async.bulk and mbarriers) and swaps the mma roles; not before sm_90, nor with
-    /// `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
-    /// comparisons).
-    pub bulk: bool,
+    /// Most rows (16, or 0 for none) for which a call takes the sm_90 kernel that streams weights
+    /// and A into shared memory with bulk copies (cp.async.bulk and mbarriers; up to 8 rows with the
+    /// mma roles swapped). 0 before sm_90 and with `GPTQ_CUDA_BULK=0`, which selects the
+    /// register-fed kernel every architecture runs (for comparisons); `GPTQ_CUDA_BULK=8` keeps it to
+    /// 8 rows.
+    pub bulk_max_rows: usize,
     /// `GPTQ_CUDA_BULK_STAGES`: the bulk kernel's ring depth, for benchmarks.
     bulk_stages_override: Option<usize>,
-    /// Fewest K tiles per block for which small batches take the bulk-copy kernel
-    /// (`GPTQ_CUDA_BULK_MIN_TILES` overrides it for benchmarks).
-    pub(crate) bulk_min_tiles: usize,
+    /// Shared memory one SM has for blocks, and what each block reserves of it.
+    smem_per_sm: usize,
+    smem_reserved: usize,
     module: cu::CUmodule,
     functions: Mutex<HashMap<String, usize>>,
     /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
@@ -125,9 +126,22 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     check(unsafe { cu::cuDriverGetVersion(&mut driver_version) }, "cuDriverGetVersion")?;
     let pdl = arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
-    let bulk = arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
+    let bulk_max_rows = if arch.0 >= 9 {
+        env("GPTQ_CUDA_BULK").map_or(16, |v| {
+            if v >= 16 {
+                16
+            } else if v >= 8 {
+                8
+            } else {
+                0
+            }
+        })
+    } else {
+        0
+    };
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
-    let bulk_min_tiles = env("GPTQ_CUDA_BULK_MIN_TILES").unwrap_or(32);
+    let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
+    let smem_reserved = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)? as usize;
     let mut ctx = std::ptr::null_mut();
     // SAFETY: retains the primary context (released never: it lives as long as the process).
     check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
@@ -142,9 +156,10 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         sm_count,
         arch,
         pdl,
-        bulk,
+        bulk_max_rows,
         bulk_stages_override,
-        bulk_min_tiles,
+        smem_per_sm,
+        smem_reserved,
         module,
         functions: Mutex::new(HashMap::new()),
         resident: HashMap::new(),
@@ -152,15 +167,19 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     // Look up every tensor-core kernel here, once, and set its dynamic shared-memory limit to what
     // it uses (above the default 48 KB for the bulk-copy kernel), so GEMM calls only launch.
     for bits in [4, 8] {
-        for mf in [1, 2, 4] {
-            for act in ["f16", "bf16"] {
-                for (sym, bulk) in [true, false].into_iter().flat_map(|s| [(s, false), (s, bulk && mf == 1)]) {
-                    let name = layer::mma_kernel_name(bits, mf, act, sym, bulk);
-                    if d.resident.contains_key(&name) {
-                        continue;
-                    }
+        for act in ["f16", "bf16"] {
+            for sym in [true, false] {
+                // (fragments, bulk rows): the register-fed kernels, then the bulk-copy ones.
+                let kernels = [(1, 0), (2, 0), (4, 0), (1, 8), (1, 16)];
+                for (mf, bulk_rows) in kernels.into_iter().filter(|&(_, r)| r <= bulk_max_rows) {
+                    let name = layer::mma_kernel_name(bits, mf, act, sym, bulk_rows);
                     let f = d.function(&name)?;
-                    let (threads, bytes) = layer::mma_block(bits, mf, sym, bulk.then(|| d.bulk_stages(sym)));
+                    let (threads, bytes) = if bulk_rows > 0 {
+                        let stages = d.bulk_stages(bits, sym, bulk_rows);
+                        (layer::BULK_THREADS, layer::bulk_smem_bytes(bits, sym, bulk_rows, stages))
+                    } else {
+                        (128, layer::MMA_SMEM_BYTES)
+                    };
                     let bytes = bytes as i32;
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
@@ -189,10 +208,10 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 }
 
 impl Device {
-    /// Ring stages of the bulk-copy kernel: as many as let three blocks share an SM's 228 KB on
-    /// sm_90 (4 with symmetric zeros, 3 with the zero rows in every stage).
-    pub fn bulk_stages(&self, sym: bool) -> usize {
-        self.bulk_stages_override.unwrap_or(if sym { 4 } else { 3 })
+    /// Ring stages of the bulk-copy kernel for `rows` rows: as many as let three blocks share an SM.
+    pub fn bulk_stages(&self, bits: u32, sym: bool, rows: usize) -> usize {
+        self.bulk_stages_override
+            .unwrap_or_else(|| layer::bulk_stages_fitting(bits, sym, rows, self.smem_per_sm, self.smem_reserved))
     }
 
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).
