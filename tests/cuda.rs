@@ -415,8 +415,9 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     let mut cl = std::ptr::null_mut();
     assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
     // Act-order activations are gathered into the workspace by a kernel, K is split and the partial
-    // sums reduced: three launches in the graph (m = 5: one 16-row block; m = 40: 64-row blocks).
-    for m in [5usize, 40] {
+    // sums reduced: three launches in the graph (m = 5 and 12: the small-batch kernels, on sm_90 the
+    // bulk-copy ones for 8 and 16 rows; m = 40: 64-row blocks).
+    for m in [5usize, 12, 40] {
         graph_and_streams(cl, m);
     }
     let (k, n) = (4096usize, 4096usize);
