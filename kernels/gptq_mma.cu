@@ -593,20 +593,22 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
     store_c<1, 1, BF>(tot, sA, partial, bias, C, ldc, M, N, NT, nt, m0, 0, warp);
 }
 
-// ---- Small batches on sm_90: the weights and A streamed into shared memory by bulk copies ----
+// ---- Up to 8 rows on sm_90: weights and A streamed into shared memory by bulk copies, roles swapped ----
 //
 // The arithmetic of mma_gemm_small (integer codes, zeros and scales folded per group in f32) fed by
-// the copy engine instead of register loads, and for up to 8 rows with the mma roles swapped:
+// the copy engine instead of register loads, with the mma roles swapped:
 // - A fifth warp (the producer) issues, per stage, one cp.async.bulk of TPS tiles of the block's
 //   four column tiles (contiguous in the interleaved layout: 8 KB), one per group those tiles touch
 //   of the quad's scales (and zeros), 512 bytes each, and one per row of A over the stage's inputs,
 //   into a ring of `stages` stages guarded by mbarriers (full: bytes landed; empty: the four
 //   consumer warps have read the stage). Bytes in flight cost no registers, a group's scales arrive
 //   with its tiles instead of as a load the consumer waits for, and A needs no staging step in
-//   which the weight stream stalls (the register kernel stages A in chunks: 3 per block at
-//   M = 16 on 8192×28672). Weights and scales of the first ring-full go out before pdl_wait (the
-//   layer's own data), A after it.
-// - Up to 8 rows (SWAP): C^T = W^T · A^T, the weight tile as mma's 16×16 A operand and A^T as its
+//   which the weight stream stalls. Weights and scales of the first ring-full go out before
+//   pdl_wait (the layer's own data), A after it. Act-order A is gathered by the library first,
+//   except for <= 4 rows over <= 256 inputs per block, which the consumers gather themselves into
+//   their own rows of shared memory before the first stage (one round of loads; a gather launch
+//   would cost more on such small layers).
+// - C^T = W^T · A^T, the weight tile as mma's 16×16 A operand and A^T as its
 //   k16×n8 B operand, so one mma covers 16 output columns for all rows and a tile takes 4 mma (+1
 //   for the row sums) instead of 9. With 9 the kernel was bound by mma issue, not memory (one block
 //   per SM reached 45% of the read floor at any ring depth; the 8-bit kernel, half the mma per
@@ -614,25 +616,28 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   16j..16j+15 is {b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1]} of the B layout above; A^T's
 //   fragment is ldmatrix.x2 of rows 0-7. Each lane then holds columns 16j + g and 16j + g + 8 of
 //   rows 2t and 2t+1, so scales and zeros come in the large-batch layout [G][nt][g][s] (`scale`
-//   f16, `zero` = -(1024 + z) f16): one 16-byte read per lane and group. 16 rows keep the
-//   accumulator-order layout of mma_gemm_small.
+//   f16, `zero` = -(1024 + z) f16): one 16-byte read per lane and group. (16 rows in this kernel,
+//   unswapped, measured slower than the register-fed kernel: docs/perf.md.)
 // Shared memory (src/cuda/layer.rs, bulk_smem_bytes, mirrors it): 2·16 mbarriers and a 16-byte zero
-// row (384 bytes), then the stages (BulkStage).
+// row (384 bytes), 4 gathered rows of 256 + 8 inputs (2176 bytes, rounded up), then the stages
+// (BulkStage).
 #if __CUDA_ARCH__ >= 900
 #define BULK_MAX_STAGES 16
-#define BULK_RING_OFFSET 384  // after 2·16 mbarriers and a 16-byte zero row
+#define BULK_GATHER_OFFSET 384  // after 2·16 mbarriers and a 16-byte zero row
+#define BULK_GATHER_LDS 264     // halves per gathered row (256 inputs + 8: distinct banks)
+#define BULK_RING_OFFSET (384 + 2176)
 #define BULK_THREADS (MMA_THREADS + 32)
 
 // One ring stage (src/cuda/layer.rs, bulk_stage_bytes, mirrors it): TPS tiles of the quad's four
-// column tiles (8 KB), TPS scale slots of 512 bytes (and TPS zero slots), then A's ROWS rows over
-// the stage's TPS·16 inputs, each row padded by 8 halves so the 8 rows an ldmatrix reads fall in
+// column tiles (8 KB), TPS scale slots of 512 bytes (and TPS zero slots), then A's 8 rows over the
+// stage's TPS·16 inputs, each row padded by 8 halves so the 8 rows an ldmatrix reads fall in
 // distinct banks.
-template <int BITS, bool SYM, int ROWS> struct BulkStage {
+template <int BITS, bool SYM> struct BulkStage {
     static constexpr int TPS = BITS == 4 ? 4 : 2;
     static constexpr int TILE_BYTES = TPS * TILE_STRIDE(BITS / 4) * 16;
     static constexpr int SLOT_BYTES = TPS * 512 * (SYM ? 1 : 2);
     static constexpr int A_ROW = (TPS * 16 + 8) * 2;
-    static constexpr int BYTES = TILE_BYTES + SLOT_BYTES + ROWS * A_ROW;
+    static constexpr int BYTES = TILE_BYTES + SLOT_BYTES + 8 * A_ROW;
 };
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
@@ -691,16 +696,16 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4], con
         }
 }
 
-// 16 rows (not SWAP) or up to 8 (SWAP, roles swapped); A arrives with each stage, so there is no
-// staging step and no chunking. `perm` must be null (act-order A gathered by the library first) and
-// A 16-byte aligned with lda and K multiples of 8 (src/cuda/layer.rs, bulk_fits); `chunk` unused.
-template <int BITS, bool BF, bool SYM, bool SWAP>
+// A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
+// with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 4 rows, <= 256 inputs per
+// block) the consumers gather A instead and the stages carry none.
+template <int BITS, bool BF, bool SYM>
 __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
                                 const uint4* __restrict__ scale, const uint4* __restrict__ zero,
-                                float* __restrict__ partial, const float* __restrict__ bias, u16* __restrict__ C,
-                                long ldc, int M, int N, int K, int tiles_per_split, int group_shift, int stages) {
-    constexpr int ROWS = SWAP ? 8 : 16, NJ = SWAP ? 4 : 8;
-    using St = BulkStage<BITS, SYM, ROWS>;
+                                const int* __restrict__ perm, float* __restrict__ partial,
+                                const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
+                                int tiles_per_split, int group_shift, int stages) {
+    using St = BulkStage<BITS, SYM>;
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
     extern __shared__ __align__(128) unsigned char smem[];
     const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES, zero_row = full + 16 * BULK_MAX_STAGES;
@@ -710,7 +715,8 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const int t_begin = blockIdx.y * tiles_per_split;
     const int t_end = min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
-    const int m0 = blockIdx.z * ROWS, rows = min(ROWS, M - m0);
+    const int m0 = blockIdx.z * 8, rows = min(8, M - m0);
+    u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; s++) {
             mbar_init(full + 8 * s, 1);
@@ -743,6 +749,10 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         };
         auto activations = [&](int i) {  // stage i's rows of A, then the one arrival
             const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
+            if (perm) {  // the consumers gather A themselves
+                mbar_arrive(full + 8 * s);
+                return;
+            }
             const int kb = t0 * 16, valid = min(n * 16, K - kb);  // a multiple of 8 (K is)
             unsigned char* a_slot = ring + s * St::BYTES + St::TILE_BYTES + St::SLOT_BYTES;
             if (valid < n * 16) {  // K ends in this stage: the inputs past it read zeros
@@ -771,29 +781,43 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
 
     const int nt = blockIdx.x * 4 + warp;
     const bool active = nt < NT;
-    // ldmatrix row addresses in a stage's A rows: x2 (SWAP: lanes 0-7 rows 0-7 at k 0, 8-15 at k 8)
-    // or x4 (lanes 0-15 rows 0-15 at k 0, 16-31 at k 8); rows past M read the zero row.
-    const int r = SWAP ? lane % 8 : lane % 16;
+    // ldmatrix.x2 row addresses in a stage's A rows (or the gathered rows): lanes 0-7 rows 0-7 at
+    // k 0, 8-15 at k 8; rows past M read the zero row.
+    const int r = lane % 8;
     const bool a_real = r < rows;
-    const u32 a_off = r * St::A_ROW + 16 * (SWAP ? (lane / 8) % 2 : lane / 16);
+    const u32 a_off = perm ? r * BULK_GATHER_LDS * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
-
-    // SWAP: acc[j][i], tot[j][i] are column 16j + g + 8·(i/2), row 2t + i%2; sum[i]: row 2t + i%2.
-    // Else as mma_gemm_small: acc[s][i] column 8s + 2t + i%2, row g + 8·(i/2).
-    float tot[NJ][4], acc[NJ][4], sum[4];
+    if (perm) {
+        // Act-order: rows of A gathered through perm (the layer's own data, read before pdl_wait)
+        // over the block's <= 256 inputs, zero past K; one round of independent loads.
+        const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
+        int col[2];
 #pragma unroll
-    for (int j = 0; j < NJ; j++)
+        for (int j = 0; j < 2; j++) {
+            const int kk = threadIdx.x + j * MMA_THREADS;
+            col[j] = kk < klen && kb + kk < K ? perm[kb + kk] : -1;
+        }
+        pdl_wait();  // A is written by the previous kernel
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int kk = threadIdx.x + j * MMA_THREADS;
+            if (kk >= klen) continue;
+#pragma unroll
+            for (int g = 0; g < 4; g++)
+                if (g < rows) sG[g * BULK_GATHER_LDS + kk] = col[j] >= 0 ? A[(long)(m0 + g) * lda + col[j]] : (u16)0;
+        }
+        asm volatile("bar.sync 1, 128;" ::: "memory");  // the consumer warps only
+    }
+
+    // acc[j][i], tot[j][i]: column 16j + g + 8·(i/2), row 2t + i%2; sum[i]: row 2t + i%2.
+    float tot[4][4], acc[4][4], sum[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) tot[j][i] = 0.f;
-    uint4 sc[2], zv[2];
-    zv[0] = zv[1] = make_uint4(0, 0, 0, 0);
+    uint4 sc, zv = make_uint4(0, 0, 0, 0);
     int cur = -1;  // the group whose sums acc and sum hold
     bool fresh = true;
-    auto fold = [&]() {
-        if constexpr (SWAP) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc[0], zv[0]);
-        else if (rows > 8) fold_group<BITS, BF, SYM, true>(acc, sum, tot, sc, zv);
-        else fold_group<BITS, BF, SYM, false>(acc, sum, tot, sc, zv);
-    };
 
 #pragma unroll 1
     for (int i = 0; i < nstages; i++) {
@@ -808,8 +832,9 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
 #pragma unroll
                 for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
             // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
-            const uint4* slot = stage + STAGE_U4 + warp * 8 + (SWAP ? lane / 4 : (lane % 4) * 2);
-            const u32 a_base = smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
+            const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
+            const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
+                                    : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
             const int g0 = t0 >> group_shift;
 #pragma unroll
             for (int p = 0; p < TPS; p++) {
@@ -817,93 +842,66 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 if (tile >= t_end) break;
                 const int G = tile >> group_shift;
                 if (G != cur) {
-                    if (cur >= 0) fold();
+                    if (cur >= 0) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc, zv);
                     cur = G;
                     const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
-                    sc[0] = slot[32 * j];
-                    if (!SWAP) sc[1] = slot[32 * j + 1];
-                    if (!SYM) {
-                        zv[0] = slot[32 * (TPS + j)];
-                        if (!SWAP) zv[1] = slot[32 * (TPS + j) + 1];
-                    }
+                    sc = slot[32 * j];
+                    if (!SYM) zv = slot[32 * (TPS + j)];
                     fresh = true;
                 }
                 u32 b[8][2];
                 int_tile<BITS, BF>(q[p], b);
                 const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
-                if constexpr (SWAP) {
-                    u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
-                    ldmatrix_x2(at, a_addr);
-                    const u32 one4[4] = {ones, ones, ones, ones};
+                u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
+                ldmatrix_x2(at, a_addr);
+                const u32 one4[4] = {ones, ones, ones, ones};
 #pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
-                        if (fresh) mma16816_first<BF>(acc[j], w, at[0], at[1]);
-                        else mma16816<BF>(acc[j], w, at[0], at[1]);
-                    }
-                    if (fresh) mma16816_first<BF>(sum, one4, at[0], at[1]);
-                    else mma16816<BF>(sum, one4, at[0], at[1]);
-                } else {
-                    u32 a[4];
-                    ldmatrix_x4(a, a_addr);
-#pragma unroll
-                    for (int x = 0; x < 8; x++) {
-                        if (fresh) mma16816_first<BF>(acc[x], a, b[x][0], b[x][1]);
-                        else mma16816<BF>(acc[x], a, b[x][0], b[x][1]);
-                    }
-                    if (fresh) mma16816_first<BF>(sum, a, ones, ones);
-                    else mma16816<BF>(sum, a, ones, ones);
+                for (int j = 0; j < 4; j++) {
+                    const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
+                    if (fresh) mma16816_first<BF>(acc[j], w, at[0], at[1]);
+                    else mma16816<BF>(acc[j], w, at[0], at[1]);
                 }
+                if (fresh) mma16816_first<BF>(sum, one4, at[0], at[1]);
+                else mma16816<BF>(sum, one4, at[0], at[1]);
                 fresh = false;
             }
         }
         __syncwarp();  // every lane's reads of the stage are done
         if (lane == 0) mbar_arrive(empty + 8 * s);
     }
-    if (cur >= 0) fold();
+    if (cur >= 0) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc, zv);
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-    if constexpr (SWAP) {
-        if (!active) return;
-        const int g = lane / 4, tq = lane % 4;
+    if (!active) return;
+    const int g = lane / 4, tq = lane % 4;
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+    for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
-                if (m < M && n < N) {
-                    if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
-                    else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
-                }
+        for (int i = 0; i < 4; i++) {
+            const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
+            if (m < M && n < N) {
+                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
             }
-    } else {
-        float t1[1][8][4];
-#pragma unroll
-        for (int x = 0; x < 8; x++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) t1[0][x][i] = tot[x][i];
-        store_c<1, 1, BF>(t1, nullptr, partial, bias, C, ldc, M, N, NT, nt, m0, 0, warp);
-    }
+        }
 }
-// gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym} (up to 8 rows, roles swapped) and gptq_bulk16_... (16
-// rows): 4 consumer warps and a producer, 3 blocks per SM. Same parameters as the register
-// kernels (perm must be null; chunk is unused).
-#define BULK_SMALL(BITS, BF, SYM, SWAP, NAME)                                                              \
+// gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym}: 4 consumer warps and a producer, 3 blocks per SM. Same
+// parameters as the register kernels (chunk is unused).
+#define BULK_SMALL(BITS, BF, SYM, NAME)                                                                    \
     extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                    \
         const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,    \
         float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
         int chunk, int stages) {                                                                           \
-        bulk_gemm_small<BITS, BF, SYM, SWAP>(A, lda, qw, scale, zero, partial, bias, C, ldc, M, N, K, tps,  \
-                                             gshift, stages);                                              \
+        bulk_gemm_small<BITS, BF, SYM>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps, \
+                                       gshift, stages);                                                    \
     }
-#define BULK_ALL(BITS, BF, T)                                             \
-    BULK_SMALL(BITS, BF, true, true, gptq_bulk_b##BITS##_##T##_sym)        \
-    BULK_SMALL(BITS, BF, false, true, gptq_bulk_b##BITS##_##T##_asym)      \
-    BULK_SMALL(BITS, BF, true, false, gptq_bulk16_b##BITS##_##T##_sym)     \
-    BULK_SMALL(BITS, BF, false, false, gptq_bulk16_b##BITS##_##T##_asym)
-BULK_ALL(4, false, f16)
-BULK_ALL(4, true, bf16)
-BULK_ALL(8, false, f16)
-BULK_ALL(8, true, bf16)
+BULK_SMALL(4, false, true, gptq_bulk_b4_f16_sym)
+BULK_SMALL(4, false, false, gptq_bulk_b4_f16_asym)
+BULK_SMALL(4, true, true, gptq_bulk_b4_bf16_sym)
+BULK_SMALL(4, true, false, gptq_bulk_b4_bf16_asym)
+BULK_SMALL(8, false, true, gptq_bulk_b8_f16_sym)
+BULK_SMALL(8, false, false, gptq_bulk_b8_f16_asym)
+BULK_SMALL(8, true, true, gptq_bulk_b8_bf16_sym)
+BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 #endif
 
 // Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}_{sym|asym} (M > 16).

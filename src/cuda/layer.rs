@@ -24,15 +24,11 @@ const KSPAN: usize = 1024;
 const MMA_SMEM_HALVES: usize = 64 * 264;
 
 /// The tensor-core kernel's name (kernels/gptq_mma.cu): `mf` 16-row fragments per block (1: the
-/// small-batch kernel), or with `bulk_rows` 8 or 16 the sm_90 small-batch kernel that streams its
-/// weights and A with bulk copies.
-pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool, bulk_rows: usize) -> String {
+/// small-batch kernel), or with `bulk` the sm_90 kernel for up to 8 rows that streams weights and A
+/// with bulk copies.
+pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool, bulk: bool) -> String {
     let sym = if sym { "sym" } else { "asym" };
-    match bulk_rows {
-        8 => format!("gptq_bulk_b{bits}_{act}_{sym}"),
-        16 => format!("gptq_bulk16_b{bits}_{act}_{sym}"),
-        _ => format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}"),
-    }
+    if bulk { format!("gptq_bulk_b{bits}_{act}_{sym}") } else { format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}") }
 }
 
 /// Dynamic shared memory of the register-fed tensor-core kernels: A and its zero row
@@ -42,27 +38,31 @@ pub(crate) const MMA_SMEM_BYTES: usize = (MMA_SMEM_HALVES + 8) * 2;
 pub(crate) const BULK_THREADS: u32 = 160;
 /// Most stages of the bulk-copy kernel's ring (kernels/gptq_mma.cu, BULK_MAX_STAGES).
 pub(crate) const BULK_MAX_STAGES: usize = 16;
+/// Rows of A one bulk-copy block takes.
+const BULK_ROWS: usize = 8;
+/// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
+/// then 4 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
+const BULK_RING_OFFSET: usize = 384 + 2176;
 
-/// Bytes of one stage of the bulk-copy kernel for `rows` (8 or 16) rows (kernels/gptq_mma.cu,
-/// BulkStage): 8 KB of weights, up to `tps` scale (and zero) rows of 512 bytes, and the rows of A
-/// over the stage's inputs, padded by 8 halves.
-pub(crate) fn bulk_stage_bytes(bits: u32, sym: bool, rows: usize) -> usize {
+/// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 KB of weights, up
+/// to `tps` scale (and zero) rows of 512 bytes, and 8 rows of A over the stage's inputs, padded by
+/// 8 halves.
+pub(crate) fn bulk_stage_bytes(bits: u32, sym: bool) -> usize {
     let tps = if bits == 4 { 4 } else { 2 };
-    8192 + tps * 512 * if sym { 1 } else { 2 } + rows * (tps * 16 + 8) * 2
+    8192 + tps * 512 * if sym { 1 } else { 2 } + BULK_ROWS * (tps * 16 + 8) * 2
 }
 
-/// Dynamic shared memory of the bulk-copy kernel: 2·16 mbarriers and a zero row (384 bytes), then
-/// the stages.
-pub(crate) fn bulk_smem_bytes(bits: u32, sym: bool, rows: usize, stages: usize) -> usize {
-    384 + stages * bulk_stage_bytes(bits, sym, rows)
+/// Dynamic shared memory of the bulk-copy kernel with `stages` stages.
+pub(crate) fn bulk_smem_bytes(bits: u32, sym: bool, stages: usize) -> usize {
+    BULK_RING_OFFSET + stages * bulk_stage_bytes(bits, sym)
 }
 
 /// Stages of the bulk-copy kernel that let three blocks share an SM with `smem_per_sm` bytes of
 /// shared memory, `reserved` of them set aside per block (three blocks measured faster than two
 /// with a deeper ring: docs/perf.md).
-pub(crate) fn bulk_stages_fitting(bits: u32, sym: bool, rows: usize, smem_per_sm: usize, reserved: usize) -> usize {
-    let per_block = (smem_per_sm / 3).saturating_sub(reserved + 384);
-    (per_block / bulk_stage_bytes(bits, sym, rows)).clamp(2, BULK_MAX_STAGES)
+pub(crate) fn bulk_stages_fitting(bits: u32, sym: bool, smem_per_sm: usize, reserved: usize) -> usize {
+    let per_block = (smem_per_sm / 3).saturating_sub(reserved + BULK_RING_OFFSET);
+    (per_block / bulk_stage_bytes(bits, sym)).clamp(2, BULK_MAX_STAGES)
 }
 
 /// Device memory owned by a layer, freed in the context that allocated it.
@@ -118,8 +118,8 @@ pub struct CudaLayer {
     /// smaller of the fp16 and bf16 kernels: the launch shape must not depend on the activation
     /// type (the workspace query does not know it). Looked up once here, not on every call.
     resident: [usize; 3],
-    /// The same for the bulk-copy kernels for 8 and 16 rows (where the device uses them).
-    resident_bulk: [usize; 2],
+    /// The same for the bulk-copy kernel (where the device uses it).
+    resident_bulk: usize,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -229,8 +229,8 @@ struct MmaShape {
     tiles_per_split: usize,
     /// Inputs of A per shared-memory chunk.
     chunk: usize,
-    /// Rows per block of the bulk-copy kernel (sm_90: 8 or 16), or 0 for the register-fed ones.
-    bulk_rows: usize,
+    /// Up to 8 rows on the bulk-copy kernel (sm_90; one block row).
+    bulk: bool,
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
@@ -276,7 +276,7 @@ fn mma_shape(
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, bulk_rows: 0 }
+    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, bulk: false }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -379,15 +379,15 @@ impl CudaLayer {
         let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
         let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
         let sym = matches!(&weights, Weights::Mma { nzero_f16: None, .. });
-        let resident_of = |mf: usize, bulk_rows: usize| {
+        let resident_of = |mf: usize, bulk: bool| {
             ["f16", "bf16"]
                 .iter()
-                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym, bulk_rows)))
+                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym, bulk)))
                 .min()
                 .unwrap_or(1)
         };
-        let resident = [1, 2, 4].map(|mf| resident_of(mf, 0));
-        let resident_bulk = [8, 16].map(|rows| resident_of(1, rows));
+        let resident = [1, 2, 4].map(|mf| resident_of(mf, false));
+        let resident_bulk = resident_of(1, true);
         Ok(CudaLayer {
             bits: d.bits,
             k,
@@ -448,26 +448,23 @@ impl CudaLayer {
         gemv_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize)
     }
 
-    /// Whether this layer's small batches may take the bulk-copy kernel: the device has it and rows
-    /// of A over K are whole 16-byte pieces (K a multiple of 8).
-    fn bulk_layer(&self) -> bool {
-        self.device.bulk_max_rows > 0 && self.k % 8 == 0 && matches!(self.weights, Weights::Mma { .. })
+    /// The register-fed kernels' launch shape for `m` rows.
+    fn mma_shape(&self, m: usize) -> MmaShape {
+        let resident = |mf: usize| self.resident[mf.trailing_zeros() as usize];
+        mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident)
     }
 
-    /// The launch shape for `m` rows; with `bulk`, small batches take the bulk-copy kernel where the
-    /// device and layer allow it (a call with A it cannot copy, misaligned, passes false).
-    fn mma_shape_with(&self, m: usize, bulk: bool) -> MmaShape {
-        let rows = if m <= 8 { 8 } else { 16 };
-        let bulk_rows = if bulk && self.bulk_layer() && m <= self.device.bulk_max_rows { rows } else { 0 };
-        let resident = |mf: usize| {
-            if mf == 1 && bulk_rows > 0 {
-                self.resident_bulk[bulk_rows / 16]
-            } else {
-                self.resident[mf.trailing_zeros() as usize]
-            }
-        };
+    /// The bulk-copy kernel's launch shape for `m` rows, where the device and the layer allow it
+    /// (sm_90, up to 8 rows, K a multiple of 8 so rows of A are whole 16-byte pieces). At 8 bit only
+    /// for blocks of at least 32 K tiles: on 4096×4096 (11 per block) it ran 6-15% slower than the
+    /// register-fed kernel, on the large layers 0-5% faster (docs/perf.md, version 21).
+    fn bulk_shape(&self, m: usize) -> Option<MmaShape> {
+        if !self.device.bulk || m > BULK_ROWS || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
+            return None;
+        }
+        let resident = |_| self.resident_bulk;
         let s = mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
-        MmaShape { bulk_rows, ..s }
+        (self.bits == 4 || s.tiles_per_split >= 32).then_some(MmaShape { bulk: true, ..s })
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
@@ -475,32 +472,31 @@ impl CudaLayer {
         match self.weights {
             Weights::Gemv { .. } => self.gemv_shape(m).1,
             // The most of either kernel: a call whose A cannot be copied in bulk takes the other.
-            Weights::Mma { .. } => self.mma_shape_with(m, true).splits.max(self.mma_shape_with(m, false).splits),
+            Weights::Mma { .. } => self.bulk_shape(m).map_or(0, |s| s.splits).max(self.mma_shape(m).splits),
         }
     }
 
     /// Bytes at the start of the workspace for act-order activations gathered once (tensor-core
-    /// kernel).
+    /// kernels that do not gather themselves; either small-batch kernel may serve a call).
     fn gather_bytes(&self, m: usize) -> usize {
-        let bulk = self.bulk_layer() && m <= self.device.bulk_max_rows;
-        if matches!(self.weights, Weights::Mma { .. }) && self.perm.is_some() && (bulk || !self.gathers_in_kernel(m)) {
+        if self.perm.is_none() || !matches!(self.weights, Weights::Mma { .. }) {
+            return 0;
+        }
+        let bulk_gathers = self.bulk_shape(m).is_some_and(|s| !self.gathers_in_kernel(m, &s));
+        if bulk_gathers || !self.gathers_in_kernel(m, &self.mma_shape(m)) {
             (m * self.k * 2).next_multiple_of(256)
         } else {
             0
         }
     }
 
-    /// Whether act-order activations for `m` rows are gathered by the register-fed small-batch kernel
-    /// itself while it stages them (kernels/gptq_mma.cu, mma_gemm_small; the bulk-copy kernel copies
-    /// A gathered first): at most 4 rows over at most 256 inputs
-    /// per block, where one round of loads covers the block's A and a separate gather launch would
-    /// cost more than the whole staging (4096×4096 at M = 1: +18%, docs/perf.md version 13).
-    fn gathers_in_kernel(&self, m: usize) -> bool {
-        if self.perm.is_none() || !self.uses_tensor_cores() || m > 4 {
-            return false;
-        }
-        let s = self.mma_shape_with(m, false);
-        s.mf == 1 && s.tiles_per_split * TILE_K <= 256
+    /// Whether a small-batch kernel gathers act-order activations itself for `shape` (kernels/
+    /// gptq_mma.cu: mma_gemm_small while it stages A, bulk_gemm_small before its first stage): at
+    /// most 4 rows over at most 256 inputs per block, where one round of loads covers the block's A
+    /// and a separate gather launch would cost more than the whole staging (4096×4096 at M = 1:
+    /// +18%, docs/perf.md version 13).
+    fn gathers_in_kernel(&self, m: usize, shape: &MmaShape) -> bool {
+        self.perm.is_some() && m <= 4 && shape.mf == 1 && shape.tiles_per_split * TILE_K <= 256
     }
 
     /// The most rows one `gemm` call takes (grid limits: gridDim.z counts blocks of 64 rows on the
@@ -621,20 +617,20 @@ impl CudaLayer {
                 group_shift,
                 ..
             } => {
-                // The bulk-copy kernel copies rows of A in 16-byte pieces (act-order A is gathered to
-                // the start of the workspace first).
-                let bulk_a = if self.perm.is_some() { workspace % 16 == 0 } else { a % 16 == 0 && lda % 8 == 0 };
-                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk_rows } =
-                    self.mma_shape_with(m, bulk_a);
-                let bulk = bulk_rows > 0;
+                // The bulk-copy kernel copies rows of A in 16-byte pieces: from the caller's A, or
+                // act-order A gathered to the start of the workspace (unless it gathers itself).
+                let bulk_shape = self.bulk_shape(m).filter(|s| match self.perm {
+                    Some(_) => self.gathers_in_kernel(m, s) || workspace % 16 == 0,
+                    None => a % 16 == 0 && lda % 8 == 0,
+                });
+                let shape = bulk_shape.unwrap_or_else(|| self.mma_shape(m));
+                let gather_in_kernel = self.gathers_in_kernel(m, &shape);
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk } = shape;
                 let sym = nzero_f16.is_none();
-                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk_rows))?;
-                let stages = if bulk { self.device.bulk_stages(self.bits, sym, bulk_rows) } else { 0 };
-                let (threads, smem) = if bulk {
-                    (BULK_THREADS, bulk_smem_bytes(self.bits, sym, bulk_rows, stages))
-                } else {
-                    (128, MMA_SMEM_BYTES)
-                };
+                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk))?;
+                let stages = if bulk { self.device.bulk_stages(self.bits, sym) } else { 0 };
+                let (threads, smem) =
+                    if bulk { (BULK_THREADS, bulk_smem_bytes(self.bits, sym, stages)) } else { (128, MMA_SMEM_BYTES) };
                 let bf = dtype == ActDType::BF16;
                 // The small-batch kernel applies scales and zeros per group (accumulator order); the
                 // bulk one too, in the per-lane order of f16 scales and offsets; the large-batch
@@ -652,7 +648,7 @@ impl CudaLayer {
                 // The bulk kernel's ring depth (an extra argument the register kernels ignore).
                 let stagesi = stages as i32;
                 let gather = self.gather_bytes(m);
-                let (a_in, lda_in, perm_in) = if gather > 0 {
+                let (a_in, lda_in, perm_in) = if self.perm.is_some() && !gather_in_kernel {
                     let g = self.device.function("gptq_gather_a")?;
                     let mut gargs = args![a, lda64, perm, workspace, mi, ki];
                     let grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
@@ -687,7 +683,7 @@ impl CudaLayer {
                     stagesi
                 ];
                 let cols = TILE_N * (4 / wk);
-                let block_rows = if bulk { bulk_rows } else { 16 * mf };
+                let block_rows = if bulk { BULK_ROWS } else { 16 * mf };
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 // SAFETY: argument types and order match the kernel's signature; extents were checked above.
@@ -811,22 +807,20 @@ mod tests {
     fn bulk_stages_fit_three_blocks_on_sm90() {
         for bits in [4, 8] {
             for sym in [true, false] {
-                for rows in [8, 16] {
-                    let stage = bulk_stage_bytes(bits, sym, rows);
-                    assert_eq!(stage % 16, 0);
-                    let a_row = ((if bits == 4 { 4 } else { 2 }) * 16 + 8) * 2;
-                    assert_eq!(a_row % 16, 0);
-                    let banks: std::collections::HashSet<usize> = (0..8).map(|r| (r * a_row / 16) % 8).collect();
-                    assert_eq!(banks.len(), 8, "A row of {a_row} bytes");
-                    let stages = bulk_stages_fitting(bits, sym, rows, 233472, 1024);
-                    assert!(stages >= 4, "{bits} bit, sym {sym}, {rows} rows: {stages} stages");
-                    assert!(3 * (bulk_smem_bytes(bits, sym, rows, stages) + 1024) <= 233472);
-                    assert!(
-                        3 * (bulk_smem_bytes(bits, sym, rows, stages + 1) + 1024) > 233472 || stages == BULK_MAX_STAGES
-                    );
-                }
+                let stage = bulk_stage_bytes(bits, sym);
+                assert_eq!(stage % 16, 0);
+                let a_row = ((if bits == 4 { 4 } else { 2 }) * 16 + 8) * 2;
+                assert_eq!(a_row % 16, 0);
+                let banks: std::collections::HashSet<usize> = (0..8).map(|r| (r * a_row / 16) % 8).collect();
+                assert_eq!(banks.len(), 8, "A row of {a_row} bytes");
+                let stages = bulk_stages_fitting(bits, sym, 233472, 1024);
+                assert!(stages >= 4, "{bits} bit, sym {sym}: {stages} stages");
+                assert!(3 * (bulk_smem_bytes(bits, sym, stages) + 1024) <= 233472);
+                assert!(3 * (bulk_smem_bytes(bits, sym, stages + 1) + 1024) > 233472 || stages == BULK_MAX_STAGES);
             }
         }
+        // The gathered act-order rows (4 × 264 halves) fit before the ring.
+        assert!(384 + 4 * 264 * 2 <= BULK_RING_OFFSET);
     }
 
     /// The workspace query (largest need over 1..=m rows) equals a brute-force maximum, for both
