@@ -673,7 +673,8 @@ gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer,
  * `gptq_cuda_workspace_size(layer, m)` bytes (or of any larger m), which the call overwrites
  * (act-order activations gathered once, partial sums of split K; it may be NULL when that size is
  * 0). `a` 16-byte aligned with `lda` a multiple of 8, and a 16-byte aligned workspace, take the
- * fastest path (any 2-byte aligned `a` and `lda`, and a 4-byte aligned workspace, work). One call
+ * fastest path (on sm_90, calls of up to 8 rows need in_features a multiple of 8 for it too; any
+ * 2-byte aligned `a` and `lda`, and a 4-byte aligned workspace, work). One call
  * takes up to 4,194,240 rows (524,280 on the CUDA-core kernel); `_SHAPE_MISMATCH` beyond. The stream must belong to
  * the layer's device's primary context (NULL = legacy default stream). The call only enqueues
  * kernels (up to three): it allocates nothing, never synchronizes, and can be captured in a CUDA

@@ -43,6 +43,7 @@ const BULK_ROWS: usize = 8;
 /// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
 /// then 4 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
 const BULK_RING_OFFSET: usize = 384 + 2176;
+const _: () = assert!(384 + 4 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
 
 /// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 KB of weights, up
 /// to `tps` scale (and zero) rows of 512 bytes, and 8 rows of A over the stage's inputs, padded by
@@ -819,8 +820,6 @@ mod tests {
                 assert!(3 * (bulk_smem_bytes(bits, sym, stages + 1) + 1024) > 233472 || stages == BULK_MAX_STAGES);
             }
         }
-        // The gathered act-order rows (4 × 264 halves) fit before the ring.
-        assert!(384 + 4 * 264 * 2 <= BULK_RING_OFFSET);
     }
 
     /// The workspace query (largest need over 1..=m rows) equals a brute-force maximum, for both
