@@ -128,10 +128,7 @@ fn main() {
         dev.arch.1,
         dev.sm_count,
         if dev.pdl { "on" } else { "off" },
-        match dev.bulk_max_rows {
-            0 => "off".to_string(),
-            r => format!("up to {r} rows ({} stages at 4 bit, 8 rows)", dev.bulk_stages(4, true, 8)),
-        }
+        if dev.bulk { format!("on ({} stages at 4 bit)", dev.bulk_stages(4, true)) } else { "off".to_string() }
     );
     let mut stream = std::ptr::null_mut();
     unsafe { ok(cu::cuStreamCreate(&mut stream, 1), "stream") };

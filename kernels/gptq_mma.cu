@@ -629,15 +629,15 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 #define BULK_THREADS (MMA_THREADS + 32)
 
 // One ring stage (src/cuda/layer.rs, bulk_stage_bytes, mirrors it): TPS tiles of the quad's four
-// column tiles (8 KB), TPS scale slots of 512 bytes (and TPS zero slots), then A's ROWS rows over
-// the stage's TPS·16 inputs, each row padded by 8 halves so the 8 rows an ldmatrix reads fall in
+// column tiles (8 KB), TPS scale slots of 512 bytes (and TPS zero slots), then A's 8 rows over the
+// stage's TPS·16 inputs, each row padded by 8 halves so the 8 rows an ldmatrix reads fall in
 // distinct banks.
-template <int BITS, bool SYM, int ROWS> struct BulkStage {
+template <int BITS, bool SYM> struct BulkStage {
     static constexpr int TPS = BITS == 4 ? 4 : 2;
     static constexpr int TILE_BYTES = TPS * TILE_STRIDE(BITS / 4) * 16;
     static constexpr int SLOT_BYTES = TPS * 512 * (SYM ? 1 : 2);
     static constexpr int A_ROW = (TPS * 16 + 8) * 2;
-    static constexpr int BYTES = TILE_BYTES + SLOT_BYTES + ROWS * A_ROW;
+    static constexpr int BYTES = TILE_BYTES + SLOT_BYTES + 8 * A_ROW;
 };
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
@@ -698,15 +698,14 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4], con
 
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
 // with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 4 rows, <= 256 inputs per
-// block) the consumers gather A instead and the stages carry none. NH halves of 8 rows (1 or 2):
-// with 2, each tile takes 8 mma + 2 for the row sums, against 9 unswapped.
-template <int BITS, bool BF, bool SYM, int NH>
+// block) the consumers gather A instead and the stages carry none.
+template <int BITS, bool BF, bool SYM>
 __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
                                 const uint4* __restrict__ scale, const uint4* __restrict__ zero,
                                 const int* __restrict__ perm, float* __restrict__ partial,
                                 const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
                                 int tiles_per_split, int group_shift, int stages) {
-    using St = BulkStage<BITS, SYM, 8 * NH>;
+    using St = BulkStage<BITS, SYM>;
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
     extern __shared__ __align__(128) unsigned char smem[];
     const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES, zero_row = full + 16 * BULK_MAX_STAGES;
@@ -716,7 +715,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const int t_begin = blockIdx.y * tiles_per_split;
     const int t_end = min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
-    const int m0 = blockIdx.z * 8 * NH, rows = min(8 * NH, M - m0);
+    const int m0 = blockIdx.z * 8, rows = min(8, M - m0);
     u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; s++) {
@@ -729,49 +728,43 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     __syncthreads();
     pdl_launch_dependents();
 
-    if (warp == 4) {
-        // The producer warp: lane 0 keeps the barriers; the copies of a stage are spread over the
-        // lanes (lane 0 the tiles, lanes 1-4 scale rows, 5-8 zero rows, lane r the row r of A), so
-        // the warp issues them together instead of one thread one after another.
+    if (warp == 4) {  // producer
+        if (lane != 0) return;
         // The block's four column tiles over [t_begin, t_end): contiguous (column_words). A group's
         // scale row of the quad: 4 column tiles of 128 bytes (fewer in the last quad).
         const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
         const u32 row_bytes = min(4, NT - 4 * (int)blockIdx.x) * 128;
         auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
             const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
-            const int g0 = t0 >> group_shift, ng = ((t0 + n - 1) >> group_shift) - g0 + 1;
+            const int g0 = t0 >> group_shift, g1 = (t0 + n - 1) >> group_shift;
             const u32 tile_bytes = n * TILE_STRIDE(QV) * 16;
             const u32 dst = smem_u32(ring + s * St::BYTES), bar = full + 8 * s;
-            if (lane == 0) mbar_expect_tx_only(bar, tile_bytes + ng * row_bytes * (SYM ? 1 : 2));
-            __syncwarp();
-            if (lane == 0) bulk_copy(dst, src + (long)i * STAGE_U4, tile_bytes, bar);
-            const int g = (lane - 1) % TPS, zero_lane = lane > TPS;
-            if (lane >= 1 && lane <= (SYM ? 1 : 2) * TPS && g < ng) {
-                const long row = ((long)(g0 + g) * NT + 4 * blockIdx.x) * 8;
-                bulk_copy(dst + St::TILE_BYTES + (zero_lane * TPS + g) * 512, (zero_lane ? zero : scale) + row,
-                          row_bytes, bar);
+            mbar_expect_tx_only(bar, tile_bytes + (g1 - g0 + 1) * row_bytes * (SYM ? 1 : 2));
+            bulk_copy(dst, src + (long)i * STAGE_U4, tile_bytes, bar);
+            for (int g = g0; g <= g1; g++) {
+                const long row = ((long)g * NT + 4 * blockIdx.x) * 8;
+                bulk_copy(dst + St::TILE_BYTES + (g - g0) * 512, scale + row, row_bytes, bar);
+                if (!SYM) bulk_copy(dst + St::TILE_BYTES + (TPS + g - g0) * 512, zero + row, row_bytes, bar);
             }
         };
         auto activations = [&](int i) {  // stage i's rows of A, then the one arrival
             const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
-            const u32 bar = full + 8 * s;
             if (perm) {  // the consumers gather A themselves
-                if (lane == 0) mbar_arrive(bar);
+                mbar_arrive(full + 8 * s);
                 return;
             }
             const int kb = t0 * 16, valid = min(n * 16, K - kb);  // a multiple of 8 (K is)
             unsigned char* a_slot = ring + s * St::BYTES + St::TILE_BYTES + St::SLOT_BYTES;
             if (valid < n * 16) {  // K ends in this stage: the inputs past it read zeros
-                const int pieces = (n * 16 - valid) / 8;
-                for (int x = lane; x < rows * pieces; x += 32)
-                    *reinterpret_cast<uint4*>(a_slot + (x / pieces) * St::A_ROW + 2 * (valid + 8 * (x % pieces))) =
-                        make_uint4(0, 0, 0, 0);
+                for (int r = 0; r < rows; r++)
+                    for (int k = valid; k < n * 16; k += 8)
+                        *reinterpret_cast<uint4*>(a_slot + r * St::A_ROW + 2 * k) = make_uint4(0, 0, 0, 0);
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
             }
-            __syncwarp();
-            if (lane == 0) mbar_expect_tx(bar, rows * valid * 2);
-            __syncwarp();
-            if (lane < rows) bulk_copy(smem_u32(a_slot + lane * St::A_ROW), A + (m0 + lane) * lda + kb, valid * 2, bar);
+            const u32 bar = full + 8 * s;
+            mbar_expect_tx(bar, rows * valid * 2);
+            for (int r = 0; r < rows; r++)
+                bulk_copy(smem_u32(a_slot + r * St::A_ROW), A + (m0 + r) * lda + kb, valid * 2, bar);
         };
         // Weights of the first ring-full stream before pdl_wait (the layer's own data), A after it.
         const int first = min(stages, nstages);
@@ -779,8 +772,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         pdl_wait();  // A is written by the previous kernel
         for (int i = 0; i < first; i++) activations(i);
         for (int i = first; i < nstages; i++) {
-            if (lane == 0) mbar_wait(empty + 8 * (i % stages), ((i / stages) - 1) & 1);
-            __syncwarp();
+            mbar_wait(empty + 8 * (i % stages), ((i / stages) - 1) & 1);
             weights(i);
             activations(i);
         }
@@ -789,10 +781,9 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
 
     const int nt = blockIdx.x * 4 + warp;
     const bool active = nt < NT;
-    // ldmatrix row addresses in a stage's A rows (or the gathered rows): lanes 0-7 rows 0-7 at k 0,
-    // 8-15 rows 0-7 at k 8 (x2: half 0), 16-23 rows 8-15 at k 0, 24-31 at k 8 (x4: half 1); rows past
-    // M read the zero row.
-    const int r = lane % 8 + 8 * (lane / 16);
+    // ldmatrix.x2 row addresses in a stage's A rows (or the gathered rows): lanes 0-7 rows 0-7 at
+    // k 0, 8-15 at k 8; rows past M read the zero row.
+    const int r = lane % 8;
     const bool a_real = r < rows;
     const u32 a_off = perm ? r * BULK_GATHER_LDS * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
@@ -818,15 +809,12 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         asm volatile("bar.sync 1, 128;" ::: "memory");  // the consumer warps only
     }
 
-    // acc[h][j][i], tot[h][j][i]: column 16j + g + 8·(i/2), row 8h + 2t + i%2; sum[h][i]: row
-    // 8h + 2t + i%2.
-    float tot[NH][4][4], acc[NH][4][4], sum[NH][4];
+    // acc[j][i], tot[j][i]: column 16j + g + 8·(i/2), row 2t + i%2; sum[i]: row 2t + i%2.
+    float tot[4][4], acc[4][4], sum[4];
 #pragma unroll
-    for (int h = 0; h < NH; h++)
+    for (int j = 0; j < 4; j++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) tot[h][j][i] = 0.f;
+        for (int i = 0; i < 4; i++) tot[j][i] = 0.f;
     uint4 sc, zv = make_uint4(0, 0, 0, 0);
     int cur = -1;  // the group whose sums acc and sum hold
     bool fresh = true;
@@ -854,9 +842,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 if (tile >= t_end) break;
                 const int G = tile >> group_shift;
                 if (G != cur) {
-                    if (cur >= 0)
-#pragma unroll
-                        for (int h = 0; h < NH; h++) fold_group_swapped<BITS, BF, SYM>(acc[h], sum[h], tot[h], sc, zv);
+                    if (cur >= 0) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc, zv);
                     cur = G;
                     const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
                     sc = slot[32 * j];
@@ -866,66 +852,56 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 u32 b[8][2];
                 int_tile<BITS, BF>(q[p], b);
                 const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
-                u32 at[4];  // A^T as the B operand: half h's rows at k 2t.. and k 2t+8.. in at[2h], at[2h+1]
-                if constexpr (NH == 1) ldmatrix_x2(*reinterpret_cast<u32(*)[2]>(at), a_addr);
-                else ldmatrix_x4(at, a_addr);
+                u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
+                ldmatrix_x2(at, a_addr);
                 const u32 one4[4] = {ones, ones, ones, ones};
 #pragma unroll
-                for (int h = 0; h < NH; h++) {
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
-                        if (fresh) mma16816_first<BF>(acc[h][j], w, at[2 * h], at[2 * h + 1]);
-                        else mma16816<BF>(acc[h][j], w, at[2 * h], at[2 * h + 1]);
-                    }
-                    if (fresh) mma16816_first<BF>(sum[h], one4, at[2 * h], at[2 * h + 1]);
-                    else mma16816<BF>(sum[h], one4, at[2 * h], at[2 * h + 1]);
+                for (int j = 0; j < 4; j++) {
+                    const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
+                    if (fresh) mma16816_first<BF>(acc[j], w, at[0], at[1]);
+                    else mma16816<BF>(acc[j], w, at[0], at[1]);
                 }
+                if (fresh) mma16816_first<BF>(sum, one4, at[0], at[1]);
+                else mma16816<BF>(sum, one4, at[0], at[1]);
                 fresh = false;
             }
         }
         __syncwarp();  // every lane's reads of the stage are done
         if (lane == 0) mbar_arrive(empty + 8 * s);
     }
-    if (cur >= 0)
-#pragma unroll
-        for (int h = 0; h < NH; h++) fold_group_swapped<BITS, BF, SYM>(acc[h], sum[h], tot[h], sc, zv);
+    if (cur >= 0) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc, zv);
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     if (!active) return;
     const int g = lane / 4, tq = lane % 4;
 #pragma unroll
-    for (int h = 0; h < NH; h++)
+    for (int j = 0; j < 4; j++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int m = m0 + 8 * h + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
-                if (m < M && n < N) {
-                    const float v = tot[h][j][i];
-                    if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(v + (bias ? bias[n] : 0.f));
-                    else partial[((long)blockIdx.y * M + m) * N + n] = v;
-                }
+        for (int i = 0; i < 4; i++) {
+            const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
+            if (m < M && n < N) {
+                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
             }
+        }
 }
-// gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym} (up to 8 rows) and gptq_bulk16_... (9-16 rows): 4 consumer
-// warps and a producer, 3 blocks per SM. Same parameters as the register kernels (chunk is unused).
-#define BULK_SMALL(BITS, BF, SYM, NH, NAME)                                                                \
+// gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym}: 4 consumer warps and a producer, 3 blocks per SM. Same
+// parameters as the register kernels (chunk is unused).
+#define BULK_SMALL(BITS, BF, SYM, NAME)                                                                    \
     extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                    \
         const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,    \
         float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
         int chunk, int stages) {                                                                           \
-        bulk_gemm_small<BITS, BF, SYM, NH>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K,   \
-                                           tps, gshift, stages);                                           \
+        bulk_gemm_small<BITS, BF, SYM>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps, \
+                                       gshift, stages);                                                    \
     }
-#define BULK_ALL(BITS, BF, T)                                         \
-    BULK_SMALL(BITS, BF, true, 1, gptq_bulk_b##BITS##_##T##_sym)       \
-    BULK_SMALL(BITS, BF, false, 1, gptq_bulk_b##BITS##_##T##_asym)     \
-    BULK_SMALL(BITS, BF, true, 2, gptq_bulk16_b##BITS##_##T##_sym)     \
-    BULK_SMALL(BITS, BF, false, 2, gptq_bulk16_b##BITS##_##T##_asym)
-BULK_ALL(4, false, f16)
-BULK_ALL(4, true, bf16)
-BULK_ALL(8, false, f16)
-BULK_ALL(8, true, bf16)
+BULK_SMALL(4, false, true, gptq_bulk_b4_f16_sym)
+BULK_SMALL(4, false, false, gptq_bulk_b4_f16_asym)
+BULK_SMALL(4, true, true, gptq_bulk_b4_bf16_sym)
+BULK_SMALL(4, true, false, gptq_bulk_b4_bf16_asym)
+BULK_SMALL(8, false, true, gptq_bulk_b8_f16_sym)
+BULK_SMALL(8, false, false, gptq_bulk_b8_f16_asym)
+BULK_SMALL(8, true, true, gptq_bulk_b8_bf16_sym)
+BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 #endif
 
 // Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}_{sym|asym} (M > 16).

@@ -271,8 +271,8 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     gpu::ctx();
     let stream = gpu::stream();
     let mut rng = Rng(3);
-    // M = 1, 8 and 16 take the bulk-copy kernels on sm_90 (8192×28672: several stages per block), as
-    // M = 1 and 8 on the 8-bit 8192×8192 (at 8 bit only blocks of at least 32 K tiles do).
+    // M = 8 on 8192×28672 takes the bulk-copy kernel on sm_90, as M = 1 and 8 on the 8-bit 8192×8192
+    // (at 8 bit only blocks of at least 32 K tiles do).
     let cases =
         [(5120usize, 13824usize, false, 4u32), (13824, 5120, true, 4), (8192, 28672, false, 4), (8192, 8192, false, 8)];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
@@ -421,8 +421,8 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
     // Act-order activations are gathered into the workspace by a kernel, K is split and the partial
     // sums reduced: three launches in the graph (m = 3: on sm_90 the bulk-copy kernel gathering A
-    // itself, two launches; m = 5 and 12: the bulk-copy kernels for 8 and 16 rows after a gather
-    // launch; m = 40: 64-row blocks).
+    // itself, two launches; m = 5: the bulk-copy kernel after a gather launch; m = 12: the
+    // register-fed small-batch kernel; m = 40: 64-row blocks).
     for m in [3usize, 5, 12, 40] {
         graph_and_streams(cl, m);
     }

@@ -43,11 +43,11 @@ pub struct Device {
     /// a driver of CUDA 12.3 or later, which also captures it into graphs; `GPTQ_CUDA_PDL=0` turns it
     /// off): each may start its weight loads while the previous kernel on the stream finishes.
     pub pdl: bool,
-    /// Most rows (16, or 0 for none) for which a call takes the sm_90 kernel that streams weights
-    /// and A into shared memory with bulk copies (cp.async.bulk and mbarriers) and swaps the mma
-    /// roles. 0 before sm_90 and with `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel
-    /// every architecture runs (for comparisons); `GPTQ_CUDA_BULK=8` keeps it to 8 rows.
-    pub bulk_max_rows: usize,
+    /// Whether up to 8 rows take the sm_90 kernel that streams weights and A into shared memory
+    /// with bulk copies (cp.async.bulk and mbarriers) and swaps the mma roles; not before sm_90, nor
+    /// with `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
+    /// comparisons).
+    pub bulk: bool,
     /// `GPTQ_CUDA_BULK_STAGES`: the bulk kernel's ring depth, for benchmarks.
     bulk_stages_override: Option<usize>,
     /// Shared memory one SM has for blocks, and what each block reserves of it.
@@ -125,12 +125,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     check(unsafe { cu::cuDriverGetVersion(&mut driver_version) }, "cuDriverGetVersion")?;
     let pdl = arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
-    let bulk_max_rows = match env("GPTQ_CUDA_BULK") {
-        _ if arch.0 < 9 => 0,
-        Some(0) => 0,
-        Some(1..=8) => 8,
-        _ => 16,
-    };
+    let bulk = arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
     let smem_reserved = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)? as usize;
@@ -148,7 +143,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         sm_count,
         arch,
         pdl,
-        bulk_max_rows,
+        bulk,
         bulk_stages_override,
         smem_per_sm,
         smem_reserved,
@@ -161,13 +156,13 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     for bits in [4, 8] {
         for act in ["f16", "bf16"] {
             for sym in [true, false] {
-                // (fragments, bulk rows): the register-fed kernels, then the bulk-copy ones.
-                let kernels = [(1, 0), (2, 0), (4, 0), (1, 8), (1, 16)];
-                for (mf, rows) in kernels.into_iter().filter(|&(_, r)| r <= bulk_max_rows) {
-                    let name = layer::mma_kernel_name(bits, mf, act, sym, rows);
+                // (fragments, bulk): the register-fed kernels, then the bulk-copy one.
+                let kernels = [(1, false), (2, false), (4, false), (1, true)];
+                for (mf, bulk_copy) in kernels.into_iter().filter(|&(_, b)| bulk || !b) {
+                    let name = layer::mma_kernel_name(bits, mf, act, sym, bulk_copy);
                     let f = d.function(&name)?;
-                    let (threads, bytes) = if rows > 0 {
-                        (layer::BULK_THREADS, layer::bulk_smem_bytes(bits, sym, rows, d.bulk_stages(bits, sym, rows)))
+                    let (threads, bytes) = if bulk_copy {
+                        (layer::BULK_THREADS, layer::bulk_smem_bytes(bits, sym, d.bulk_stages(bits, sym)))
                     } else {
                         (128, layer::MMA_SMEM_BYTES)
                     };
@@ -200,9 +195,9 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 
 impl Device {
     /// Ring stages of the bulk-copy kernel: as many as let three blocks share an SM.
-    pub fn bulk_stages(&self, bits: u32, sym: bool, rows: usize) -> usize {
+    pub fn bulk_stages(&self, bits: u32, sym: bool) -> usize {
         self.bulk_stages_override
-            .unwrap_or_else(|| layer::bulk_stages_fitting(bits, sym, rows, self.smem_per_sm, self.smem_reserved))
+            .unwrap_or_else(|| layer::bulk_stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved))
     }
 
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).

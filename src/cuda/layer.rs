@@ -24,15 +24,11 @@ const KSPAN: usize = 1024;
 const MMA_SMEM_HALVES: usize = 64 * 264;
 
 /// The tensor-core kernel's name (kernels/gptq_mma.cu): `mf` 16-row fragments per block (1: the
-/// small-batch kernel), or with `bulk_rows` 8 or 16 the sm_90 kernel for that many rows that streams
-/// weights and A with bulk copies.
-pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool, bulk_rows: usize) -> String {
+/// small-batch kernel), or with `bulk` the sm_90 kernel for up to 8 rows that streams weights and A
+/// with bulk copies.
+pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool, bulk: bool) -> String {
     let sym = if sym { "sym" } else { "asym" };
-    match bulk_rows {
-        8 => format!("gptq_bulk_b{bits}_{act}_{sym}"),
-        16 => format!("gptq_bulk16_b{bits}_{act}_{sym}"),
-        _ => format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}"),
-    }
+    if bulk { format!("gptq_bulk_b{bits}_{act}_{sym}") } else { format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}") }
 }
 
 /// Dynamic shared memory of the register-fed tensor-core kernels: A and its zero row
@@ -42,30 +38,32 @@ pub(crate) const MMA_SMEM_BYTES: usize = (MMA_SMEM_HALVES + 8) * 2;
 pub(crate) const BULK_THREADS: u32 = 160;
 /// Most stages of the bulk-copy kernel's ring (kernels/gptq_mma.cu, BULK_MAX_STAGES).
 pub(crate) const BULK_MAX_STAGES: usize = 16;
+/// Rows of A one bulk-copy block takes.
+const BULK_ROWS: usize = 8;
 /// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
 /// then 4 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
 const BULK_RING_OFFSET: usize = 384 + 2176;
 const _: () = assert!(384 + 4 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
 
-/// Bytes of one stage of the bulk-copy kernel for `rows` (8 or 16) rows (kernels/gptq_mma.cu,
-/// BulkStage): 8 KB of weights, up to `tps` scale (and zero) rows of 512 bytes, and the rows of A
-/// over the stage's inputs, padded by 8 halves.
-pub(crate) fn bulk_stage_bytes(bits: u32, sym: bool, rows: usize) -> usize {
+/// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 KB of weights, up
+/// to `tps` scale (and zero) rows of 512 bytes, and 8 rows of A over the stage's inputs, padded by
+/// 8 halves.
+pub(crate) fn bulk_stage_bytes(bits: u32, sym: bool) -> usize {
     let tps = if bits == 4 { 4 } else { 2 };
-    8192 + tps * 512 * if sym { 1 } else { 2 } + rows * (tps * 16 + 8) * 2
+    8192 + tps * 512 * if sym { 1 } else { 2 } + BULK_ROWS * (tps * 16 + 8) * 2
 }
 
 /// Dynamic shared memory of the bulk-copy kernel with `stages` stages.
-pub(crate) fn bulk_smem_bytes(bits: u32, sym: bool, rows: usize, stages: usize) -> usize {
-    BULK_RING_OFFSET + stages * bulk_stage_bytes(bits, sym, rows)
+pub(crate) fn bulk_smem_bytes(bits: u32, sym: bool, stages: usize) -> usize {
+    BULK_RING_OFFSET + stages * bulk_stage_bytes(bits, sym)
 }
 
 /// Stages of the bulk-copy kernel that let three blocks share an SM with `smem_per_sm` bytes of
 /// shared memory, `reserved` of them set aside per block (three blocks measured faster than two
 /// with a deeper ring: docs/perf.md).
-pub(crate) fn bulk_stages_fitting(bits: u32, sym: bool, rows: usize, smem_per_sm: usize, reserved: usize) -> usize {
+pub(crate) fn bulk_stages_fitting(bits: u32, sym: bool, smem_per_sm: usize, reserved: usize) -> usize {
     let per_block = (smem_per_sm / 3).saturating_sub(reserved + BULK_RING_OFFSET);
-    (per_block / bulk_stage_bytes(bits, sym, rows)).clamp(2, BULK_MAX_STAGES)
+    (per_block / bulk_stage_bytes(bits, sym)).clamp(2, BULK_MAX_STAGES)
 }
 
 /// Device memory owned by a layer, freed in the context that allocated it.
@@ -121,8 +119,8 @@ pub struct CudaLayer {
     /// smaller of the fp16 and bf16 kernels: the launch shape must not depend on the activation
     /// type (the workspace query does not know it). Looked up once here, not on every call.
     resident: [usize; 3],
-    /// The same for the bulk-copy kernels for 8 and 16 rows (where the device uses them).
-    resident_bulk: [usize; 2],
+    /// The same for the bulk-copy kernel (where the device uses it).
+    resident_bulk: usize,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -232,9 +230,8 @@ struct MmaShape {
     tiles_per_split: usize,
     /// Inputs of A per shared-memory chunk.
     chunk: usize,
-    /// Rows per block of the bulk-copy kernel (sm_90: 8 or 16; one block row), 0 for the
-    /// register-fed kernels.
-    bulk_rows: usize,
+    /// Up to 8 rows on the bulk-copy kernel (sm_90; one block row).
+    bulk: bool,
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
@@ -280,7 +277,7 @@ fn mma_shape(
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, bulk_rows: 0 }
+    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, bulk: false }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -383,15 +380,15 @@ impl CudaLayer {
         let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
         let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
         let sym = matches!(&weights, Weights::Mma { nzero_f16: None, .. });
-        let resident_of = |mf: usize, bulk_rows: usize| {
+        let resident_of = |mf: usize, bulk: bool| {
             ["f16", "bf16"]
                 .iter()
-                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym, bulk_rows)))
+                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym, bulk)))
                 .min()
                 .unwrap_or(1)
         };
-        let resident = [1, 2, 4].map(|mf| resident_of(mf, 0));
-        let resident_bulk = [8, 16].map(|rows| resident_of(1, rows));
+        let resident = [1, 2, 4].map(|mf| resident_of(mf, false));
+        let resident_bulk = resident_of(1, true);
         Ok(CudaLayer {
             bits: d.bits,
             k,
@@ -459,18 +456,16 @@ impl CudaLayer {
     }
 
     /// The bulk-copy kernel's launch shape for `m` rows, where the device and the layer allow it
-    /// (sm_90, up to 16 rows, K a multiple of 8 so rows of A are whole 16-byte pieces). At 8 bit only
+    /// (sm_90, up to 8 rows, K a multiple of 8 so rows of A are whole 16-byte pieces). At 8 bit only
     /// for blocks of at least 32 K tiles: on 4096×4096 (11 per block) it ran 6-15% slower than the
     /// register-fed kernel, on the large layers 0-5% faster (docs/perf.md, version 21).
     fn bulk_shape(&self, m: usize) -> Option<MmaShape> {
-        let ok = matches!(self.weights, Weights::Mma { .. }) && self.k % 8 == 0;
-        if !ok || m > self.device.bulk_max_rows {
+        if !self.device.bulk || m > BULK_ROWS || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
             return None;
         }
-        let bulk_rows = if m <= 8 { 8 } else { 16 };
-        let resident = |_| self.resident_bulk[bulk_rows / 16];
+        let resident = |_| self.resident_bulk;
         let s = mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
-        (self.bits == 4 || s.tiles_per_split >= 32).then_some(MmaShape { bulk_rows, ..s })
+        (self.bits == 4 || s.tiles_per_split >= 32).then_some(MmaShape { bulk: true, ..s })
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
@@ -631,16 +626,12 @@ impl CudaLayer {
                 });
                 let shape = bulk_shape.unwrap_or_else(|| self.mma_shape(m));
                 let gather_in_kernel = self.gathers_in_kernel(m, &shape);
-                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk_rows } = shape;
-                let bulk = bulk_rows > 0;
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk } = shape;
                 let sym = nzero_f16.is_none();
-                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk_rows))?;
-                let stages = if bulk { self.device.bulk_stages(self.bits, sym, bulk_rows) } else { 0 };
-                let (threads, smem) = if bulk {
-                    (BULK_THREADS, bulk_smem_bytes(self.bits, sym, bulk_rows, stages))
-                } else {
-                    (128, MMA_SMEM_BYTES)
-                };
+                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk))?;
+                let stages = if bulk { self.device.bulk_stages(self.bits, sym) } else { 0 };
+                let (threads, smem) =
+                    if bulk { (BULK_THREADS, bulk_smem_bytes(self.bits, sym, stages)) } else { (128, MMA_SMEM_BYTES) };
                 let bf = dtype == ActDType::BF16;
                 // The small-batch kernel applies scales and zeros per group (accumulator order); the
                 // bulk one too, in the per-lane order of f16 scales and offsets; the large-batch
@@ -693,7 +684,7 @@ impl CudaLayer {
                     stagesi
                 ];
                 let cols = TILE_N * (4 / wk);
-                let block_rows = if bulk { bulk_rows } else { 16 * mf };
+                let block_rows = if bulk { BULK_ROWS } else { 16 * mf };
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32);
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 // SAFETY: argument types and order match the kernel's signature; extents were checked above.
@@ -817,19 +808,16 @@ mod tests {
     fn bulk_stages_fit_three_blocks_on_sm90() {
         for bits in [4, 8] {
             for sym in [true, false] {
-                for rows in [8, 16] {
-                    let stage = bulk_stage_bytes(bits, sym, rows);
-                    assert_eq!(stage % 16, 0);
-                    let a_row = ((if bits == 4 { 4 } else { 2 }) * 16 + 8) * 2;
-                    assert_eq!(a_row % 16, 0);
-                    let banks: std::collections::HashSet<usize> = (0..8).map(|r| (r * a_row / 16) % 8).collect();
-                    assert_eq!(banks.len(), 8, "A row of {a_row} bytes");
-                    let stages = bulk_stages_fitting(bits, sym, rows, 233472, 1024);
-                    assert!(stages >= 4, "{bits} bit, sym {sym}, {rows} rows: {stages} stages");
-                    assert!(3 * (bulk_smem_bytes(bits, sym, rows, stages) + 1024) <= 233472);
-                    let more = bulk_smem_bytes(bits, sym, rows, stages + 1);
-                    assert!(3 * (more + 1024) > 233472 || stages == BULK_MAX_STAGES);
-                }
+                let stage = bulk_stage_bytes(bits, sym);
+                assert_eq!(stage % 16, 0);
+                let a_row = ((if bits == 4 { 4 } else { 2 }) * 16 + 8) * 2;
+                assert_eq!(a_row % 16, 0);
+                let banks: std::collections::HashSet<usize> = (0..8).map(|r| (r * a_row / 16) % 8).collect();
+                assert_eq!(banks.len(), 8, "A row of {a_row} bytes");
+                let stages = bulk_stages_fitting(bits, sym, 233472, 1024);
+                assert!(stages >= 4, "{bits} bit, sym {sym}: {stages} stages");
+                assert!(3 * (bulk_smem_bytes(bits, sym, stages) + 1024) <= 233472);
+                assert!(3 * (bulk_smem_bytes(bits, sym, stages + 1) + 1024) > 233472 || stages == BULK_MAX_STAGES);
             }
         }
     }
