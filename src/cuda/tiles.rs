@@ -141,6 +141,41 @@ pub(crate) fn mma_tiles(
 mod tests {
     use super::*;
 
+    /// The bulk-copy kernel feeds a lane's B-fragment registers of subtiles 2j and 2j+1 to mma as the
+    /// A operand of output columns 16j..16j+15 ({b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1]},
+    /// kernels/gptq_mma.cu): with this layout every code of those registers sits where mma's
+    /// m16n8k16 A fragment expects it (register q, half h: row g + 8·(q%2), column 2t + 8·(q/2) + h,
+    /// rows being output columns and columns inputs), and the four registers cover the 16×16 block.
+    #[test]
+    fn b_registers_are_the_swapped_a_fragments() {
+        for bits in [4u32, 8] {
+            for j in 0..4 {
+                let mut seen = std::collections::HashSet::new();
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    // Words per lane (bits/4 16-byte loads) and codes per word.
+                    for c in 0..(if bits == 4 { 4 } else { 8 }) {
+                        for e in 0..(32 / bits as usize) {
+                            let (k, n) = code_position(bits, lane, c, e);
+                            // The register (subtile s, register r) and half h the kernel unpacks this
+                            // code into (int_tile).
+                            let (s, r, h) =
+                                if bits == 4 { (2 * c + (e & 1), (e & 3) >> 1, e >> 2) } else { (c, e & 1, e >> 1) };
+                            if s / 2 != j {
+                                continue;
+                            }
+                            let q = (s % 2) + 2 * r;
+                            assert_eq!(n - 16 * j, g + 8 * (q % 2), "bits {bits} lane {lane} word {c} code {e}");
+                            assert_eq!(k, 2 * t + 8 * (q / 2) + h, "bits {bits} lane {lane} word {c} code {e}");
+                            assert!(seen.insert((k, n)));
+                        }
+                    }
+                }
+                assert_eq!(seen.len(), 256, "{bits} bit: columns {}..{}", 16 * j, 16 * j + 16);
+            }
+        }
+    }
+
     /// Decodes the layout back with the documented mapping: every code lands where the kernel's
     /// fragment order says, padding is zero, scales and offsets sit at their lane's slot.
     #[test]
