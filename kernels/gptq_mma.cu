@@ -18,14 +18,17 @@
 //   8 bit, word c < 8: subtile c; bytes (0, 2) = b0, bytes (1, 3) = b1.
 // So one LOP3 turns a masked word into a register of two codes (the magic-number trick of
 // common.cuh), with no shuffles and no shared memory for B.
-// Two kernels read this layout. Small batches (M <= 16, mma_gemm_small): the B fragments are the raw
-// codes plus a magic number, and scales and zeros are applied once per group to the f32 sums
-// (section below). Large batches (mma_gemm): each pair is offset and scaled in the activation type
-// before its mma, which keeps one set of accumulators for 64 rows.
-//   acc_scale [G][nt][t < 4][s < 8][2]  f16 (small batches): the scales of columns 64·nt + 8s + 2t + h,
+// Three kernels read this layout. Small batches (M <= 16, mma_gemm_small): the B fragments are the
+// raw codes plus a magic number, and scales and zeros are applied once per group to the f32 sums
+// (section below). Up to 8 rows on sm_90 (bulk_gemm_small): the same codes, streamed into shared
+// memory by bulk copies and fed to mma as its A operand (section below). Large batches (mma_gemm):
+// each pair is offset and scaled in the activation type before its mma, which keeps one set of
+// accumulators for 64 rows.
+//   acc_scale [G][nt][t < 4][s < 8][2]  f16 (mma_gemm_small): the scales of columns 64·nt + 8s + 2t + h,
 //                                the accumulator columns of lane t: two 16-byte loads per group
 //   acc_zero  same layout, the zero points as f16 (null for symmetric layers)
-//   scale [G][nt][g < 8][s < 8]  fp16 or bf16 (large batches): the scale of column 64·nt + 8s + g,
+//   scale [G][nt][g < 8][s < 8]  fp16 or bf16 (large batches; the f16 one also bulk_gemm_small): the
+//                                scale of column 64·nt + 8s + g,
 //                                one 16-byte load per lane; groups are uniform runs of 2^shift tiles
 //   nzero same layout, the pair offset -(magic + zero) (null for symmetric layers: a constant)
 //   perm  i32 [K] or null        column of A feeding permuted input k: the library gathers act-order
