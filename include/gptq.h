@@ -681,6 +681,8 @@ gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer,
  * graph. On sm_90+ with a CUDA 12.3+ driver they are launched with programmatic dependent launch
  * (each may begin loading the layer's own weights while the previous kernel on the stream finishes,
  * and waits for that kernel before it reads `a` or writes anything; `GPTQ_CUDA_PDL=0` disables it).
+ * On sm_90, calls of up to 8 rows run a kernel that streams weights and `a` into shared memory with
+ * bulk copies (`GPTQ_CUDA_BULK=0` selects the register-fed kernels every architecture runs).
  * Argument errors are detected before anything is enqueued; a failed launch (`_CUDA`) may
  * leave an earlier kernel of the same call enqueued, which writes only the workspace; kernel faults
  * surface on the stream as CUDA errors.
