@@ -128,7 +128,11 @@ fn main() {
         dev.arch.1,
         dev.sm_count,
         if dev.pdl { "on" } else { "off" },
-        if dev.bulk { format!("on ({} stages at 4 bit)", dev.bulk_stages(4, true)) } else { "off".to_string() }
+        if dev.bulk {
+            format!("on ({} stages at 4 bit, 3 for short blocks)", dev.bulk_stages(4, true, usize::MAX))
+        } else {
+            "off".to_string()
+        }
     );
     let mut stream = std::ptr::null_mut();
     unsafe { ok(cu::cuStreamCreate(&mut stream, 1), "stream") };

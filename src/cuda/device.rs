@@ -162,7 +162,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                     let name = layer::mma_kernel_name(bits, mf, act, sym, bulk_copy);
                     let f = d.function(&name)?;
                     let (threads, bytes) = if bulk_copy {
-                        (layer::BULK_THREADS, layer::bulk_smem_bytes(bits, sym, d.bulk_stages(bits, sym)))
+                        (layer::BULK_THREADS, layer::bulk_smem_bytes(bits, sym, d.bulk_stages(bits, sym, usize::MAX)))
                     } else {
                         (128, layer::MMA_SMEM_BYTES)
                     };
@@ -194,10 +194,14 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 }
 
 impl Device {
-    /// Ring stages of the bulk-copy kernel: as many as let three blocks share an SM.
-    pub fn bulk_stages(&self, bits: u32, sym: bool) -> usize {
-        self.bulk_stages_override
-            .unwrap_or_else(|| layer::bulk_stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved))
+    /// Ring stages of the bulk-copy kernel for blocks of `tiles_per_block` K tiles: as many as let
+    /// three blocks share an SM (the launch attribute and occupancy are set for that many).
+    /// For blocks of fewer than 64 K tiles, at most 3: the smaller shared-memory footprint measured
+    /// 7-15% faster there (4096×4096, 4096×14336, 8192×8192 at M = 1), while blocks of 150+ tiles
+    /// kept their speed only with the full ring (docs/perf.md, version 23).
+    pub fn bulk_stages(&self, bits: u32, sym: bool, tiles_per_block: usize) -> usize {
+        let fit = layer::bulk_stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved);
+        self.bulk_stages_override.unwrap_or(if tiles_per_block < 64 { fit.min(3) } else { fit })
     }
 
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).

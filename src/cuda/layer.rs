@@ -629,7 +629,7 @@ impl CudaLayer {
                 let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk } = shape;
                 let sym = nzero_f16.is_none();
                 let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk))?;
-                let stages = if bulk { self.device.bulk_stages(self.bits, sym) } else { 0 };
+                let stages = if bulk { self.device.bulk_stages(self.bits, sym, tps) } else { 0 };
                 let (threads, smem) =
                     if bulk { (BULK_THREADS, bulk_smem_bytes(self.bits, sym, stages)) } else { (128, MMA_SMEM_BYTES) };
                 let bf = dtype == ActDType::BF16;
