@@ -379,6 +379,30 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
     store_c<MF, WK, BF>(acc, sA, partial, bias, C, ldc, M, N, NT, nt, m0, wk, wn);
 }
 
+// Act-order in the small-batch kernels (<= 4 rows over <= 256 inputs per block: src/cuda/layer.rs,
+// gathers_in_kernel): one round of independent loads instead of a gather launch. First the permuted
+// columns this thread gathers (the layer's own data, read before pdl_wait; -1 past the block's
+// inputs or K), ...
+__device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int kb, int klen, int K, int (&col)[2]) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int kk = threadIdx.x + j * MMA_THREADS;
+        col[j] = kk < klen && kb + kk < K ? perm[kb + kk] : -1;
+    }
+}
+// ... then those columns of rows m0.. m0 + rows - 1 of A into dst (row stride lds halves; zero past K).
+__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
+                                            int rows, int klen, u16* dst, int lds) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int kk = threadIdx.x + j * MMA_THREADS;
+        if (kk >= klen) continue;
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            if (r < rows) dst[r * lds + kk] = col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
+    }
+}
+
 // ---- Small batches (M <= 16): integer B fragments, scales and zeros applied per group in f32 ----
 //
 // The B fragments hold the codes plus a magic number, exact in the activation type; neither the
@@ -516,27 +540,12 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
                     for (int v = 0; v < QV; v++) q[p][v] = qcol[(long)(c0 + p) * TILE_STRIDE(QV) + 32 * v];
         }
         const int kb = c0 * 16, klen = (c1 - c0) * 16;
-        int col[2];  // act-order: the permuted columns (the layer's own data: loaded before pdl_wait)
-        if (perm) {
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                const int kk = threadIdx.x + j * MMA_THREADS;
-                col[j] = kk < klen && kb + kk < K ? perm[kb + kk] : -1;
-            }
-        }
+        int col[2];  // act-order: the permuted columns
+        if (perm) gather_columns(perm, kb, klen, K, col);
         __syncthreads();  // the previous chunk is consumed
         pdl_wait();       // A is written by the previous kernel (first batch of weights already in flight)
         if (perm) {
-            // Act-order A gathered here (the host passes perm only for <= 4 rows and <= 256 inputs per
-            // chunk: src/cuda/layer.rs, gathers_in_kernel): one round of independent loads.
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                const int kk = threadIdx.x + j * MMA_THREADS;
-                if (kk >= klen) continue;
-#pragma unroll
-                for (int r = 0; r < 4; r++)
-                    if (r < rows) sA[r * lds + kk] = col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
-            }
+            gather_rows(A, lda, col, m0, rows, klen, sA, lds);
         } else {
             stage_a(A, lda, nullptr, vec, sA, lds, m0, rows, kb, klen, K);
         }
@@ -795,20 +804,9 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         // over the block's <= 256 inputs, zero past K; one round of independent loads.
         const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
         int col[2];
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const int kk = threadIdx.x + j * MMA_THREADS;
-            col[j] = kk < klen && kb + kk < K ? perm[kb + kk] : -1;
-        }
+        gather_columns(perm, kb, klen, K, col);
         pdl_wait();  // A is written by the previous kernel
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const int kk = threadIdx.x + j * MMA_THREADS;
-            if (kk >= klen) continue;
-#pragma unroll
-            for (int g = 0; g < 4; g++)
-                if (g < rows) sG[g * BULK_GATHER_LDS + kk] = col[j] >= 0 ? A[(long)(m0 + g) * lda + col[j]] : (u16)0;
-        }
+        gather_rows(A, lda, col, m0, rows, klen, sG, BULK_GATHER_LDS);
         asm volatile("bar.sync 1, 128;" ::: "memory");  // the consumer warps only
     }
 
