@@ -51,7 +51,9 @@ status=0
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
     echo "== kernel resources (nvcc -Xptxas -v, sm_90a)"
     PATH=$PATH:/usr/local/cuda/bin nvcc -cubin -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
-        $S/kernels.cu -o /tmp/gptq-kernels.cubin 2>&1 | grep -E "error|Compiling entry|registers|spill" | grep -B1 -A1 -E "error|mma|bulk|[1-9][0-9]* bytes spill" | head -60
+        $S/kernels.cu -o /tmp/gptq-kernels.cubin > /tmp/gptq-ptxas.txt 2>&1
+    grep -E "error|warning|[1-9][0-9]* bytes spill" /tmp/gptq-ptxas.txt | head -20
+    grep -A4 -E "entry function '(gptq_wg_|gptq_bulk_b4_f16_sym|gptq_mma_b4_m1_f16_sym)" /tmp/gptq-ptxas.txt | grep -E "entry|registers" | head -30
 fi
 for t in $S/test-*; do
     [ "${STAGE_TESTS:-1}" = 0 ] && break

@@ -9,7 +9,7 @@
 use cudarc::cublas::sys as cb;
 use cudarc::driver::sys as cu;
 use gptq::QuantizedLayer;
-use gptq::cuda::{ActDType, CudaLayer, KernelFamily};
+use gptq::cuda::{ActDType, CudaLayer, KernelFamily, Ring};
 use gptq::format::{CheckpointFormat, LayerDesc, PackedRef};
 use half::f16;
 
@@ -123,13 +123,22 @@ fn main() {
     }
     let dev = gptq::cuda::init(0).unwrap();
     println!(
-        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}, bulk-copy kernel {}",
+        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}, bulk-copy kernel {}, warpgroup kernel {}",
         dev.arch.0,
         dev.arch.1,
         dev.sm_count,
         if dev.pdl { "on" } else { "off" },
         if dev.bulk {
-            format!("on ({} stages at 4 bit, 3 for short blocks)", dev.bulk_stages(4, true, usize::MAX))
+            format!("on ({} stages at 4 bit, 3 for short blocks)", dev.ring_stages(Ring::Bulk, 4, true, usize::MAX))
+        } else {
+            "off".to_string()
+        },
+        if dev.wg {
+            format!(
+                "on from {} rows ({} stages at 4 bit, 3 for short blocks)",
+                dev.wg_min_rows,
+                dev.ring_stages(Ring::Warpgroup, 4, true, usize::MAX)
+            )
         } else {
             "off".to_string()
         }

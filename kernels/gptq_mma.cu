@@ -100,10 +100,6 @@ __device__ __forceinline__ u32 h2_to_b2(u32 h) {
     return r;
 }
 
-// The 16 B-fragment registers of one tile for this lane: b[s][r], s = 8-column subtile, r = 0/1.
-// w = (pair - (magic + zero)) exactly, then times the scale with one rounding. 8 bit in bf16: codes
-// up to 255 do not fit bf16's 8-bit significand above the magic, so the exact integer difference
-// is formed in f16 and converted (exactly: |code - zero| <= 256).
 // (q & mask) | 0x6400 (fp16 1024) in one LOP3.
 __device__ __forceinline__ u32 and_or(u32 q, u32 mask) {
     u32 r;
@@ -111,15 +107,33 @@ __device__ __forceinline__ u32 and_or(u32 q, u32 mask) {
     return r;
 }
 
+// The 16 B-fragment registers of one tile for this lane (dequant_tile): b[s][r], s = 8-column
+// subtile, r = 0/1. w = (pair - (magic + zero)) exactly, then times the scale with one rounding.
+// 8 bit in bf16: codes up to 255 do not fit bf16's 8-bit significand above the magic, so the exact
+// integer difference is formed in f16 and converted (exactly: |code - zero| <= 256).
+// Per-group constants of dequant_pairs: each subtile's scale and zero offset as a duplicated pair
+// (fp16 4 bit: odd subtiles hold 1024 + 16·code, so their offset is -(64 + zero)). Kernels that keep a
+// group over several tiles compute them once per group.
 template <int BITS, bool BF, bool SYM>
-__device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const uint4& sc, const uint4& nz,
-                                             u32 (&b)[8][2]) {
+__device__ __forceinline__ void group_pairs(const uint4& sc, const uint4& nz, u32 (&scp)[8], u32 (&nzp)[8]) {
+    const u32 one = 0x3C003C00u, delta = 0x63806380u /* 960 = 1024 - 64 */;
+#pragma unroll
+    for (int s = 0; s < 8; s++) {
+        scp[s] = dup_half(sc, s);
+        const u32 n = dup_half(nz, s);
+        nzp[s] = BITS == 4 && !BF && (s & 1) ? (SYM ? 0xD480D480u /* -72 */ : pfma<false>(n, one, delta)) : n;
+    }
+}
+
+template <int BITS, bool BF>
+__device__ __forceinline__ void dequant_pairs(const uint4 (&q)[BITS / 4], const u32 (&scp)[8], const u32 (&nzp)[8],
+                                              u32 (&b)[8][2]) {
     const u32 neg_zero = 0x80008000u;
     if constexpr (BITS == 4 && !BF) {
         // fp16: pairs (nibbles 0,4) and (2,6) come out of one LOP3 as 1024 + code; pairs (1,5) and
         // (3,7) as 1024 + 16·code (bits 4-7 are still mantissa), taken back by an exact FMA with 1/16
         // and offset -(64 + zero): one shift per word instead of three.
-        const u32 one = 0x3C003C00u, sixteenth = 0x2C002C00u, delta = 0x63806380u /* 960 = 1024 - 64 */;
+        const u32 one = 0x3C003C00u, sixteenth = 0x2C002C00u;
         const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
 #pragma unroll
         for (int c = 0; c < 4; c++) {
@@ -129,10 +143,8 @@ __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const u
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int s = 2 * c + (j & 1);
-                const u32 nzs = dup_half(nz, s);
-                const u32 d = (j & 1) ? pfma<false>(p[j], sixteenth, SYM ? 0xD480D480u /* -72 */ : pfma<false>(nzs, one, delta))
-                                      : pfma<false>(p[j], one, nzs);
-                b[s][j >> 1] = pfma<false>(d, dup_half(sc, s), neg_zero);
+                const u32 d = pfma<false>(p[j], (j & 1) ? sixteenth : one, nzp[s]);
+                b[s][j >> 1] = pfma<false>(d, scp[s], neg_zero);
             }
         }
     } else if constexpr (BITS == 4) {
@@ -143,8 +155,7 @@ __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const u
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int s = 2 * c + (j & 1);
-                b[s][j >> 1] = pfma<BF>(pfma<BF>(code_pair<BF>(w[c] >> (4 * j)), one, dup_half(nz, s)),
-                                       dup_half(sc, s), neg_zero);
+                b[s][j >> 1] = pfma<BF>(pfma<BF>(code_pair<BF>(w[c] >> (4 * j)), one, nzp[s]), scp[s], neg_zero);
             }
     } else {
         const u32 one_h = 0x3C003C00u;
@@ -153,11 +164,19 @@ __device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const u
         for (int c = 0; c < 8; c++)
 #pragma unroll
             for (int j = 0; j < 2; j++) {
-                u32 d = pfma<false>(code_pair8(w[c] >> (8 * j)), one_h, dup_half(nz, c));
+                u32 d = pfma<false>(code_pair8(w[c] >> (8 * j)), one_h, nzp[c]);
                 if constexpr (BF) d = h2_to_b2(d);
-                b[c][j] = pfma<BF>(d, dup_half(sc, c), neg_zero);
+                b[c][j] = pfma<BF>(d, scp[c], neg_zero);
             }
     }
+}
+
+template <int BITS, bool BF, bool SYM>
+__device__ __forceinline__ void dequant_tile(const uint4 (&q)[BITS / 4], const uint4& sc, const uint4& nz,
+                                             u32 (&b)[8][2]) {
+    u32 scp[8], nzp[8];
+    group_pairs<BITS, BF, SYM>(sc, nz, scp, nzp);
+    dequant_pairs<BITS, BF>(q, scp, nzp, b);
 }
 
 // Shared memory for A: up to 64 rows × (256 + 8) halves, then one 16-byte zero row that ldmatrix
@@ -903,6 +922,279 @@ BULK_SMALL(8, false, true, gptq_bulk_b8_f16_sym)
 BULK_SMALL(8, false, false, gptq_bulk_b8_f16_asym)
 BULK_SMALL(8, true, true, gptq_bulk_b8_bf16_sym)
 BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
+
+// ---- 9 to 16 rows on sm_90a: the bulk-copy ring feeding warpgroup mma (wgmma) ----
+//
+// At 16 rows, mma.sync is the limit: every weight meets 16 rows, so the tile's mma count doubles
+// (8, or 9 with the row sums, per warp and tile), and both the register kernel (63-67% of the read
+// floor) and 16-row variants of bulk_gemm_small (slower still) stalled on mma issue. wgmma
+// (asynchronous, a warpgroup's 64×16×16 per instruction from one issue per warp) takes the same
+// products at a fraction of the issue cost and runs while the warps dequantize the next tile:
+// - the producer warp streams weights and scales as in bulk_gemm_small, and the block's 16 rows of
+//   A by the tensor copy engine (cp.async.bulk.tensor, one 2D box of 16 rows × the stage's inputs
+//   per stage), which writes them in the 128-byte (4 bit; 64-byte at 8 bit) swizzled K-major layout
+//   wgmma reads, and fills rows past M and inputs past K with zeros;
+// - the four consumer warps are one warpgroup: warp w's registers are rows 16w..16w+15 of wgmma's
+//   64-row A operand (the swapped roles of bulk_gemm_small: 16 output columns per warp and wgmma),
+//   A^T is the shared-memory B operand (16 inputs × 16 rows); a tile takes 4 wgmma m64n16k16;
+// - weights are dequantized with their scales (dequant_pairs, the large-batch arithmetic), so the
+//   f32 sums run over the whole K with no per-group fold and no row-sum mma; a group's scale and
+//   zero pairs are formed once when the warp enters it;
+// - a software pipeline: the next tile dequantizes while this tile's wgmma run, then wait_group 0;
+//   a stage goes back to the producer after its last tile's wgmma.
+// Shared memory: 2·16 mbarriers, then the ring at the first 1024-byte boundary (the swizzle atom),
+// each stage (WgStage, mirrored by src/cuda/layer.rs wg_stage_bytes) A first, so every stage's A is
+// 1024-byte aligned (stage sizes are multiples of 1024).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_ROWS 16
+#define WG_RING_SLACK 1280  // 256 bytes of mbarriers + alignment of the ring to 1024
+
+// CUtensorMap, opaque (the library encodes it on the host for every call's A).
+struct __align__(64) TmaMap {
+    unsigned long long v[16];
+};
+
+template <int BITS, bool SYM> struct WgStage {
+    static constexpr int TPS = BITS == 4 ? 4 : 2;
+    static constexpr int A_ROW = TPS * 16 * 2;  // bytes per row of A: one swizzle span (128 or 64)
+    static constexpr int A_BYTES = WG_ROWS * A_ROW;
+    static constexpr int TILE_BYTES = TPS * TILE_STRIDE(BITS / 4) * 16;
+    static constexpr int SLOT_BYTES = TPS * 512 * (SYM ? 1 : 2);
+    static constexpr int BYTES = A_BYTES + TILE_BYTES + SLOT_BYTES;
+    static_assert(BYTES % 1024 == 0, "every stage's A starts on a swizzle atom");
+};
+
+// The tensor map's box at (x = input, y = row) into shared `dst`; completion counted on `bar`.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int x, int y, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(x), "r"(y), "r"(bar)
+        : "memory");
+}
+
+// Shared-memory matrix descriptor of A^T for one wgmma: 16 inputs (32 bytes) of 16 rows at `addr`,
+// rows of A_ROW bytes swizzled in 8-row atoms (stride 8·A_ROW; the leading offset is unused for
+// K-major swizzled layouts); mode 1 = 128-byte swizzle, 2 = 64-byte.
+template <int A_ROW> __device__ __forceinline__ unsigned long long wg_desc(u32 addr) {
+    constexpr unsigned long long mode = A_ROW == 128 ? 1 : 2;
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(8 * A_ROW / 16) << 32) |
+           (mode << 62);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma.
+__device__ __forceinline__ void wg_pin(float (&d)[8]) {
+    asm volatile("" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])::"memory");
+}
+// Makes the tile's A registers and descriptor complete before wgmma.fence: the compiler may
+// otherwise sink dequantizing instructions between the wgmma of one tile, and ptxas then serializes
+// every wgmma (advisory C7513, measured: the kernel ran at the speed of its slowest wgmma).
+__device__ __forceinline__ void wg_pin_inputs(u32 (&b)[8][2], unsigned long long& desc) {
+#pragma unroll
+    for (int s = 0; s < 8; s += 2)
+        asm volatile("" : "+r"(b[s][0]), "+r"(b[s][1]), "+r"(b[s + 1][0]), "+r"(b[s + 1][1]));
+    asm volatile("" : "+l"(desc));
+}
+// acc[j][64×16] += (the tile's 16 output columns j of each warp)[64×16, registers] · A^T[16×16,
+// shared memory at desc], j < 4, in one asm statement so that nothing lands between the four wgmma.
+// acc[j][i]: row 16·warp + g + 8·((i/2)%2) of wgmma j, column (row of A) 8·(i/4) + 2t + i%2.
+#define WG_ACC(j) "+f"(acc[j][0]), "+f"(acc[j][1]), "+f"(acc[j][2]), "+f"(acc[j][3]), "+f"(acc[j][4]), "+f"(acc[j][5]), \
+                  "+f"(acc[j][6]), "+f"(acc[j][7])
+#define WG_A(j) "r"(b[2 * j][0]), "r"(b[2 * j + 1][0]), "r"(b[2 * j][1]), "r"(b[2 * j + 1][1])
+template <bool BF> __device__ __forceinline__ void wgmma_tile(float (&acc)[4][8], const u32 (&b)[8][2], unsigned long long desc) {
+    // Operands: acc 0-31 (wgmma j: 8j..8j+7), A registers 32-47 (wgmma j: 32+4j..), desc 48, 1 49.
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %49, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%32,%33,%34,%35}, %48, p, 1, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%8,%9,%10,%11,%12,%13,%14,%15}, {%36,%37,%38,%39}, %48, p, 1, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%16,%17,%18,%19,%20,%21,%22,%23}, {%40,%41,%42,%43}, %48, p, 1, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%24,%25,%26,%27,%28,%29,%30,%31}, {%44,%45,%46,%47}, %48, p, 1, 1, 0;\n}\n"
+                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3)
+                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "l"(desc), "r"(1));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %49, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%32,%33,%34,%35}, %48, p, 1, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%8,%9,%10,%11,%12,%13,%14,%15}, {%36,%37,%38,%39}, %48, p, 1, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%16,%17,%18,%19,%20,%21,%22,%23}, {%40,%41,%42,%43}, %48, p, 1, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%24,%25,%26,%27,%28,%29,%30,%31}, {%44,%45,%46,%47}, %48, p, 1, 1, 0;\n}\n"
+                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3)
+                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "l"(desc), "r"(1));
+}
+#undef WG_ACC
+#undef WG_A
+
+// A (the caller's, or act-order A gathered by the library) is read through `amap`: K inputs × M rows,
+// row stride a multiple of 16 bytes (src/cuda/layer.rs). Scales and zero offsets in the activation
+// type, the large-batch layout.
+template <int BITS, bool BF, bool SYM>
+__device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, const uint4* __restrict__ scale,
+                              const uint4* __restrict__ nzero, float* __restrict__ partial,
+                              const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
+                              int tiles_per_split, int group_shift, int stages) {
+    using St = WgStage<BITS, SYM>;
+    constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES;
+    const u32 ring_s = (full + 256 + 1023) & ~1023u;  // shared address of stage 0
+    const unsigned char* ring = smem + (ring_s - full);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int KT = (K + 15) / 16, NT = (N + 63) / 64;
+    const int t_begin = blockIdx.y * tiles_per_split;
+    const int t_end = min(t_begin + tiles_per_split, KT);
+    const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
+    const int m0 = blockIdx.z * WG_ROWS;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; s++) {
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty + 8 * s, 4);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    pdl_launch_dependents();
+
+    if (warp == 4) {  // producer
+        if (lane != 0) return;
+        const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
+        const u32 row_bytes = min(4, NT - 4 * (int)blockIdx.x) * 128;
+        auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
+            const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
+            const int g0 = t0 >> group_shift, g1 = (t0 + n - 1) >> group_shift;
+            const u32 tile_bytes = n * TILE_STRIDE(QV) * 16;
+            const u32 dst = ring_s + s * St::BYTES + St::A_BYTES, bar = full + 8 * s;
+            mbar_expect_tx_only(bar, tile_bytes + (g1 - g0 + 1) * row_bytes * (SYM ? 1 : 2));
+            bulk_copy(dst, src + (long)i * STAGE_U4, tile_bytes, bar);
+            for (int g = g0; g <= g1; g++) {
+                const long row = ((long)g * NT + 4 * blockIdx.x) * 8;
+                bulk_copy(dst + St::TILE_BYTES + (g - g0) * 512, scale + row, row_bytes, bar);
+                if (!SYM) bulk_copy(dst + St::TILE_BYTES + (TPS + g - g0) * 512, nzero + row, row_bytes, bar);
+            }
+        };
+        auto activations = [&](int i) {  // stage i's box of A (the whole box counts, zeros included)
+            const int s = i % stages;
+            const u32 bar = full + 8 * s;
+            mbar_expect_tx(bar, St::A_BYTES);
+            tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
+        };
+        const int first = min(stages, nstages);
+        for (int i = 0; i < first; i++) weights(i);
+        pdl_wait();  // A is written by the previous kernel
+        for (int i = 0; i < first; i++) activations(i);
+        for (int i = first; i < nstages; i++) {
+            mbar_wait(empty + 8 * (i % stages), ((i / stages) - 1) & 1);
+            weights(i);
+            activations(i);
+        }
+        return;
+    }
+
+    const int nt = blockIdx.x * 4 + warp;
+    const bool active = nt < NT;  // inactive warps still take part in every wgmma, with zero weights
+    uint4 nz_sym;
+    {
+        const u32 h = BITS == 4 ? (BF ? 0xC308u /* -136 */ : 0xE408u /* -1032 */) : 0xE480u /* -1152 f16 */;
+        nz_sym.x = nz_sym.y = nz_sym.z = nz_sym.w = h | (h << 16);
+    }
+    const uint4 zero4 = make_uint4(0, 0, 0, 0);
+    float acc[4][8];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[j][i] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) wg_pin(acc[j]);
+    u32 scp[8], nzp[8];
+    int cur = -1;  // the group whose pairs scp, nzp hold
+    // Tile `tile` (tile p of stage i) dequantized into `b`, its group's pairs formed on entry.
+    auto prepare = [&](int i, int p, u32(&b)[8][2]) {
+        const int s = i % stages, t0 = t_begin + i * TPS, G = (t0 + p) >> group_shift;
+        const uint4* tiles = reinterpret_cast<const uint4*>(ring + s * St::BYTES + St::A_BYTES);
+        if (G != cur) {
+            cur = G;
+            const uint4* slot = tiles + STAGE_U4 + warp * 8 + lane / 4;  // this lane's scales in slot 0
+            const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
+            const uint4 sc = active ? slot[32 * j] : zero4;
+            const uint4 nz = SYM ? nz_sym : active ? slot[32 * (TPS + j)] : zero4;
+            group_pairs<BITS, BF, SYM>(sc, nz, scp, nzp);
+        }
+        uint4 q[QV];
+#pragma unroll
+        for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
+        dequant_pairs<BITS, BF>(q, scp, nzp, b);
+    };
+
+    // Software pipeline over the block's tiles: tile t+1 is dequantized while tile t's wgmma run,
+    // then wait_group 0. (Leaving a group in flight across the next tile's wgmma, wait_group 1,
+    // made ptxas serialize every wgmma: registers of a later wgmma were defined inside the earlier
+    // one's pipeline stage, advisory C7513.) TPS is even, so tile p of any stage uses buffer p % 2.
+    u32 bb[2][8][2];
+    if (nstages > 0) {
+        mbar_wait(full, 0);
+        prepare(0, 0, bb[0]);
+    }
+#pragma unroll 1
+    for (int i = 0; i < nstages; i++) {
+        const int t0 = t_begin + i * TPS;
+        const u32 a_s = ring_s + (i % stages) * St::BYTES;
+#pragma unroll
+        for (int p = 0; p < TPS; p++) {
+            const int tile = t0 + p;
+            if (tile >= t_end) break;  // uniform over the block
+            unsigned long long desc = wg_desc<St::A_ROW>(a_s + 32 * p);
+            wg_pin_inputs(bb[p % 2], desc);
+            wg_fence();
+            wgmma_tile<BF>(acc, bb[p % 2], desc);
+            wg_commit();
+            if (tile + 1 < t_end) {
+                if (p + 1 < TPS) {
+                    prepare(i, p + 1, bb[(p + 1) % 2]);
+                } else {
+                    mbar_wait(full + 8 * ((i + 1) % stages), ((i + 1) / stages) & 1);
+                    prepare(i + 1, 0, bb[0]);
+                }
+            }
+            wg_wait<0>();  // this tile's wgmma are done: its registers and its A may be reused
+        }
+        __syncwarp();  // every lane's reads of the stage are done (wgmma's too)
+        if (lane == 0) mbar_arrive(empty + 8 * (i % stages));
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) wg_pin(acc[j]);
+    pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
+    if (!active) return;
+    const int g = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int m = m0 + 8 * (i / 4) + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * ((i / 2) % 2);
+            if (m < M && n < N) {
+                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(acc[j][i] + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = acc[j][i];
+            }
+        }
+}
+// gptq_wg_b{BITS}_{f16|bf16}_{sym|asym}: a warpgroup of consumers and a producer warp, 3 blocks per SM.
+#define WG_SMALL(BITS, BF, SYM, NAME)                                                                        \
+    extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                      \
+        const __grid_constant__ TmaMap amap, const uint4* qw, const uint4* scale, const uint4* nzero,        \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,       \
+        int stages) {                                                                                        \
+        wg_gemm_small<BITS, BF, SYM>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, K, tps, gshift,    \
+                                     stages);                                                                \
+    }
+WG_SMALL(4, false, true, gptq_wg_b4_f16_sym)
+WG_SMALL(4, false, false, gptq_wg_b4_f16_asym)
+WG_SMALL(4, true, true, gptq_wg_b4_bf16_sym)
+WG_SMALL(4, true, false, gptq_wg_b4_bf16_asym)
+WG_SMALL(8, false, true, gptq_wg_b8_f16_sym)
+WG_SMALL(8, false, false, gptq_wg_b8_f16_asym)
+WG_SMALL(8, true, true, gptq_wg_b8_bf16_sym)
+WG_SMALL(8, true, false, gptq_wg_b8_bf16_asym)
+#endif
 #endif
 
 // Stable extern "C" names for module lookup: gptq_mma_b{BITS}_m{MF}_{f16|bf16}_{sym|asym} (M > 16).

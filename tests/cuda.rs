@@ -272,14 +272,14 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     let stream = gpu::stream();
     let mut rng = Rng(3);
     // M = 8 on 8192×28672 takes the bulk-copy kernel on sm_90, as M = 1 and 8 on the 8-bit 8192×8192
-    // (at 8 bit only blocks of at least 32 K tiles do).
+    // (at 8 bit only blocks of at least 32 K tiles do); M = 16 the warpgroup kernel, 4 and 8 bit.
     let cases =
         [(5120usize, 13824usize, false, 4u32), (13824, 5120, true, 4), (8192, 28672, false, 4), (8192, 8192, false, 8)];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
         let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, true);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
-        let ms: &[usize] = if bits == 8 { &[1, 8] } else { &[1, 8, 16, 64, 1000] };
+        let ms: &[usize] = if bits == 8 { &[1, 8, 16] } else { &[1, 8, 16, 64, 1000] };
         let what = format!("{bits} bit K {k} N {n} act {act}");
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
         eprintln!("{what}: M {ms:?} pass");
@@ -421,8 +421,9 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
     // Act-order activations are gathered into the workspace by a kernel, K is split and the partial
     // sums reduced: three launches in the graph (m = 3: on sm_90 the bulk-copy kernel gathering A
-    // itself, two launches; m = 5: the bulk-copy kernel after a gather launch; m = 12: the
-    // register-fed small-batch kernel; m = 40: 64-row blocks).
+    // itself, two launches; m = 5: the bulk-copy kernel after a gather launch; m = 12: on sm_90 the
+    // warpgroup kernel after a gather launch, elsewhere the register-fed small-batch kernel; m = 40:
+    // 64-row blocks).
     for m in [3usize, 5, 12, 40] {
         graph_and_streams(cl, m);
     }

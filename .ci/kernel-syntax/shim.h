@@ -26,3 +26,5 @@ inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
 inline float __shfl_down_sync(unsigned, float v, int) { return v; }
 inline void __syncwarp() {}
 #define __CUDA_ARCH__ 900
+#define __CUDA_ARCH_FEAT_SM90_ALL 1
+#define __grid_constant__

@@ -18,6 +18,15 @@ const SOURCE: &str = concat!(
 /// Environment variable overriding the cubin cache directory.
 pub const CACHE_DIR_ENV: &str = "GPTQ_CACHE_DIR";
 
+/// `GPTQ_NVRTC_DEFINES="NAME=VALUE ..."`: extra preprocessor definitions for the kernels, so a
+/// benchmark can compare variants of a kernel's compile-time choices in one build (part of the
+/// cache key).
+fn defines() -> Vec<String> {
+    std::env::var("GPTQ_NVRTC_DEFINES")
+        .map(|v| v.split_whitespace().map(|d| format!("-D{d}")).collect())
+        .unwrap_or_default()
+}
+
 fn nvrtc_check(r: nv::nvrtcResult, what: &str) -> Result<()> {
     if r == nv::nvrtcResult::NVRTC_SUCCESS { Ok(()) } else { Err(Error::Cuda(format!("{what}: {r:?}"))) }
 }
@@ -48,12 +57,14 @@ pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
     nvrtc_check(unsafe { nv::nvrtcVersion(&mut maj, &mut min) }, "nvrtcVersion")?;
     // sm_90a unlocks Hopper-only instructions; other architectures use their plain name.
     let sm = if arch == (9, 0) { "sm_90a".to_string() } else { format!("sm_{}{}", arch.0, arch.1) };
-    let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.cubin", fnv1a(SOURCE.as_bytes()));
+    let defines = defines();
+    let hashed = [SOURCE.as_bytes(), defines.join(" ").as_bytes()].concat();
+    let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.cubin", fnv1a(&hashed));
     let cached = cache_dir().map(|d| d.join(&key));
     if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
         return Ok(bytes);
     }
-    let cubin = compile(&sm)?;
+    let cubin = compile(&sm, &defines)?;
     if let Some(path) = cached {
         // Best effort, atomically: a failed cache write only costs a recompile next time.
         if let Some(dir) = path.parent() {
@@ -67,12 +78,13 @@ pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
     Ok(cubin)
 }
 
-fn compile(sm: &str) -> Result<Vec<u8>> {
+fn compile(sm: &str, defines: &[String]) -> Result<Vec<u8>> {
     let src = CString::new(SOURCE).map_err(|_| Error::Cuda("kernel source has a NUL byte".into()))?;
     let name = CString::new("gptq_kernels.cu").unwrap();
     let opts: Vec<CString> = [format!("--gpu-architecture={sm}"), "--std=c++17".into(), "-default-device".into()]
         .into_iter()
-        .map(|o| CString::new(o).unwrap())
+        .chain(defines.iter().cloned())
+        .filter_map(|o| CString::new(o).ok())
         .collect();
     let opt_ptrs: Vec<*const std::ffi::c_char> = opts.iter().map(|o| o.as_ptr()).collect();
     let mut prog = std::ptr::null_mut();

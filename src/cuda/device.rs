@@ -48,7 +48,14 @@ pub struct Device {
     /// with `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
     /// comparisons).
     pub bulk: bool,
-    /// `GPTQ_CUDA_BULK_STAGES`: the bulk kernel's ring depth, for benchmarks.
+    /// Whether 9 to 16 rows take the sm_90a kernel that feeds warpgroup mma (wgmma) from a ring of
+    /// bulk and tensor copies (compute capability 9.0 exactly, whose cubin is built for sm_90a; a
+    /// CUDA 12 or later driver for tensor maps; not with `GPTQ_CUDA_WG=0`).
+    pub wg: bool,
+    /// The fewest rows the warpgroup kernel takes: 9, or `GPTQ_CUDA_WG_MIN_ROWS` (1 to 16) for
+    /// comparisons with the bulk-copy kernel below 9 rows.
+    pub wg_min_rows: usize,
+    /// `GPTQ_CUDA_BULK_STAGES`: the ring kernels' depth, for benchmarks.
     bulk_stages_override: Option<usize>,
     /// Shared memory one SM has for blocks, and what each block reserves of it.
     smem_per_sm: usize,
@@ -126,6 +133,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let pdl = arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
     let bulk = arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
+    let wg = arch == (9, 0) && driver_version >= 12000 && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
+    let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map_or(9, |r| r.clamp(1, 16));
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
     let smem_reserved = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)? as usize;
@@ -144,6 +153,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         arch,
         pdl,
         bulk,
+        wg,
+        wg_min_rows,
         bulk_stages_override,
         smem_per_sm,
         smem_reserved,
@@ -152,20 +163,22 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         resident: HashMap::new(),
     };
     // Look up every tensor-core kernel here, once, and set its dynamic shared-memory limit to what
-    // it uses (above the default 48 KB for the bulk-copy kernel), so GEMM calls only launch.
+    // it uses (above the default 48 KB for the ring kernels), so GEMM calls only launch.
+    let rings: Vec<layer::Ring> =
+        [(layer::Ring::Bulk, bulk), (layer::Ring::Warpgroup, wg)].into_iter().filter(|r| r.1).map(|r| r.0).collect();
     for bits in [4, 8] {
         for act in ["f16", "bf16"] {
             for sym in [true, false] {
-                // (fragments, bulk): the register-fed kernels, then the bulk-copy one.
-                let kernels = [(1, false), (2, false), (4, false), (1, true)];
-                for (mf, bulk_copy) in kernels.into_iter().filter(|&(_, b)| bulk || !b) {
-                    let name = layer::mma_kernel_name(bits, mf, act, sym, bulk_copy);
+                let mut kernels: Vec<(String, u32, usize)> = [1, 2, 4]
+                    .iter()
+                    .map(|&mf| (layer::mma_kernel_name(bits, mf, act, sym), 128, layer::MMA_SMEM_BYTES))
+                    .collect();
+                for &r in &rings {
+                    let bytes = r.smem_bytes(bits, sym, d.ring_stages(r, bits, sym, usize::MAX));
+                    kernels.push((r.kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
+                }
+                for (name, threads, bytes) in kernels {
                     let f = d.function(&name)?;
-                    let (threads, bytes) = if bulk_copy {
-                        (layer::BULK_THREADS, layer::bulk_smem_bytes(bits, sym, d.bulk_stages(bits, sym, usize::MAX)))
-                    } else {
-                        (128, layer::MMA_SMEM_BYTES)
-                    };
                     let bytes = bytes as i32;
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
@@ -194,13 +207,13 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
 }
 
 impl Device {
-    /// Ring stages of the bulk-copy kernel for blocks of `tiles_per_block` K tiles: as many as let
-    /// three blocks share an SM (the launch attribute and occupancy are set for that many).
-    /// For blocks of fewer than 64 K tiles, at most 3: the smaller shared-memory footprint measured
-    /// 7-15% faster there (4096×4096, 4096×14336, 8192×8192 at M = 1), while blocks of 150+ tiles
-    /// kept their speed only with the full ring (docs/perf.md, version 23).
-    pub fn bulk_stages(&self, bits: u32, sym: bool, tiles_per_block: usize) -> usize {
-        let fit = layer::bulk_stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved);
+    /// Stages of ring kernel `ring` for blocks of `tiles_per_block` K tiles: as many as let three
+    /// blocks share an SM (the launch attribute and occupancy are set for that many). For blocks of
+    /// fewer than 64 K tiles, at most 3: the smaller shared-memory footprint measured 7-15% faster
+    /// there for the bulk-copy kernel (4096×4096, 4096×14336, 8192×8192 at M = 1), while blocks of
+    /// 150+ tiles kept their speed only with the full ring (docs/perf.md, version 23).
+    pub fn ring_stages(&self, ring: layer::Ring, bits: u32, sym: bool, tiles_per_block: usize) -> usize {
+        let fit = ring.stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved);
         self.bulk_stages_override.unwrap_or(if tiles_per_block < 64 { fit.min(3) } else { fit })
     }
 

@@ -23,12 +23,11 @@ const KSPAN: usize = 1024;
 /// Halves of A the tensor-core kernel stages (kernels/gptq_mma.cu, SMEM_HALVES).
 const MMA_SMEM_HALVES: usize = 64 * 264;
 
-/// The tensor-core kernel's name (kernels/gptq_mma.cu): `mf` 16-row fragments per block (1: the
-/// small-batch kernel), or with `bulk` the sm_90 kernel for up to 8 rows that streams weights and A
-/// with bulk copies.
-pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool, bulk: bool) -> String {
+/// The register-fed tensor-core kernel's name (kernels/gptq_mma.cu): `mf` 16-row fragments per
+/// block (1: the small-batch kernel).
+pub(crate) fn mma_kernel_name(bits: u32, mf: usize, act: &str, sym: bool) -> String {
     let sym = if sym { "sym" } else { "asym" };
-    if bulk { format!("gptq_bulk_b{bits}_{act}_{sym}") } else { format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}") }
+    format!("gptq_mma_b{bits}_m{mf}_{act}_{sym}")
 }
 
 /// Dynamic shared memory of the register-fed tensor-core kernels: A and its zero row
@@ -40,6 +39,11 @@ pub(crate) const BULK_THREADS: u32 = 160;
 pub(crate) const BULK_MAX_STAGES: usize = 16;
 /// Rows of A one bulk-copy block takes.
 const BULK_ROWS: usize = 8;
+/// Rows of A one warpgroup-mma block takes.
+const WG_ROWS: usize = 16;
+/// The warpgroup-mma kernel's shared memory before its ring: 256 bytes of mbarriers and the ring's
+/// alignment to 1024 bytes (kernels/gptq_mma.cu, WG_RING_SLACK).
+const WG_RING_SLACK: usize = 1280;
 /// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
 /// then 4 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
 const BULK_RING_OFFSET: usize = 384 + 2176;
@@ -53,17 +57,66 @@ pub(crate) fn bulk_stage_bytes(bits: u32, sym: bool) -> usize {
     8192 + tps * 512 * if sym { 1 } else { 2 } + BULK_ROWS * (tps * 16 + 8) * 2
 }
 
-/// Dynamic shared memory of the bulk-copy kernel with `stages` stages.
-pub(crate) fn bulk_smem_bytes(bits: u32, sym: bool, stages: usize) -> usize {
-    BULK_RING_OFFSET + stages * bulk_stage_bytes(bits, sym)
+/// Bytes of one stage of the warpgroup-mma kernel (kernels/gptq_mma.cu, WgStage): 16 rows of A over
+/// the stage's inputs (one swizzle span each), 8 KB of weights, up to `tps` scale (and zero) rows of
+/// 512 bytes; a multiple of 1024 so every stage's A starts on a swizzle atom.
+pub(crate) fn wg_stage_bytes(bits: u32, sym: bool) -> usize {
+    let tps = if bits == 4 { 4 } else { 2 };
+    WG_ROWS * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
 }
 
-/// Stages of the bulk-copy kernel that let three blocks share an SM with `smem_per_sm` bytes of
-/// shared memory, `reserved` of them set aside per block (three blocks measured faster than two
-/// with a deeper ring: docs/perf.md).
-pub(crate) fn bulk_stages_fitting(bits: u32, sym: bool, smem_per_sm: usize, reserved: usize) -> usize {
-    let per_block = (smem_per_sm / 3).saturating_sub(reserved + BULK_RING_OFFSET);
-    (per_block / bulk_stage_bytes(bits, sym)).clamp(2, BULK_MAX_STAGES)
+/// The sm_90 small-batch kernels that stream weights, scales and A into a ring of shared-memory
+/// stages (kernels/gptq_mma.cu); other calls take the register-fed kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// bulk_gemm_small: up to 8 rows, mma.sync with the roles swapped.
+    Bulk,
+    /// wg_gemm_small: up to 16 rows, warpgroup mma (sm_90a), A through a tensor map.
+    Warpgroup,
+}
+
+impl Ring {
+    /// The kernel's name for `bits`, activation type `act` and symmetry.
+    pub(crate) fn kernel_name(self, bits: u32, act: &str, sym: bool) -> String {
+        let sym = if sym { "sym" } else { "asym" };
+        match self {
+            Ring::Bulk => format!("gptq_bulk_b{bits}_{act}_{sym}"),
+            Ring::Warpgroup => format!("gptq_wg_b{bits}_{act}_{sym}"),
+        }
+    }
+
+    /// Rows of A one block takes.
+    pub(crate) fn rows(self) -> usize {
+        match self {
+            Ring::Bulk => BULK_ROWS,
+            Ring::Warpgroup => WG_ROWS,
+        }
+    }
+
+    /// Bytes of one ring stage.
+    pub(crate) fn stage_bytes(self, bits: u32, sym: bool) -> usize {
+        match self {
+            Ring::Bulk => bulk_stage_bytes(bits, sym),
+            Ring::Warpgroup => wg_stage_bytes(bits, sym),
+        }
+    }
+
+    /// Dynamic shared memory with `stages` stages.
+    pub(crate) fn smem_bytes(self, bits: u32, sym: bool, stages: usize) -> usize {
+        let before = match self {
+            Ring::Bulk => BULK_RING_OFFSET,
+            Ring::Warpgroup => WG_RING_SLACK,
+        };
+        before + stages * self.stage_bytes(bits, sym)
+    }
+
+    /// Stages that let three blocks share an SM with `smem_per_sm` bytes of shared memory,
+    /// `reserved` of them set aside per block (three blocks measured faster than two with a deeper
+    /// ring: docs/perf.md).
+    pub(crate) fn stages_fitting(self, bits: u32, sym: bool, smem_per_sm: usize, reserved: usize) -> usize {
+        let per_block = (smem_per_sm / 3).saturating_sub(reserved + self.smem_bytes(bits, sym, 0));
+        (per_block / self.stage_bytes(bits, sym)).clamp(2, BULK_MAX_STAGES)
+    }
 }
 
 /// Device memory owned by a layer, freed in the context that allocated it.
@@ -119,8 +172,8 @@ pub struct CudaLayer {
     /// smaller of the fp16 and bf16 kernels: the launch shape must not depend on the activation
     /// type (the workspace query does not know it). Looked up once here, not on every call.
     resident: [usize; 3],
-    /// The same for the bulk-copy kernel (where the device uses it).
-    resident_bulk: usize,
+    /// The same for the ring kernels ([`Ring`] order; where the device uses them).
+    resident_ring: [usize; 2],
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -230,8 +283,8 @@ struct MmaShape {
     tiles_per_split: usize,
     /// Inputs of A per shared-memory chunk.
     chunk: usize,
-    /// Up to 8 rows on the bulk-copy kernel (sm_90; one block row).
-    bulk: bool,
+    /// The sm_90 ring kernel taking the call (one block row), or none: the register-fed kernels.
+    ring: Option<Ring>,
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
@@ -277,7 +330,7 @@ fn mma_shape(
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, bulk: false }
+    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, ring: None }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -308,6 +361,43 @@ fn max_over_rows(m: usize, step: usize, limit: usize, partial: impl Fn(usize) ->
     let last = m.min(limit) / step;
     let first = (1..=m.min(step)).map(&partial);
     first.chain((2..=last).map(|j| partial(j * step))).chain(std::iter::once(partial(m))).max().unwrap_or(0)
+}
+
+/// The tensor map through which the warpgroup kernel reads A (kernels/gptq_mma.cu, wg_gemm_small):
+/// `rows` rows of `k` inputs at `a` (16-byte aligned), row stride `ld` elements (a multiple of 8),
+/// boxes of 16 rows × `box_k` inputs written swizzled as wgmma reads them (128-byte rows: 128-byte
+/// swizzle; 64-byte rows: 64-byte), zeros past K and past the last row. Encoding is host-only: it
+/// allocates nothing and touches no stream.
+fn a_tensor_map(a: u64, dtype: ActDType, k: usize, rows: usize, ld: usize, box_k: u32) -> Result<cu::CUtensorMap> {
+    use cu::{CUtensorMapDataType as T, CUtensorMapSwizzle as S};
+    let elem =
+        if dtype == ActDType::BF16 { T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 } else { T::CU_TENSOR_MAP_DATA_TYPE_FLOAT16 };
+    let swizzle = if box_k * 2 == 128 { S::CU_TENSOR_MAP_SWIZZLE_128B } else { S::CU_TENSOR_MAP_SWIZZLE_64B };
+    let dims = [k as u64, rows as u64];
+    let strides = [ld as u64 * 2];
+    let boxes = [box_k, WG_ROWS as u32];
+    let unit = [1u32, 1];
+    // SAFETY: a zeroed map is a valid value for the driver to overwrite.
+    let mut map: cu::CUtensorMap = unsafe { std::mem::zeroed() };
+    // SAFETY: every array holds the rank's (2) entries, the strides rank − 1; the driver only writes `map`.
+    let r = unsafe {
+        cu::cuTensorMapEncodeTiled(
+            &mut map,
+            elem,
+            2,
+            a as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            unit.as_ptr(),
+            cu::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzle,
+            cu::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            cu::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    check(r, "cuTensorMapEncodeTiled (A for the warpgroup kernel)")?;
+    Ok(map)
 }
 
 /// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
@@ -380,15 +470,11 @@ impl CudaLayer {
         let bias: Option<Vec<f32>> = layer.bias().map(|b| b.iter().map(|v| v.to_f32()).collect());
         let perm: Option<Vec<i32>> = plan.perm.as_ref().map(|p| p.iter().map(|&c| c as i32).collect());
         let sym = matches!(&weights, Weights::Mma { nzero_f16: None, .. });
-        let resident_of = |mf: usize, bulk: bool| {
-            ["f16", "bf16"]
-                .iter()
-                .map(|act| device.resident_blocks(&mma_kernel_name(d.bits, mf, act, sym, bulk)))
-                .min()
-                .unwrap_or(1)
+        let resident_of = |name: &dyn Fn(&str) -> String| {
+            ["f16", "bf16"].iter().map(|act| device.resident_blocks(&name(act))).min().unwrap_or(1)
         };
-        let resident = [1, 2, 4].map(|mf| resident_of(mf, false));
-        let resident_bulk = resident_of(1, true);
+        let resident = [1, 2, 4].map(|mf| resident_of(&|act| mma_kernel_name(d.bits, mf, act, sym)));
+        let resident_ring = [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.kernel_name(d.bits, act, sym)));
         Ok(CudaLayer {
             bits: d.bits,
             k,
@@ -401,7 +487,7 @@ impl CudaLayer {
                 .and_then(|v| v.parse().ok())
                 .filter(|&v| v > 0),
             resident,
-            resident_bulk,
+            resident_ring,
             device,
         })
     }
@@ -455,25 +541,37 @@ impl CudaLayer {
         mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident)
     }
 
-    /// The bulk-copy kernel's launch shape for `m` rows, where the device and the layer allow it
-    /// (sm_90, up to 8 rows, K a multiple of 8 so rows of A are whole 16-byte pieces). At 8 bit only
+    /// A ring kernel's launch shape for `m` rows, where the device and the layer allow it (sm_90;
+    /// the bulk-copy kernel up to 8 rows, the warpgroup one from `GPTQ_CUDA_WG_MIN_ROWS` (9) to 16;
+    /// K a multiple of 8 so rows of A are whole 16-byte pieces). The bulk-copy kernel at 8 bit only
     /// for blocks of at least 32 K tiles: on 4096×4096 (11 per block) it ran 6-15% slower than the
     /// register-fed kernel, on the large layers 0-5% faster (docs/perf.md, version 21).
-    fn bulk_shape(&self, m: usize) -> Option<MmaShape> {
-        if !self.device.bulk || m > BULK_ROWS || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
+    fn ring_shape(&self, m: usize, ring: Ring) -> Option<MmaShape> {
+        let enabled = match ring {
+            Ring::Bulk => self.device.bulk && m <= BULK_ROWS,
+            Ring::Warpgroup => self.device.wg && (self.device.wg_min_rows..=WG_ROWS).contains(&m),
+        };
+        if !enabled || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
             return None;
         }
-        let resident = |_| self.resident_bulk;
+        let resident = |_| self.resident_ring[ring as usize];
         let s = mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
-        (self.bits == 4 || s.tiles_per_split >= 32).then_some(MmaShape { bulk: true, ..s })
+        let s = MmaShape { ring: Some(ring), ..s };
+        (ring == Ring::Warpgroup || self.bits == 4 || s.tiles_per_split >= 32).then_some(s)
+    }
+
+    /// The ring kernels that may take a call of `m` rows, in order of preference (the first whose
+    /// conditions on A the call meets runs; else the register-fed kernel).
+    fn ring_shapes(&self, m: usize) -> impl Iterator<Item = MmaShape> + '_ {
+        [Ring::Warpgroup, Ring::Bulk].into_iter().filter_map(move |r| self.ring_shape(m, r))
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
     fn workspace_splits(&self, m: usize) -> usize {
         match self.weights {
             Weights::Gemv { .. } => self.gemv_shape(m).1,
-            // The most of either kernel: a call whose A cannot be copied in bulk takes the other.
-            Weights::Mma { .. } => self.bulk_shape(m).map_or(0, |s| s.splits).max(self.mma_shape(m).splits),
+            // The most of any kernel that may take the call (which one depends on A's alignment).
+            Weights::Mma { .. } => self.ring_shapes(m).map(|s| s.splits).fold(self.mma_shape(m).splits, usize::max),
         }
     }
 
@@ -483,8 +581,8 @@ impl CudaLayer {
         if self.perm.is_none() || !matches!(self.weights, Weights::Mma { .. }) {
             return 0;
         }
-        let bulk_gathers = self.bulk_shape(m).is_some_and(|s| !self.gathers_in_kernel(m, &s));
-        if bulk_gathers || !self.gathers_in_kernel(m, &self.mma_shape(m)) {
+        let ring_gathers = self.ring_shapes(m).any(|s| !self.gathers_in_kernel(m, &s));
+        if ring_gathers || !self.gathers_in_kernel(m, &self.mma_shape(m)) {
             (m * self.k * 2).next_multiple_of(256)
         } else {
             0
@@ -496,8 +594,13 @@ impl CudaLayer {
     /// most 4 rows over at most 256 inputs per block, where one round of loads covers the block's A
     /// and a separate gather launch would cost more than the whole staging (4096×4096 at M = 1:
     /// +18%, docs/perf.md version 13).
+    /// (The warpgroup kernel reads A through a tensor map: always gathered first.)
     fn gathers_in_kernel(&self, m: usize, shape: &MmaShape) -> bool {
-        self.perm.is_some() && m <= 4 && shape.mf == 1 && shape.tiles_per_split * TILE_K <= 256
+        self.perm.is_some()
+            && m <= 4
+            && shape.mf == 1
+            && shape.ring != Some(Ring::Warpgroup)
+            && shape.tiles_per_split * TILE_K <= 256
     }
 
     /// The most rows one `gemm` call takes (grid limits: gridDim.z counts blocks of 64 rows on the
@@ -618,27 +721,34 @@ impl CudaLayer {
                 group_shift,
                 ..
             } => {
-                // The bulk-copy kernel copies rows of A in 16-byte pieces: from the caller's A, or
-                // act-order A gathered to the start of the workspace (unless it gathers itself).
-                let bulk_shape = self.bulk_shape(m).filter(|s| match self.perm {
-                    Some(_) => self.gathers_in_kernel(m, s) || workspace % 16 == 0,
-                    None => a % 16 == 0 && lda % 8 == 0,
-                });
-                let shape = bulk_shape.unwrap_or_else(|| self.mma_shape(m));
+                // The ring kernels copy rows of A in 16-byte pieces: from the caller's A, or
+                // act-order A gathered to the start of the workspace (unless the kernel gathers it).
+                let shape = self
+                    .ring_shapes(m)
+                    .find(|s| match self.perm {
+                        Some(_) => self.gathers_in_kernel(m, s) || workspace % 16 == 0,
+                        None => a % 16 == 0 && lda % 8 == 0,
+                    })
+                    .unwrap_or_else(|| self.mma_shape(m));
                 let gather_in_kernel = self.gathers_in_kernel(m, &shape);
-                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, bulk } = shape;
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, ring } = shape;
                 let sym = nzero_f16.is_none();
-                let f = self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym, bulk))?;
-                let stages = if bulk { self.device.bulk_stages(self.bits, sym, tps) } else { 0 };
-                let (threads, smem) =
-                    if bulk { (BULK_THREADS, bulk_smem_bytes(self.bits, sym, stages)) } else { (128, MMA_SMEM_BYTES) };
                 let bf = dtype == ActDType::BF16;
-                // The small-batch kernel applies scales and zeros per group (accumulator order); the
-                // bulk one too, in the per-lane order of f16 scales and offsets; the large-batch
-                // ones per code pair, in the activation type.
-                let (scale, nz) = if bulk {
+                let f = match ring {
+                    Some(r) => self.device.function(&r.kernel_name(self.bits, suffix, sym))?,
+                    None => self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym))?,
+                };
+                let stages = ring.map_or(0, |r| self.device.ring_stages(r, self.bits, sym, tps));
+                let (threads, smem) = match ring {
+                    Some(r) => (BULK_THREADS, r.smem_bytes(self.bits, sym, stages)),
+                    None => (128, MMA_SMEM_BYTES),
+                };
+                // The register small-batch kernel applies scales and zeros per group (accumulator
+                // order); the bulk one too, in the per-lane order of f16 scales and offsets; the
+                // warpgroup and large-batch ones per code pair, in the activation type.
+                let (scale, nz) = if ring == Some(Ring::Bulk) {
                     (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
-                } else if mf == 1 {
+                } else if mf == 1 && ring.is_none() {
                     (acc_scale.ptr, acc_zero.as_ref().map_or(0, |z| z.ptr))
                 } else if bf {
                     (scale_bf16.ptr, nzero_bf16.as_ref().map_or(0, |z| z.ptr))
@@ -646,7 +756,7 @@ impl CudaLayer {
                     (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
                 };
                 let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
-                // The bulk kernel's ring depth (an extra argument the register kernels ignore).
+                // The ring kernels' depth (an extra argument the register kernels ignore).
                 let stagesi = stages as i32;
                 let gather = self.gather_bytes(m);
                 let (a_in, lda_in, perm_in) = if self.perm.is_some() && !gather_in_kernel {
@@ -664,34 +774,42 @@ impl CudaLayer {
                     (a, lda64, perm)
                 };
                 let partial = workspace + gather as u64;
-                let mut args = args![
-                    a_in,
-                    lda_in,
-                    qweight.ptr,
-                    scale,
-                    nz,
-                    perm_in,
-                    partial,
-                    bias,
-                    c,
-                    ldc64,
-                    mi,
-                    ni,
-                    ki,
-                    tpsi,
-                    shifti,
-                    chunki,
-                    stagesi
-                ];
                 let cols = TILE_N * (4 / wk);
-                let block_rows = if bulk { BULK_ROWS } else { 16 * mf };
+                let block_rows = ring.map_or(16 * mf, Ring::rows);
                 let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32);
+                let what = "launching the tensor-core GEMM kernel";
                 let _ctx = CtxGuard::push(self.device.ctx)?;
-                // SAFETY: argument types and order match the kernel's signature; extents were checked above.
-                unsafe {
-                    let what = "launching the tensor-core GEMM kernel";
-                    launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)?
-                };
+                if ring == Some(Ring::Warpgroup) {
+                    let box_k = if self.bits == 4 { 64 } else { 32 };
+                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k)?;
+                    let mut args =
+                        args![amap, qweight.ptr, scale, nz, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, stagesi];
+                    // SAFETY: argument types and order match the kernel's signature (the tensor map
+                    // first, copied by value); extents were checked above.
+                    unsafe { launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)? };
+                } else {
+                    let mut args = args![
+                        a_in,
+                        lda_in,
+                        qweight.ptr,
+                        scale,
+                        nz,
+                        perm_in,
+                        partial,
+                        bias,
+                        c,
+                        ldc64,
+                        mi,
+                        ni,
+                        ki,
+                        tpsi,
+                        shifti,
+                        chunki,
+                        stagesi
+                    ];
+                    // SAFETY: argument types and order match the kernel's signature; extents were checked above.
+                    unsafe { launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)? };
+                }
                 splits
             }
             Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
@@ -802,10 +920,11 @@ mod tests {
     use super::*;
 
     /// The bulk-copy kernel's stages keep every copy destination 16-byte aligned, its A rows put the
-    /// 8 rows of an ldmatrix in distinct banks, and on sm_90 (228 KB per SM, 1 KB reserved per
-    /// block) three blocks fit with at least four stages.
+    /// 8 rows of an ldmatrix in distinct banks; the warpgroup kernel's stages are whole swizzle
+    /// atoms (1024 bytes) with A first; on sm_90 (228 KB per SM, 1 KB reserved per block) three
+    /// blocks of either fit with at least four stages, and no more stages would fit.
     #[test]
-    fn bulk_stages_fit_three_blocks_on_sm90() {
+    fn ring_stages_fit_three_blocks_on_sm90() {
         for bits in [4, 8] {
             for sym in [true, false] {
                 let stage = bulk_stage_bytes(bits, sym);
@@ -814,10 +933,19 @@ mod tests {
                 assert_eq!(a_row % 16, 0);
                 let banks: std::collections::HashSet<usize> = (0..8).map(|r| (r * a_row / 16) % 8).collect();
                 assert_eq!(banks.len(), 8, "A row of {a_row} bytes");
-                let stages = bulk_stages_fitting(bits, sym, 233472, 1024);
-                assert!(stages >= 4, "{bits} bit, sym {sym}: {stages} stages");
-                assert!(3 * (bulk_smem_bytes(bits, sym, stages) + 1024) <= 233472);
-                assert!(3 * (bulk_smem_bytes(bits, sym, stages + 1) + 1024) > 233472 || stages == BULK_MAX_STAGES);
+                assert_eq!(wg_stage_bytes(bits, sym) % 1024, 0, "{bits} bit sym {sym}");
+                // 16 rows of one swizzle span: 128 bytes (64 inputs) at 4 bit, 64 at 8 bit.
+                assert_eq!(
+                    WG_ROWS * (if bits == 4 { 128 } else { 64 }) + 8192,
+                    wg_stage_bytes(bits, true) - 512 * (if bits == 4 { 4 } else { 2 })
+                );
+                for ring in [Ring::Bulk, Ring::Warpgroup] {
+                    let stages = ring.stages_fitting(bits, sym, 233472, 1024);
+                    assert!(stages >= 4, "{ring:?} {bits} bit, sym {sym}: {stages} stages");
+                    assert!(3 * (ring.smem_bytes(bits, sym, stages) + 1024) <= 233472);
+                    let more = 3 * (ring.smem_bytes(bits, sym, stages + 1) + 1024);
+                    assert!(more > 233472 || stages == BULK_MAX_STAGES);
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ mod layer;
 mod tiles;
 
 pub use device::{device_count, init, Device};
-pub use layer::{ActDType, CudaLayer, KernelFamily};
+pub use layer::{ActDType, CudaLayer, KernelFamily, Ring};
 
 use crate::error::{Error, Result};
 use cudarc::driver::sys as cu;
