@@ -704,12 +704,13 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  : "memory");
 }
 
-// tot += the group's sums with its zeros and scales applied, for the swapped accumulators:
-// acc[j][i] is column 16j + g + 8·(i/2), row 2t + i%2; sum[i] (i < 2) the row sums of rows 2t + i.
-// sc, zv: this lane's 8 scales and offsets -(1024 + zero), subtile s = 2j + i/2.
-template <int BITS, bool BF, bool SYM>
-__device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4], const float (&sum)[4], float (&tot)[4][4],
-                                              const uint4& sc, const uint4& zv) {
+// tot += the group's sums with its zeros and scales applied, for the swapped accumulators of R
+// blocks of 8 rows (mma.sync m16n8: R = 1; wgmma m64n16: R = 2): acc[j][i] is column
+// 16j + g + 8·((i/2)%2), row 8·(i/4) + 2t + i%2; sum[i] the row sums of that row. sc, zv: this
+// lane's 8 scales and offsets -(1024 + zero), subtile s = 2j + (i/2)%2.
+template <int BITS, bool BF, bool SYM, int R>
+__device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R], const float (&sum)[4 * R],
+                                                   float (&tot)[4][4 * R], const uint4& sc, const uint4& zv) {
     const u32 sw[4] = {sc.x, sc.y, sc.z, sc.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
     constexpr float magic = BITS == 4 ? (BF ? 128.f : 1024.f) : (BF ? 0.f : 1024.f);
 #pragma unroll
@@ -722,8 +723,12 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4], con
             const float off = -(magic + mult * z);
             const float scl = h2f((u16)(sw[s / 2] >> (16 * (s % 2)))) * (1.f / mult);
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                tot[j][2 * hi + h] = fmaf(fmaf(sum[h], off, acc[j][2 * hi + h]), scl, tot[j][2 * hi + h]);
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int i = 4 * r + 2 * hi + h;
+                    tot[j][i] = fmaf(fmaf(sum[i], off, acc[j][i]), scl, tot[j][i]);
+                }
         }
 }
 
@@ -862,7 +867,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 if (tile >= t_end) break;
                 const int G = tile >> group_shift;
                 if (G != cur) {
-                    if (cur >= 0) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc, zv);
+                    if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
                     cur = G;
                     const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
                     sc = slot[32 * j];
@@ -889,7 +894,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         __syncwarp();  // every lane's reads of the stage are done
         if (lane == 0) mbar_arrive(empty + 8 * s);
     }
-    if (cur >= 0) fold_group_swapped<BITS, BF, SYM>(acc, sum, tot, sc, zv);
+    if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     if (!active) return;
     const int g = lane / 4, tq = lane % 4;
@@ -929,19 +934,21 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 // (8, or 9 with the row sums, per warp and tile), and both the register kernel (63-67% of the read
 // floor) and 16-row variants of bulk_gemm_small (slower still) stalled on mma issue. wgmma
 // (asynchronous, a warpgroup's 64×16×16 per instruction from one issue per warp) takes the same
-// products at a fraction of the issue cost and runs while the warps dequantize the next tile:
+// products at a fraction of the issue cost and runs while the warps read the next tile:
 // - the producer warp streams weights and scales as in bulk_gemm_small, and the block's 16 rows of
 //   A by the tensor copy engine (cp.async.bulk.tensor, one 2D box of 16 rows × the stage's inputs
 //   per stage), which writes them in the 128-byte (4 bit; 64-byte at 8 bit) swizzled K-major layout
 //   wgmma reads, and fills rows past M and inputs past K with zeros;
 // - the four consumer warps are one warpgroup: warp w's registers are rows 16w..16w+15 of wgmma's
 //   64-row A operand (the swapped roles of bulk_gemm_small: 16 output columns per warp and wgmma),
-//   A^T is the shared-memory B operand (16 inputs × 16 rows); a tile takes 4 wgmma m64n16k16;
-// - weights are dequantized with their scales (dequant_pairs, the large-batch arithmetic), so the
-//   f32 sums run over the whole K with no per-group fold and no row-sum mma; a group's scale and
-//   zero pairs are formed once when the warp enters it;
-// - a software pipeline: the next tile dequantizes while this tile's wgmma run, then wait_group 0;
-//   a stage goes back to the producer after its last tile's wgmma.
+//   A^T is the shared-memory B operand (16 inputs × 16 rows); a tile takes 4 wgmma m64n16k16 (+1);
+// - the arithmetic of the small-batch kernels: integer codes plus a magic number in the registers
+//   (int_tile), a group's raw sums and row sums (a fifth wgmma against ones) folded into the total
+//   with its scales and zeros once per group (fold_group_swapped): one LOP3 per register. (Scales
+//   applied per code pair, two more FMA per register, left the kernel issue-bound: version 25.)
+// - each tile's wgmma run while the next tile's words are read, then wait_group 0, so a group's
+//   sums are complete when the next group's first tile folds them; a stage goes back to the
+//   producer after its last tile's wgmma.
 // Shared memory: 2·16 mbarriers, then the ring at the first 1024-byte boundary (the swizzle atom),
 // each stage (WgStage, mirrored by src/cuda/layer.rs wg_stage_bytes) A first, so every stage's A is
 // 1024-byte aligned (stage sizes are multiples of 1024).
@@ -998,37 +1005,41 @@ __device__ __forceinline__ void wg_pin_inputs(u32 (&b)[8][2], unsigned long long
         asm volatile("" : "+r"(b[s][0]), "+r"(b[s][1]), "+r"(b[s + 1][0]), "+r"(b[s + 1][1]));
     asm volatile("" : "+l"(desc));
 }
-// acc[j][64×16] += (the tile's 16 output columns j of each warp)[64×16, registers] · A^T[16×16,
-// shared memory at desc], j < 4, in one asm statement so that nothing lands between the four wgmma.
+// acc[j][64×16] (+)= (the tile's 16 output columns j of each warp)[64×16, registers] · A^T[16×16,
+// shared memory at desc], j < 4, and sum (+)= ones · A^T (every row: the row sums of A), in one asm
+// statement so that nothing lands between the wgmma; accumulate = 0 starts a group's sums.
 // acc[j][i]: row 16·warp + g + 8·((i/2)%2) of wgmma j, column (row of A) 8·(i/4) + 2t + i%2.
-#define WG_ACC(j) "+f"(acc[j][0]), "+f"(acc[j][1]), "+f"(acc[j][2]), "+f"(acc[j][3]), "+f"(acc[j][4]), "+f"(acc[j][5]), \
-                  "+f"(acc[j][6]), "+f"(acc[j][7])
+#define WG_ACC(x) "+f"(x[0]), "+f"(x[1]), "+f"(x[2]), "+f"(x[3]), "+f"(x[4]), "+f"(x[5]), "+f"(x[6]), "+f"(x[7])
 #define WG_A(j) "r"(b[2 * j][0]), "r"(b[2 * j + 1][0]), "r"(b[2 * j][1]), "r"(b[2 * j + 1][1])
-template <bool BF> __device__ __forceinline__ void wgmma_tile(float (&acc)[4][8], const u32 (&b)[8][2], unsigned long long desc) {
-    // Operands: acc 0-31 (wgmma j: 8j..8j+7), A registers 32-47 (wgmma j: 32+4j..), desc 48, 1 49.
+#define WG_MMA(T, D, A) "wgmma.mma_async.sync.aligned.m64n16k16.f32." T "." T " {" D "}, {" A "}, %57, p, 1, 1, 0;\n"
+#define WG_TILE(T)                                                                              \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %58, 0;\n" WG_MMA(T, "%0,%1,%2,%3,%4,%5,%6,%7", "%40,%41,%42,%43") \
+    WG_MMA(T, "%8,%9,%10,%11,%12,%13,%14,%15", "%44,%45,%46,%47")                               \
+    WG_MMA(T, "%16,%17,%18,%19,%20,%21,%22,%23", "%48,%49,%50,%51")                             \
+    WG_MMA(T, "%24,%25,%26,%27,%28,%29,%30,%31", "%52,%53,%54,%55")                             \
+    WG_MMA(T, "%32,%33,%34,%35,%36,%37,%38,%39", "%56,%56,%56,%56") "}\n"
+template <bool BF>
+__device__ __forceinline__ void wgmma_tile(float (&acc)[4][8], float (&sum)[8], const u32 (&b)[8][2], u32 ones,
+                                           unsigned long long desc, int accumulate) {
+    // Operands: acc 0-31 (wgmma j: 8j..8j+7), sum 32-39, A registers 40-55 (wgmma j: 40+4j..),
+    // ones 56, desc 57, accumulate 58.
     if (BF)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %49, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%32,%33,%34,%35}, %48, p, 1, 1, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%8,%9,%10,%11,%12,%13,%14,%15}, {%36,%37,%38,%39}, %48, p, 1, 1, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%16,%17,%18,%19,%20,%21,%22,%23}, {%40,%41,%42,%43}, %48, p, 1, 1, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%24,%25,%26,%27,%28,%29,%30,%31}, {%44,%45,%46,%47}, %48, p, 1, 1, 0;\n}\n"
-                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3)
-                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "l"(desc), "r"(1));
+        asm volatile(WG_TILE("bf16")
+                     : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3]), WG_ACC(sum)
+                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "r"(ones), "l"(desc), "r"(accumulate));
     else
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %49, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%32,%33,%34,%35}, %48, p, 1, 1, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%8,%9,%10,%11,%12,%13,%14,%15}, {%36,%37,%38,%39}, %48, p, 1, 1, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%16,%17,%18,%19,%20,%21,%22,%23}, {%40,%41,%42,%43}, %48, p, 1, 1, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%24,%25,%26,%27,%28,%29,%30,%31}, {%44,%45,%46,%47}, %48, p, 1, 1, 0;\n}\n"
-                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3)
-                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "l"(desc), "r"(1));
+        asm volatile(WG_TILE("f16")
+                     : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3]), WG_ACC(sum)
+                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "r"(ones), "l"(desc), "r"(accumulate));
 }
+#undef WG_MMA
+#undef WG_TILE
 #undef WG_ACC
 #undef WG_A
 
 // A (the caller's, or act-order A gathered by the library) is read through `amap`: K inputs × M rows,
-// row stride a multiple of 16 bytes (src/cuda/layer.rs). Scales and zero offsets in the activation
-// type, the large-batch layout.
+// row stride a multiple of 16 bytes (src/cuda/layer.rs). Scales and zero offsets as bulk_gemm_small
+// takes them (f16, per-lane order).
 template <int BITS, bool BF, bool SYM>
 __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, const uint4* __restrict__ scale,
                               const uint4* __restrict__ nzero, float* __restrict__ partial,
@@ -1093,67 +1104,68 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
 
     const int nt = blockIdx.x * 4 + warp;
     const bool active = nt < NT;  // inactive warps still take part in every wgmma, with zero weights
-    uint4 nz_sym;
-    {
-        const u32 h = BITS == 4 ? (BF ? 0xC308u /* -136 */ : 0xE408u /* -1032 */) : 0xE480u /* -1152 f16 */;
-        nz_sym.x = nz_sym.y = nz_sym.z = nz_sym.w = h | (h << 16);
-    }
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
-    float acc[4][8];
+    const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
+    // tot: the sums with scales and zeros applied; acc, sum: the current group's raw sums (layout
+    // at wgmma_tile).
+    float tot[4][8], acc[4][8], sum[8];
 #pragma unroll
     for (int j = 0; j < 4; j++)
 #pragma unroll
-        for (int i = 0; i < 8; i++) acc[j][i] = 0.f;
+        for (int i = 0; i < 8; i++) tot[j][i] = acc[j][i] = 0.f;
 #pragma unroll
-    for (int j = 0; j < 4; j++) wg_pin(acc[j]);
-    u32 scp[8], nzp[8];
-    int cur = -1;  // the group whose pairs scp, nzp hold
-    // Tile `tile` (tile p of stage i) dequantized into `b`, its group's pairs formed on entry.
-    auto prepare = [&](int i, int p, u32(&b)[8][2]) {
-        const int s = i % stages, t0 = t_begin + i * TPS, G = (t0 + p) >> group_shift;
-        const uint4* tiles = reinterpret_cast<const uint4*>(ring + s * St::BYTES + St::A_BYTES);
-        if (G != cur) {
-            cur = G;
-            const uint4* slot = tiles + STAGE_U4 + warp * 8 + lane / 4;  // this lane's scales in slot 0
-            const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
-            const uint4 sc = active ? slot[32 * j] : zero4;
-            const uint4 nz = SYM ? nz_sym : active ? slot[32 * (TPS + j)] : zero4;
-            group_pairs<BITS, BF, SYM>(sc, nz, scp, nzp);
-        }
-        uint4 q[QV];
+    for (int i = 0; i < 8; i++) sum[i] = 0.f;
+    uint4 sc = zero4, zv = zero4;  // the current group's scales and zero offsets
+    int cur = -1;                  // the group whose sums acc and sum hold
+    uint4 q[QV];                   // the next tile's words
+    auto load_q = [&](int i, int p) {
+        const uint4* tiles = reinterpret_cast<const uint4*>(ring + (i % stages) * St::BYTES + St::A_BYTES);
 #pragma unroll
         for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
-        dequant_pairs<BITS, BF>(q, scp, nzp, b);
     };
 
-    // Software pipeline over the block's tiles: tile t+1 is dequantized while tile t's wgmma run,
-    // then wait_group 0. (Leaving a group in flight across the next tile's wgmma, wait_group 1,
-    // made ptxas serialize every wgmma: registers of a later wgmma were defined inside the earlier
-    // one's pipeline stage, advisory C7513.) TPS is even, so tile p of any stage uses buffer p % 2.
-    u32 bb[2][8][2];
+    // Per tile: codes to registers, fence, 5 wgmma, then the next tile's words are read while they
+    // run, then wait_group 0 (so a group's sums are complete when the next tile folds them, and no
+    // register of a wgmma in flight is redefined: ptxas serializes every wgmma otherwise, advisory
+    // C7513).
     if (nstages > 0) {
         mbar_wait(full, 0);
-        prepare(0, 0, bb[0]);
+        load_q(0, 0);
     }
 #pragma unroll 1
     for (int i = 0; i < nstages; i++) {
         const int t0 = t_begin + i * TPS;
         const u32 a_s = ring_s + (i % stages) * St::BYTES;
+        const uint4* slot = reinterpret_cast<const uint4*>(ring + (i % stages) * St::BYTES + St::A_BYTES) + STAGE_U4 +
+                            warp * 8 + lane / 4;  // this lane's scales in the stage's slot 0
 #pragma unroll
         for (int p = 0; p < TPS; p++) {
             const int tile = t0 + p;
             if (tile >= t_end) break;  // uniform over the block
+            const int G = tile >> group_shift;
+            const bool fresh = G != cur;
+            if (fresh) {
+                if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 2>(acc, sum, tot, sc, zv);
+                cur = G;
+                const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
+                if (active) {
+                    sc = slot[32 * j];
+                    if (!SYM) zv = slot[32 * (TPS + j)];
+                }
+            }
+            u32 b[8][2];
+            int_tile<BITS, BF>(q, b);
             unsigned long long desc = wg_desc<St::A_ROW>(a_s + 32 * p);
-            wg_pin_inputs(bb[p % 2], desc);
+            wg_pin_inputs(b, desc);
             wg_fence();
-            wgmma_tile<BF>(acc, bb[p % 2], desc);
+            wgmma_tile<BF>(acc, sum, b, ones, desc, fresh ? 0 : 1);
             wg_commit();
             if (tile + 1 < t_end) {
                 if (p + 1 < TPS) {
-                    prepare(i, p + 1, bb[(p + 1) % 2]);
+                    load_q(i, p + 1);
                 } else {
                     mbar_wait(full + 8 * ((i + 1) % stages), ((i + 1) / stages) & 1);
-                    prepare(i + 1, 0, bb[0]);
+                    load_q(i + 1, 0);
                 }
             }
             wg_wait<0>();  // this tile's wgmma are done: its registers and its A may be reused
@@ -1163,6 +1175,8 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     }
 #pragma unroll
     for (int j = 0; j < 4; j++) wg_pin(acc[j]);
+    wg_pin(sum);
+    if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 2>(acc, sum, tot, sc, zv);
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     if (!active) return;
     const int g = lane / 4, tq = lane % 4;
@@ -1172,8 +1186,8 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         for (int i = 0; i < 8; i++) {
             const int m = m0 + 8 * (i / 4) + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * ((i / 2) % 2);
             if (m < M && n < N) {
-                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(acc[j][i] + (bias ? bias[n] : 0.f));
-                else partial[((long)blockIdx.y * M + m) * N + n] = acc[j][i];
+                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
             }
         }
 }

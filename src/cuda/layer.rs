@@ -743,10 +743,10 @@ impl CudaLayer {
                     Some(r) => (BULK_THREADS, r.smem_bytes(self.bits, sym, stages)),
                     None => (128, MMA_SMEM_BYTES),
                 };
-                // The register small-batch kernel applies scales and zeros per group (accumulator
-                // order); the bulk one too, in the per-lane order of f16 scales and offsets; the
-                // warpgroup and large-batch ones per code pair, in the activation type.
-                let (scale, nz) = if ring == Some(Ring::Bulk) {
+                // The small-batch kernels apply scales and zeros per group: the register-fed one in
+                // accumulator order, the ring ones in the per-lane order of f16 scales and offsets;
+                // the large-batch ones per code pair, in the activation type.
+                let (scale, nz) = if ring.is_some() {
                     (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
                 } else if mf == 1 && ring.is_none() {
                     (acc_scale.ptr, acc_zero.as_ref().map_or(0, |z| z.ptr))
