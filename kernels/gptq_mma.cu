@@ -996,9 +996,10 @@ template <int N> __device__ __forceinline__ void wg_wait() {
 __device__ __forceinline__ void wg_pin(float (&d)[8]) {
     asm volatile("" : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])::"memory");
 }
-// Makes the tile's A registers and descriptor complete before wgmma.fence: the compiler may
-// otherwise sink dequantizing instructions between the wgmma of one tile, and ptxas then serializes
-// every wgmma (advisory C7513, measured: the kernel ran at the speed of its slowest wgmma).
+// Makes the tile's A registers and descriptor complete before wgmma.fence, so that no other
+// instruction lands between a tile's wgmma. (A first version that issued each wgmma from its own asm
+// statement, a setp before each, and did not pin its inputs had every wgmma serialized by ptxas,
+// advisory C7513: docs/perf.md, version 24.)
 __device__ __forceinline__ void wg_pin_inputs(u32 (&b)[8][2], unsigned long long& desc) {
 #pragma unroll
     for (int s = 0; s < 8; s += 2)
@@ -1125,9 +1126,9 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     };
 
     // Per tile: codes to registers, fence, 5 wgmma, then the next tile's words are read while they
-    // run, then wait_group 0 (so a group's sums are complete when the next tile folds them, and no
-    // register of a wgmma in flight is redefined: ptxas serializes every wgmma otherwise, advisory
-    // C7513).
+    // run, then wait_group 0, so a group's sums are complete when the next tile folds them. (Two
+    // tiles in flight, the next tile's codes formed while this tile's wgmma run, needs 16 more
+    // registers: at 3 blocks per SM they spilled, at 2 it ran slower still: version 27.)
     if (nstages > 0) {
         mbar_wait(full, 0);
         load_q(0, 0);

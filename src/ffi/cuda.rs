@@ -97,7 +97,7 @@ pub unsafe extern "C" fn gptq_cuda_workspace_size(layer: *const gptq_cuda_layer,
 /// `gptq_cuda_workspace_size(layer, m)` bytes (or of any larger m), which the call overwrites
 /// (act-order activations gathered once, partial sums of split K; it may be NULL when that size is
 /// 0). `a` 16-byte aligned with `lda` a multiple of 8, and a 16-byte aligned workspace, take the
-/// fastest path (on sm_90, calls of up to 8 rows need in_features a multiple of 8 for it too; any
+/// fastest path (on sm_90, calls of up to 16 rows need in_features a multiple of 8 for it too; any
 /// 2-byte aligned `a` and `lda`, and a 4-byte aligned workspace, work). One call
 /// takes up to 4,194,240 rows (524,280 on the CUDA-core kernel); `_SHAPE_MISMATCH` beyond. The stream must belong to
 /// the layer's device's primary context (NULL = legacy default stream). The call only enqueues
@@ -106,7 +106,9 @@ pub unsafe extern "C" fn gptq_cuda_workspace_size(layer: *const gptq_cuda_layer,
 /// (each may begin loading the layer's own weights while the previous kernel on the stream finishes,
 /// and waits for that kernel before it reads `a` or writes anything; `GPTQ_CUDA_PDL=0` disables it).
 /// On sm_90, calls of up to 8 rows run a kernel that streams weights and `a` into shared memory with
-/// bulk copies (`GPTQ_CUDA_BULK=0` selects the register-fed kernels every architecture runs).
+/// bulk copies, and calls of 9 to 16 rows one that copies `a` through a tensor map (encoded on the
+/// host per call) and multiplies with warpgroup mma (`GPTQ_CUDA_BULK=0`, `GPTQ_CUDA_WG=0` select the
+/// register-fed kernels every architecture runs).
 /// Argument errors are detected before anything is enqueued; a failed launch (`_CUDA`) may
 /// leave an earlier kernel of the same call enqueued, which writes only the workspace; kernel faults
 /// surface on the stream as CUDA errors.
