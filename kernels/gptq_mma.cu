@@ -704,6 +704,26 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  : "memory");
 }
 
+// The producer's weight copies of one ring stage (bulk_gemm_small, wg_gemm_small): `n` tiles of the
+// block's four column tiles, contiguous from `tiles` (column_words), to shared `dst`, then a scale
+// row of the quad (4 column tiles of 128 bytes, fewer in the last quad) per group the tiles touch to
+// the slots after them (zero rows TPS slots further), counted on `bar`, not arrived.
+template <int QV, int TPS, bool SYM>
+__device__ __forceinline__ void copy_stage_weights(u32 dst, u32 bar, const uint4* tiles, int t0, int n,
+                                                   int group_shift, int NT, const uint4* __restrict__ scale,
+                                                   const uint4* __restrict__ zero) {
+    const int g0 = t0 >> group_shift, g1 = (t0 + n - 1) >> group_shift;
+    const u32 row_bytes = min(4, NT - 4 * (int)blockIdx.x) * 128;
+    const u32 tile_bytes = n * TILE_STRIDE(QV) * 16, slots = dst + TPS * TILE_STRIDE(QV) * 16;
+    mbar_expect_tx_only(bar, tile_bytes + (g1 - g0 + 1) * row_bytes * (SYM ? 1 : 2));
+    bulk_copy(dst, tiles, tile_bytes, bar);
+    for (int g = g0; g <= g1; g++) {
+        const long row = ((long)g * NT + 4 * blockIdx.x) * 8;
+        bulk_copy(slots + (g - g0) * 512, scale + row, row_bytes, bar);
+        if (!SYM) bulk_copy(slots + (TPS + g - g0) * 512, zero + row, row_bytes, bar);
+    }
+}
+
 // tot += the group's sums with its zeros and scales applied, for the swapped accumulators of R
 // blocks of 8 rows (mma.sync m16n8: R = 1; wgmma m64n16: R = 2): acc[j][i] is column
 // 16j + g + 8·((i/2)%2), row 8·(i/4) + 2t + i%2; sum[i] the row sums of that row. sc, zv: this
@@ -766,22 +786,12 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
 
     if (warp == 4) {  // producer
         if (lane != 0) return;
-        // The block's four column tiles over [t_begin, t_end): contiguous (column_words). A group's
-        // scale row of the quad: 4 column tiles of 128 bytes (fewer in the last quad).
+        // The block's four column tiles over [t_begin, t_end): contiguous (column_words).
         const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
-        const u32 row_bytes = min(4, NT - 4 * (int)blockIdx.x) * 128;
         auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
-            const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
-            const int g0 = t0 >> group_shift, g1 = (t0 + n - 1) >> group_shift;
-            const u32 tile_bytes = n * TILE_STRIDE(QV) * 16;
-            const u32 dst = smem_u32(ring + s * St::BYTES), bar = full + 8 * s;
-            mbar_expect_tx_only(bar, tile_bytes + (g1 - g0 + 1) * row_bytes * (SYM ? 1 : 2));
-            bulk_copy(dst, src + (long)i * STAGE_U4, tile_bytes, bar);
-            for (int g = g0; g <= g1; g++) {
-                const long row = ((long)g * NT + 4 * blockIdx.x) * 8;
-                bulk_copy(dst + St::TILE_BYTES + (g - g0) * 512, scale + row, row_bytes, bar);
-                if (!SYM) bulk_copy(dst + St::TILE_BYTES + (TPS + g - g0) * 512, zero + row, row_bytes, bar);
-            }
+            const int s = i % stages, t0 = t_begin + i * TPS;
+            copy_stage_weights<QV, TPS, SYM>(smem_u32(ring + s * St::BYTES), full + 8 * s, src + (long)i * STAGE_U4, t0,
+                                             min(TPS, t_end - t0), group_shift, NT, scale, zero);
         };
         auto activations = [&](int i) {  // stage i's rows of A, then the one arrival
             const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
@@ -1071,19 +1081,10 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     if (warp == 4) {  // producer
         if (lane != 0) return;
         const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
-        const u32 row_bytes = min(4, NT - 4 * (int)blockIdx.x) * 128;
         auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
-            const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
-            const int g0 = t0 >> group_shift, g1 = (t0 + n - 1) >> group_shift;
-            const u32 tile_bytes = n * TILE_STRIDE(QV) * 16;
-            const u32 dst = ring_s + s * St::BYTES + St::A_BYTES, bar = full + 8 * s;
-            mbar_expect_tx_only(bar, tile_bytes + (g1 - g0 + 1) * row_bytes * (SYM ? 1 : 2));
-            bulk_copy(dst, src + (long)i * STAGE_U4, tile_bytes, bar);
-            for (int g = g0; g <= g1; g++) {
-                const long row = ((long)g * NT + 4 * blockIdx.x) * 8;
-                bulk_copy(dst + St::TILE_BYTES + (g - g0) * 512, scale + row, row_bytes, bar);
-                if (!SYM) bulk_copy(dst + St::TILE_BYTES + (TPS + g - g0) * 512, nzero + row, row_bytes, bar);
-            }
+            const int s = i % stages, t0 = t_begin + i * TPS;
+            copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s, src + (long)i * STAGE_U4,
+                                             t0, min(TPS, t_end - t0), group_shift, NT, scale, nzero);
         };
         auto activations = [&](int i) {  // stage i's box of A (the whole box counts, zeros included)
             const int s = i % stages;
