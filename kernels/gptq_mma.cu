@@ -704,6 +704,34 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  : "memory");
 }
 
+// The ring's mbarriers (thread 0): `full` (one arrival, the producer's, plus the copies' bytes) and
+// `empty` (one arrival per consumer warp) for each stage, 8 bytes apart.
+__device__ __forceinline__ void ring_barriers_init(u32 full, u32 empty, int stages) {
+    for (int s = 0; s < stages; s++) {
+        mbar_init(full + 8 * s, 1);
+        mbar_init(empty + 8 * s, 4);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// The producer's schedule over `nstages` stages of a ring of `stages`: the weights of the first
+// ring-full before pdl_wait (the layer's own data), A after it; then each stage once the consumers
+// have handed it back. weights(i) counts its bytes on stage i's full barrier, activations(i)
+// arrives on it.
+template <class Weights, class Activations>
+__device__ __forceinline__ void ring_produce(u32 empty, int stages, int nstages, Weights weights,
+                                             Activations activations) {
+    const int first = min(stages, nstages);
+    for (int i = 0; i < first; i++) weights(i);
+    pdl_wait();  // A is written by the previous kernel
+    for (int i = 0; i < first; i++) activations(i);
+    for (int i = first; i < nstages; i++) {
+        mbar_wait(empty + 8 * (i % stages), ((i / stages) - 1) & 1);
+        weights(i);
+        activations(i);
+    }
+}
+
 // The producer's weight copies of one ring stage (bulk_gemm_small, wg_gemm_small): `n` tiles of the
 // block's four column tiles, contiguous from `tiles` (column_words), to shared `dst`, then a scale
 // row of the quad (4 column tiles of 128 bytes, fewer in the last quad) per group the tiles touch to
@@ -774,11 +802,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const int m0 = blockIdx.z * 8, rows = min(8, M - m0);
     u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
     if (threadIdx.x == 0) {
-        for (int s = 0; s < stages; s++) {
-            mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, 4);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        ring_barriers_init(full, empty, stages);
         *reinterpret_cast<uint4*>(smem + 16 * 8 * BULK_MAX_STAGES) = make_uint4(0, 0, 0, 0);
     }
     __syncthreads();
@@ -812,16 +836,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
             for (int r = 0; r < rows; r++)
                 bulk_copy(smem_u32(a_slot + r * St::A_ROW), A + (m0 + r) * lda + kb, valid * 2, bar);
         };
-        // Weights of the first ring-full stream before pdl_wait (the layer's own data), A after it.
-        const int first = min(stages, nstages);
-        for (int i = 0; i < first; i++) weights(i);
-        pdl_wait();  // A is written by the previous kernel
-        for (int i = 0; i < first; i++) activations(i);
-        for (int i = first; i < nstages; i++) {
-            mbar_wait(empty + 8 * (i % stages), ((i / stages) - 1) & 1);
-            weights(i);
-            activations(i);
-        }
+        ring_produce(empty, stages, nstages, weights, activations);
         return;
     }
 
@@ -1068,13 +1083,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const int t_end = min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
     const int m0 = blockIdx.z * WG_ROWS;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < stages; s++) {
-            mbar_init(full + 8 * s, 1);
-            mbar_init(empty + 8 * s, 4);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
+    if (threadIdx.x == 0) ring_barriers_init(full, empty, stages);
     __syncthreads();
     pdl_launch_dependents();
 
@@ -1092,15 +1101,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
             mbar_expect_tx(bar, St::A_BYTES);
             tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
         };
-        const int first = min(stages, nstages);
-        for (int i = 0; i < first; i++) weights(i);
-        pdl_wait();  // A is written by the previous kernel
-        for (int i = 0; i < first; i++) activations(i);
-        for (int i = first; i < nstages; i++) {
-            mbar_wait(empty + 8 * (i % stages), ((i / stages) - 1) & 1);
-            weights(i);
-            activations(i);
-        }
+        ring_produce(empty, stages, nstages, weights, activations);
         return;
     }
 
