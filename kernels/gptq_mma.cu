@@ -705,11 +705,12 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
 }
 
 // The ring's mbarriers (thread 0): `full` (one arrival, the producer's, plus the copies' bytes) and
-// `empty` (one arrival per consumer warp) for each stage, 8 bytes apart.
-__device__ __forceinline__ void ring_barriers_init(u32 full, u32 empty, int stages) {
+// `empty` (`consumers` arrivals: one per consumer warp, or per consumer thread) for each stage, 8
+// bytes apart.
+__device__ __forceinline__ void ring_barriers_init(u32 full, u32 empty, int stages, int consumers) {
     for (int s = 0; s < stages; s++) {
         mbar_init(full + 8 * s, 1);
-        mbar_init(empty + 8 * s, 4);
+        mbar_init(empty + 8 * s, consumers);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
@@ -802,7 +803,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const int m0 = blockIdx.z * 8, rows = min(8, M - m0);
     u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
     if (threadIdx.x == 0) {
-        ring_barriers_init(full, empty, stages);
+        ring_barriers_init(full, empty, stages, 4);
         *reinterpret_cast<uint4*>(smem + 16 * 8 * BULK_MAX_STAGES) = make_uint4(0, 0, 0, 0);
     }
     __syncthreads();
@@ -979,7 +980,9 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 // 1024-byte aligned (stage sizes are multiples of 1024).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 16
-#define WG_RING_SLACK 1280  // 256 bytes of mbarriers + alignment of the ring to 1024
+#define WG_TOT_BYTES (MMA_THREADS * 32 * 4)  // each consumer thread's 32 folded sums
+// 256 bytes of mbarriers, the folded sums, alignment of the ring to 1024
+#define WG_RING_SLACK (256 + WG_TOT_BYTES + 1024)
 
 // CUtensorMap, opaque (the library encodes it on the host for every call's A).
 struct __align__(64) TmaMap {
@@ -1075,7 +1078,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES;
-    const u32 ring_s = (full + 256 + 1023) & ~1023u;  // shared address of stage 0
+    const u32 ring_s = (full + 256 + WG_TOT_BYTES + 1023) & ~1023u;  // shared address of stage 0
     const unsigned char* ring = smem + (ring_s - full);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
@@ -1083,7 +1086,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const int t_end = min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
     const int m0 = blockIdx.z * WG_ROWS;
-    if (threadIdx.x == 0) ring_barriers_init(full, empty, stages);
+    if (threadIdx.x == 0) ring_barriers_init(full, empty, stages, MMA_THREADS);
     __syncthreads();
     pdl_launch_dependents();
 
@@ -1109,38 +1112,61 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const bool active = nt < NT;  // inactive warps still take part in every wgmma, with zero weights
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
-    // tot: the sums with scales and zeros applied; acc, sum: the current group's raw sums (layout
-    // at wgmma_tile).
-    float tot[4][8], acc[4][8], sum[8];
+    // The sums with scales and zeros applied live in shared memory (this thread's float4 k at
+    // tot_s[128 k], conflict-free), read and written once per group: their 32 registers pay for the
+    // second tile's codes in flight. acc, sum: the current group's raw sums (layout at wgmma_tile).
+    float4* const tot_s = reinterpret_cast<float4*>(smem + 256) + threadIdx.x;
 #pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-        for (int i = 0; i < 8; i++) tot[j][i] = acc[j][i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; i++) sum[i] = 0.f;
+    for (int k = 0; k < 8; k++) tot_s[MMA_THREADS * k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    float acc[4][8], sum[8];
     uint4 sc = zero4, zv = zero4;  // the current group's scales and zero offsets
     int cur = -1;                  // the group whose sums acc and sum hold
-    uint4 q[QV];                   // the next tile's words
-    auto load_q = [&](int i, int p) {
-        const uint4* tiles = reinterpret_cast<const uint4*>(ring + (i % stages) * St::BYTES + St::A_BYTES);
+    auto fold = [&]() {            // after wait_group 0
+#pragma unroll
+        for (int j = 0; j < 4; j++) wg_pin(acc[j]);
+        wg_pin(sum);
+        float tot[4][8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float4 v = tot_s[MMA_THREADS * k];
+            tot[k / 2][4 * (k % 2)] = v.x, tot[k / 2][4 * (k % 2) + 1] = v.y;
+            tot[k / 2][4 * (k % 2) + 2] = v.z, tot[k / 2][4 * (k % 2) + 3] = v.w;
+        }
+        fold_group_swapped<BITS, BF, SYM, 2>(acc, sum, tot, sc, zv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float* t = &tot[k / 2][4 * (k % 2)];
+            tot_s[MMA_THREADS * k] = make_float4(t[0], t[1], t[2], t[3]);
+        }
+    };
+    uint4 q[QV];     // the words of the tile after the one whose codes are being formed
+    u32 b[2][8][2];  // two tiles' codes: one read by wgmma in flight, the next being formed
+    auto load_q = [&](int slot, int p) {
+        const uint4* tiles = reinterpret_cast<const uint4*>(ring + slot * St::BYTES + St::A_BYTES);
 #pragma unroll
         for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
     };
 
-    // Per tile: codes to registers, fence, 5 wgmma, then the next tile's words are read while they
-    // run, then wait_group 0, so a group's sums are complete when the next tile folds them. (Two
-    // tiles in flight, the next tile's codes formed while this tile's wgmma run, needs 16 more
-    // registers: at 3 blocks per SM they spilled, at 2 it ran slower still: version 27.)
+    // Per tile t: fence, 5 wgmma, commit; wait_group 1 (tile t-1 done: its codes' registers and its
+    // stage are free); then tile t+1's codes are formed from q while t's wgmma run, and q takes tile
+    // t+2's words. A group's fold waits for all (wait_group 0), once per group. The stage index and
+    // parity advance by increments (a division by the runtime `stages` per stage cost ~20 issue slots).
     if (nstages > 0) {
         mbar_wait(full, 0);
         load_q(0, 0);
+        int_tile<BITS, BF>(q, b[0]);
+        if (t_begin + 1 < t_end) load_q(0, 1);  // TPS >= 2
     }
+    int s = 0;
+    u32 parity = 0;  // stage i's ring slot and the parity of its full barrier's phase
 #pragma unroll 1
     for (int i = 0; i < nstages; i++) {
         const int t0 = t_begin + i * TPS;
-        const u32 a_s = ring_s + (i % stages) * St::BYTES;
-        const uint4* slot = reinterpret_cast<const uint4*>(ring + (i % stages) * St::BYTES + St::A_BYTES) + STAGE_U4 +
-                            warp * 8 + lane / 4;  // this lane's scales in the stage's slot 0
+        const int sn = s + 1 == stages ? 0 : s + 1;     // stage i+1's slot
+        const u32 parity_n = sn == 0 ? parity ^ 1 : parity;  // and parity
+        const u32 a_s = ring_s + s * St::BYTES;
+        const uint4* slot = reinterpret_cast<const uint4*>(ring + s * St::BYTES + St::A_BYTES) + STAGE_U4 + warp * 8 +
+                            lane / 4;  // this lane's scales in the stage's slot 0
 #pragma unroll
         for (int p = 0; p < TPS; p++) {
             const int tile = t0 + p;
@@ -1148,7 +1174,10 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
             const int G = tile >> group_shift;
             const bool fresh = G != cur;
             if (fresh) {
-                if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 2>(acc, sum, tot, sc, zv);
+                if (cur >= 0) {
+                    wg_wait<0>();
+                    fold();
+                }
                 cur = G;
                 const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
                 if (active) {
@@ -1156,30 +1185,31 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
                     if (!SYM) zv = slot[32 * (TPS + j)];
                 }
             }
-            u32 b[8][2];
-            int_tile<BITS, BF>(q, b);
             unsigned long long desc = wg_desc<St::A_ROW>(a_s + 32 * p);
-            wg_pin_inputs(b, desc);
+            wg_pin_inputs(b[p % 2], desc);
             wg_fence();
-            wgmma_tile<BF>(acc, sum, b, ones, desc, fresh ? 0 : 1);
+            wgmma_tile<BF>(acc, sum, b[p % 2], ones, desc, fresh ? 0 : 1);
             wg_commit();
+            wg_wait<1>();  // tile t-1's wgmma are done
+            // Stage i-1 is read to the end (its last tile's wgmma; its words and scales long loaded).
+            if (p == 0 && i > 0) mbar_arrive(empty + 8 * (s == 0 ? stages - 1 : s - 1));
             if (tile + 1 < t_end) {
-                if (p + 1 < TPS) {
-                    load_q(i, p + 1);
-                } else {
-                    mbar_wait(full + 8 * ((i + 1) % stages), ((i + 1) / stages) & 1);
-                    load_q(i + 1, 0);
+                int_tile<BITS, BF>(q, b[(p + 1) % 2]);
+                if (tile + 2 < t_end) {
+                    if (p + 2 < TPS) {
+                        load_q(s, p + 2);
+                    } else {
+                        if (p + 2 == TPS) mbar_wait(full + 8 * sn, parity_n);
+                        load_q(sn, p + 2 - TPS);
+                    }
                 }
             }
-            wg_wait<0>();  // this tile's wgmma are done: its registers and its A may be reused
         }
-        __syncwarp();  // every lane's reads of the stage are done (wgmma's too)
-        if (lane == 0) mbar_arrive(empty + 8 * (i % stages));
+        s = sn;
+        parity = parity_n;
     }
-#pragma unroll
-    for (int j = 0; j < 4; j++) wg_pin(acc[j]);
-    wg_pin(sum);
-    if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 2>(acc, sum, tot, sc, zv);
+    wg_wait<0>();
+    if (cur >= 0) fold();
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     if (!active) return;
     const int g = lane / 4, tq = lane % 4;
@@ -1188,9 +1218,11 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const int m = m0 + 8 * (i / 4) + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * ((i / 2) % 2);
+            const float4 v = tot_s[MMA_THREADS * (2 * j + i / 4)];
+            const float t = i % 4 == 0 ? v.x : i % 4 == 1 ? v.y : i % 4 == 2 ? v.z : v.w;
             if (m < M && n < N) {
-                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
-                else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
+                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(t + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = t;
             }
         }
 }

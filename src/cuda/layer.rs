@@ -41,9 +41,10 @@ pub(crate) const BULK_MAX_STAGES: usize = 16;
 const BULK_ROWS: usize = 8;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
-/// The warpgroup-mma kernel's shared memory before its ring: 256 bytes of mbarriers and the ring's
-/// alignment to 1024 bytes (kernels/gptq_mma.cu, WG_RING_SLACK).
-const WG_RING_SLACK: usize = 1280;
+/// The warpgroup-mma kernel's shared memory before its ring: 256 bytes of mbarriers, the consumer
+/// threads' folded sums (128 × 32 floats) and the ring's alignment to 1024 bytes
+/// (kernels/gptq_mma.cu, WG_RING_SLACK).
+const WG_RING_SLACK: usize = 256 + 128 * 32 * 4 + 1024;
 /// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
 /// then 4 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
 const BULK_RING_OFFSET: usize = 384 + 2176;
