@@ -756,29 +756,34 @@ __device__ __forceinline__ void copy_stage_weights(u32 dst, u32 bar, const uint4
 // tot += the group's sums with its zeros and scales applied, for the swapped accumulators of R
 // blocks of 8 rows (mma.sync m16n8: R = 1; wgmma m64n16: R = 2): acc[j][i] is column
 // 16j + g + 8·((i/2)%2), row 8·(i/4) + 2t + i%2; sum[i] the row sums of that row. sc, zv: this
-// lane's 8 scales and offsets -(1024 + zero), subtile s = 2j + (i/2)%2.
+// lane's 8 scales and offsets -(1024 + zero), subtile s = 2j + (i/2)%2. fold_columns_swapped: the
+// columns 16j.. alone (acc[j], tot[j]), for a caller that keeps its sums out of registers.
 template <int BITS, bool BF, bool SYM, int R>
-__device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R], const float (&sum)[4 * R],
-                                                   float (&tot)[4][4 * R], const uint4& sc, const uint4& zv) {
+__device__ __forceinline__ void fold_columns_swapped(int j, const float (&acc)[4 * R], const float (&sum)[4 * R],
+                                                     float (&tot)[4 * R], const uint4& sc, const uint4& zv) {
     const u32 sw[4] = {sc.x, sc.y, sc.z, sc.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
     constexpr float magic = BITS == 4 ? (BF ? 128.f : 1024.f) : (BF ? 0.f : 1024.f);
 #pragma unroll
-    for (int j = 0; j < 4; j++)
+    for (int hi = 0; hi < 2; hi++) {
+        const int s = 2 * j + hi;
+        const float mult = BITS == 4 && !BF && hi ? 16.f : 1.f;
+        const float z = SYM ? (float)(1 << (BITS - 1)) : -h2f((u16)(zw[s / 2] >> (16 * (s % 2)))) - 1024.f;
+        const float off = -(magic + mult * z);
+        const float scl = h2f((u16)(sw[s / 2] >> (16 * (s % 2)))) * (1.f / mult);
 #pragma unroll
-        for (int hi = 0; hi < 2; hi++) {
-            const int s = 2 * j + hi;
-            const float mult = BITS == 4 && !BF && hi ? 16.f : 1.f;
-            const float z = SYM ? (float)(1 << (BITS - 1)) : -h2f((u16)(zw[s / 2] >> (16 * (s % 2)))) - 1024.f;
-            const float off = -(magic + mult * z);
-            const float scl = h2f((u16)(sw[s / 2] >> (16 * (s % 2)))) * (1.f / mult);
+        for (int r = 0; r < R; r++)
 #pragma unroll
-            for (int r = 0; r < R; r++)
+            for (int h = 0; h < 2; h++) {
+                const int i = 4 * r + 2 * hi + h;
+                tot[i] = fmaf(fmaf(sum[i], off, acc[i]), scl, tot[i]);
+            }
+    }
+}
+template <int BITS, bool BF, bool SYM, int R>
+__device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R], const float (&sum)[4 * R],
+                                                   float (&tot)[4][4 * R], const uint4& sc, const uint4& zv) {
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int i = 4 * r + 2 * hi + h;
-                    tot[j][i] = fmaf(fmaf(sum[i], off, acc[j][i]), scl, tot[j][i]);
-                }
-        }
+    for (int j = 0; j < 4; j++) fold_columns_swapped<BITS, BF, SYM, R>(j, acc[j], sum, tot[j], sc, zv);
 }
 
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
@@ -980,6 +985,9 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 // 1024-byte aligned (stage sizes are multiples of 1024).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 16
+template <bool V> struct Flag {  // a compile-time flag for a generic lambda's argument
+    static constexpr bool value = V;
+};
 #define WG_TOT_BYTES (MMA_THREADS * 32 * 4)  // each consumer thread's 32 folded sums
 // 256 bytes of mbarriers, the folded sums, alignment of the ring to 1024
 #define WG_RING_SLACK (256 + WG_TOT_BYTES + 1024)
@@ -1121,22 +1129,17 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     float acc[4][8], sum[8];
     uint4 sc = zero4, zv = zero4;  // the current group's scales and zero offsets
     int cur = -1;                  // the group whose sums acc and sum hold
-    auto fold = [&]() {            // after wait_group 0
+    auto fold = [&]() {            // after wait_group 0; a column block at a time (register peak)
 #pragma unroll
         for (int j = 0; j < 4; j++) wg_pin(acc[j]);
         wg_pin(sum);
-        float tot[4][8];
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const float4 v = tot_s[MMA_THREADS * k];
-            tot[k / 2][4 * (k % 2)] = v.x, tot[k / 2][4 * (k % 2) + 1] = v.y;
-            tot[k / 2][4 * (k % 2) + 2] = v.z, tot[k / 2][4 * (k % 2) + 3] = v.w;
-        }
-        fold_group_swapped<BITS, BF, SYM, 2>(acc, sum, tot, sc, zv);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const float* t = &tot[k / 2][4 * (k % 2)];
-            tot_s[MMA_THREADS * k] = make_float4(t[0], t[1], t[2], t[3]);
+        for (int j = 0; j < 4; j++) {
+            const float4 lo = tot_s[MMA_THREADS * 2 * j], hi = tot_s[MMA_THREADS * (2 * j + 1)];
+            float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            fold_columns_swapped<BITS, BF, SYM, 2>(j, acc[j], sum, t, sc, zv);
+            tot_s[MMA_THREADS * 2 * j] = make_float4(t[0], t[1], t[2], t[3]);
+            tot_s[MMA_THREADS * (2 * j + 1)] = make_float4(t[4], t[5], t[6], t[7]);
         }
     };
     uint4 q[QV];     // the words of the tile after the one whose codes are being formed
@@ -1167,44 +1170,54 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         const u32 a_s = ring_s + s * St::BYTES;
         const uint4* slot = reinterpret_cast<const uint4*>(ring + s * St::BYTES + St::A_BYTES) + STAGE_U4 + warp * 8 +
                             lane / 4;  // this lane's scales in the stage's slot 0
+        // FAST: all TPS tiles inside one group with two more tiles after them (nearly every stage):
+        // the group can change only at the first tile and no tile tests the end of the range.
+        auto stage = [&](auto fast_flag) {
+            constexpr bool FAST = decltype(fast_flag)::value;
 #pragma unroll
-        for (int p = 0; p < TPS; p++) {
-            const int tile = t0 + p;
-            if (tile >= t_end) break;  // uniform over the block
-            const int G = tile >> group_shift;
-            const bool fresh = G != cur;
-            if (fresh) {
-                if (cur >= 0) {
-                    wg_wait<0>();
-                    fold();
+            for (int p = 0; p < TPS; p++) {
+                const int tile = t0 + p;
+                if (!FAST && tile >= t_end) break;  // uniform over the block
+                bool fresh = false;
+                if (!FAST || p == 0) {
+                    const int G = tile >> group_shift;
+                    fresh = G != cur;
+                    if (fresh) {
+                        if (cur >= 0) {
+                            wg_wait<0>();
+                            fold();
+                        }
+                        cur = G;
+                        const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
+                        if (active) {
+                            sc = slot[32 * j];
+                            if (!SYM) zv = slot[32 * (TPS + j)];
+                        }
+                    }
                 }
-                cur = G;
-                const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
-                if (active) {
-                    sc = slot[32 * j];
-                    if (!SYM) zv = slot[32 * (TPS + j)];
-                }
-            }
-            unsigned long long desc = wg_desc<St::A_ROW>(a_s + 32 * p);
-            wg_pin_inputs(b[p % 2], desc);
-            wg_fence();
-            wgmma_tile<BF>(acc, sum, b[p % 2], ones, desc, fresh ? 0 : 1);
-            wg_commit();
-            wg_wait<1>();  // tile t-1's wgmma are done
-            // Stage i-1 is read to the end (its last tile's wgmma; its words and scales long loaded).
-            if (p == 0 && i > 0) mbar_arrive(empty + 8 * (s == 0 ? stages - 1 : s - 1));
-            if (tile + 1 < t_end) {
-                int_tile<BITS, BF>(q, b[(p + 1) % 2]);
-                if (tile + 2 < t_end) {
-                    if (p + 2 < TPS) {
-                        load_q(s, p + 2);
-                    } else {
-                        if (p + 2 == TPS) mbar_wait(full + 8 * sn, parity_n);
-                        load_q(sn, p + 2 - TPS);
+                unsigned long long desc = wg_desc<St::A_ROW>(a_s + 32 * p);
+                wg_pin_inputs(b[p % 2], desc);
+                wg_fence();
+                wgmma_tile<BF>(acc, sum, b[p % 2], ones, desc, fresh ? 0 : 1);
+                wg_commit();
+                wg_wait<1>();  // tile t-1's wgmma are done
+                // Stage i-1 is read to the end (its last tile's wgmma; its words and scales long loaded).
+                if (p == 0 && i > 0) mbar_arrive(empty + 8 * (s == 0 ? stages - 1 : s - 1));
+                if (FAST || tile + 1 < t_end) {
+                    int_tile<BITS, BF>(q, b[(p + 1) % 2]);
+                    if (FAST || tile + 2 < t_end) {
+                        if (p + 2 < TPS) {
+                            load_q(s, p + 2);
+                        } else {
+                            if (p + 2 == TPS) mbar_wait(full + 8 * sn, parity_n);
+                            load_q(sn, p + 2 - TPS);
+                        }
                     }
                 }
             }
-        }
+        };
+        if (t0 + TPS + 2 <= t_end && (t0 >> group_shift) == ((t0 + TPS - 1) >> group_shift)) stage(Flag<true>());
+        else stage(Flag<false>());
         s = sn;
         parity = parity_n;
     }

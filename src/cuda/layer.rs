@@ -557,7 +557,21 @@ impl CudaLayer {
         }
         let resident = |_| self.resident_ring[ring as usize];
         let s = mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
-        let s = MmaShape { ring: Some(ring), ..s };
+        let s = match ring {
+            // Whole stages per split (4 tiles at 4 bit, 2 at 8), so that with groups of at least a
+            // stage no stage straddles a group and the kernel takes its straight-line stage body
+            // (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
+            Ring::Warpgroup => {
+                let tiles = s.tiles_per_split.next_multiple_of(if self.bits == 4 { 4 } else { 2 });
+                MmaShape {
+                    ring: Some(ring),
+                    tiles_per_split: tiles,
+                    splits: self.k.div_ceil(TILE_K).div_ceil(tiles),
+                    ..s
+                }
+            }
+            Ring::Bulk => MmaShape { ring: Some(ring), ..s },
+        };
         (ring == Ring::Warpgroup || self.bits == 4 || s.tiles_per_split >= 32).then_some(s)
     }
 
