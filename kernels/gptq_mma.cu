@@ -977,12 +977,19 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 //   (int_tile), a group's raw sums and row sums (a fifth wgmma against ones) folded into the total
 //   with its scales and zeros once per group (fold_group_swapped): one LOP3 per register. (Scales
 //   applied per code pair, two more FMA per register, left the kernel issue-bound: version 25.)
-// - each tile's wgmma run while the next tile's words are read, then wait_group 0, so a group's
-//   sums are complete when the next group's first tile folds them; a stage goes back to the
-//   producer after its last tile's wgmma.
-// Shared memory: 2·16 mbarriers, then the ring at the first 1024-byte boundary (the swizzle atom),
-// each stage (WgStage, mirrored by src/cuda/layer.rs wg_stage_bytes) A first, so every stage's A is
-// 1024-byte aligned (stage sizes are multiples of 1024).
+// - two tiles in flight: tile t's wgmma run while tile t+1's codes are formed in the other half of
+//   a double register buffer (wait_group 1 frees it); a group's fold waits for all (wait_group 0).
+//   The folded totals live in shared memory (read and written once per group), whose 32 registers
+//   pay for the second tile's codes at 3 blocks per SM (version 27 kept them and spilled).
+// - a stage inside one group with two more tiles after it (nearly all: the host makes K splits
+//   whole stages) runs a straight-line body: the group can change only at its first tile.
+// - every consumer thread arrives on a stage's `empty` barrier once its last tile's wgmma are done
+//   (after the next tile's wait_group 1), so no hand-over through __syncwarp is needed.
+// Shared memory: 2·16 mbarriers, the folded totals (128 threads × 32 floats, float4 k of thread i at
+// [128 k + i], conflict-free), then the ring at the next 1024-byte boundary (the swizzle atom), each
+// stage (WgStage, mirrored by src/cuda/layer.rs wg_stage_bytes) A first, so every stage's A is
+// 1024-byte aligned (stage sizes are multiples of 1024); 4 stages fit 3 blocks per SM at 4 bit (3
+// measured the same: the ring is not the limit, version 30).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 16
 template <bool V> struct Flag {  // a compile-time flag for a generic lambda's argument
