@@ -38,6 +38,33 @@ cp target/release/libgptq.so "$D"/
 cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > "$D"/kernels.cu
 # A small sharded act-order checkpoint for the interop check (Python safetensors + transformers there).
 cargo run --release --quiet --example interop_fixture -- "$D"/interop
+# STAGE_NVRTC12=1: also CUDA 12.0's NVRTC (NVIDIA's wheel, compressed) and stage/nvrtc12.sh, which
+# runs the GPU tests and a few bench shapes with kernels compiled by it (the device has CUDA 13 only).
+if [ "${STAGE_NVRTC12:-0}" = 1 ]; then
+    w=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --dest "$w" nvidia-cuda-nvrtc-cu12==12.0.76
+    (cd "$w" && python3 -c 'import glob, zipfile; zipfile.ZipFile(glob.glob("*.whl")[0]).extractall(".")')
+    tar cJf "$D"/nvrtc120.tar.xz -C "$w"/nvidia/cuda_nvrtc/lib libnvrtc.so.12 libnvrtc-builtins.so.12.0
+    rm -rf "$w"
+    cat > "$D"/nvrtc12.sh <<'NV12'
+#!/usr/bin/env bash
+# GPU tests and bench shapes with kernels compiled by CUDA 12.0's NVRTC instead of the machine's.
+S=$(dirname "$0")
+mkdir -p /tmp/nv12 && tar xJf $S/nvrtc120.tar.xz -C /tmp/nv12
+ln -sf libnvrtc.so.12 /tmp/nv12/libnvrtc.so  # the unversioned name is tried first; CUDA 13 has one
+LD_LIBRARY_PATH=/tmp/nv12 GPTQ_CACHE_DIR=/tmp/cache-nvrtc12 $S/test-cuda --test-threads=1 2>&1 | grep -E "test result|FAILED|panicked"
+echo "kernel cache (the key names the NVRTC version):"; ls /tmp/cache-nvrtc12
+for m in 1 16; do
+    for v in 12 13; do
+        echo -n "NVRTC $v: "
+        if [ $v = 12 ]; then L=/tmp/nv12; else L=; fi
+        LD_LIBRARY_PATH=$L GPTQ_CACHE_DIR=/tmp/cache-nvrtc$v GPTQ_BENCH_SHAPE=8192x28672 GPTQ_BENCH_M=$m \
+            $S/bench-cuda profile 2>&1 | grep -E "^ *$m "
+    done
+done
+NV12
+    chmod +x "$D"/nvrtc12.sh
+fi
 cat > "$D"/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs on the device machine from the repository root. STAGE_TESTS=0 / STAGE_BENCH=0 skip a part;

@@ -46,8 +46,8 @@ fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/libgptq"))
 }
 
-/// The cubin of [`SOURCE`] for compute capability `arch`, from the cache or freshly compiled.
-pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
+/// The version of the NVRTC library the kernels are compiled with (e.g. `(12, 0)`, `(13, 0)`).
+pub fn nvrtc_version() -> Result<(i32, i32)> {
     // SAFETY: only probes whether the library can be opened.
     if !unsafe { nv::is_culib_present() } {
         return Err(Error::NoDevice("NVRTC (libnvrtc.so) was not found; it is needed to compile the kernels".into()));
@@ -55,6 +55,16 @@ pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
     let (mut maj, mut min) = (0, 0);
     // SAFETY: writes two ints.
     nvrtc_check(unsafe { nv::nvrtcVersion(&mut maj, &mut min) }, "nvrtcVersion")?;
+    Ok((maj, min))
+}
+
+/// The kernel module's cubin for compute capability `arch` (e.g. `(8, 6)`; `(9, 0)` builds sm_90a),
+/// from the cache or compiled by NVRTC (CUDA 12.x or 13.x) and cached. Needs NVRTC, not a GPU, so a
+/// build machine can fill the cache (`GPTQ_CACHE_DIR`) for the cards it will serve, and a packager
+/// can check that an NVRTC compiles the kernels. [`Error::NoDevice`] without NVRTC;
+/// [`Error::Cuda`] with NVRTC's log where compilation fails (e.g. an architecture it does not know).
+pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
+    let (maj, min) = nvrtc_version()?;
     // sm_90a unlocks Hopper-only instructions; other architectures use their plain name.
     let sm = if arch == (9, 0) { "sm_90a".to_string() } else { format!("sm_{}{}", arch.0, arch.1) };
     let defines = defines();

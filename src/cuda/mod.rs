@@ -11,7 +11,8 @@ mod device;
 mod layer;
 mod tiles;
 
-pub use device::{device_count, init, Device};
+pub use compile::{CACHE_DIR_ENV, kernels_cubin, nvrtc_version};
+pub use device::{Device, device_count, init};
 pub use layer::{ActDType, CudaLayer, KernelFamily, Ring};
 
 use crate::error::{Error, Result};
