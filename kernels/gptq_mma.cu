@@ -1133,7 +1133,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     float4* const tot_s = reinterpret_cast<float4*>(smem + 256) + threadIdx.x;
 #pragma unroll
     for (int k = 0; k < 8; k++) tot_s[MMA_THREADS * k] = make_float4(0.f, 0.f, 0.f, 0.f);
-    float acc[4][8], sum[8];
+    float acc[4][8], sum[8];  // no initial value: a group's first wgmma runs with scale-d = 0
     uint4 sc = zero4, zv = zero4;  // the current group's scales and zero offsets
     int cur = -1;                  // the group whose sums acc and sum hold
     auto fold = [&]() {            // after wait_group 0; a column block at a time (register peak)
