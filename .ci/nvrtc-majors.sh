@@ -11,19 +11,7 @@ for spec in "12.0 nvidia-cuda-nvrtc-cu12==12.0.76" "13.0 nvidia-cuda-nvrtc==13.0
     set -- $spec
     want=$1 pkg=$2
     dest="$dir/$want"
-    if [ ! -d "$dest/lib" ]; then
-        python3 -m pip download --quiet --no-deps --dest "$dest" "$pkg"
-        python3 - "$dest" <<'PY'
-import glob, os, shutil, sys, zipfile
-dest = sys.argv[1]
-os.makedirs(f"{dest}/lib", exist_ok=True)
-with zipfile.ZipFile(glob.glob(f"{dest}/*.whl")[0]) as z:
-    for name in z.namelist():
-        if "/lib/libnvrtc" in name and ".alt." not in name:
-            with z.open(name) as src, open(f"{dest}/lib/{os.path.basename(name)}", "wb") as out:
-                shutil.copyfileobj(src, out)
-PY
-    fi
+    bash .ci/fetch-nvrtc.sh "$pkg" "$dest"
     ls "$dest/lib"
     out=$(LD_LIBRARY_PATH="$dest/lib" cargo test --release --test nvrtc -- --nocapture 2>&1) || { echo "$out"; exit 1; }
     echo "$out" | grep -E "^NVRTC|test result"

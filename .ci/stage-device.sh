@@ -42,9 +42,8 @@ cargo run --release --quiet --example interop_fixture -- "$D"/interop
 # runs the GPU tests and a few bench shapes with kernels compiled by it (the device has CUDA 13 only).
 if [ "${STAGE_NVRTC12:-0}" = 1 ]; then
     w=$(mktemp -d)
-    python3 -m pip download --quiet --no-deps --dest "$w" nvidia-cuda-nvrtc-cu12==12.0.76
-    (cd "$w" && python3 -c 'import glob, zipfile; zipfile.ZipFile(glob.glob("*.whl")[0]).extractall(".")')
-    tar cJf "$D"/nvrtc120.tar.xz -C "$w"/nvidia/cuda_nvrtc/lib libnvrtc.so.12 libnvrtc-builtins.so.12.0
+    bash .ci/fetch-nvrtc.sh nvidia-cuda-nvrtc-cu12==12.0.76 "$w"
+    tar cJf "$D"/nvrtc120.tar.xz -C "$w"/lib libnvrtc.so.12 libnvrtc-builtins.so.12.0
     rm -rf "$w"
     cat > "$D"/nvrtc12.sh <<'NV12'
 #!/usr/bin/env bash
