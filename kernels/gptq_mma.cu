@@ -442,8 +442,13 @@ __device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda,
 // accumulators: two 16-byte loads per group) are requested when a warp enters a group and used when
 // it leaves, so their latency hides behind the group's tiles.
 
-template <int BITS, bool BF>
+// SIGNED (the symmetric warpgroup kernel): the codes minus their zero 2^(BITS-1), formed by one
+// exact add per register (fp16 4 bit: subtile 2c+1 as 16·(q − 8)), so a group needs no row sums and
+// a tile one wgmma less (version 31).
+template <int BITS, bool BF, bool SIGNED = false>
 __device__ __forceinline__ void int_tile(const uint4 (&q)[BITS / 4], u32 (&b)[8][2]) {
+    // pfma(x, 1, -c): x − c, exact (small integers); bf16 1 = 0x3F80, f16 1 = 0x3C00.
+    constexpr u32 one = BF ? 0x3F803F80u : 0x3C003C00u;
     if constexpr (BITS == 4) {
         const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
 #pragma unroll
@@ -454,19 +459,31 @@ __device__ __forceinline__ void int_tile(const uint4 (&q)[BITS / 4], u32 (&b)[8]
                 b[2 * c + 1][0] = and_or(w[c], 0x00F000F0u);
                 b[2 * c][1] = and_or(w8, 0x000F000Fu);
                 b[2 * c + 1][1] = and_or(w8, 0x00F000F0u);
+                if constexpr (SIGNED) {
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        b[2 * c][r] = pfma<false>(b[2 * c][r], one, 0xE408E408u /* -1032 */);
+                        b[2 * c + 1][r] = pfma<false>(b[2 * c + 1][r], one, 0xE480E480u /* -1152 */);
+                    }
+                }
             } else {
 #pragma unroll
-                for (int j = 0; j < 4; j++) b[2 * c + (j & 1)][j >> 1] = code_pair<true>(w[c] >> (4 * j));
+                for (int j = 0; j < 4; j++) {
+                    const u32 v = code_pair<true>(w[c] >> (4 * j));
+                    b[2 * c + (j & 1)][j >> 1] = SIGNED ? pfma<true>(v, one, 0xC308C308u /* -136 */) : v;
+                }
             }
         }
     } else {
         const u32 w[8] = {q[0].x, q[0].y, q[0].z, q[0].w, q[1].x, q[1].y, q[1].z, q[1].w};
+        constexpr u32 off = SIGNED ? 0xE480E480u /* -1152 */ : 0xE400E400u /* -1024 */;
 #pragma unroll
         for (int c = 0; c < 8; c++)
 #pragma unroll
             for (int j = 0; j < 2; j++) {
                 const u32 d = code_pair8(w[c] >> (8 * j));
-                b[c][j] = BF ? h2_to_b2(pfma<false>(d, 0x3C003C00u, 0xE400E400u /* -1024 */)) : d;
+                if constexpr (BF) b[c][j] = h2_to_b2(pfma<false>(d, 0x3C003C00u, off));
+                else b[c][j] = SIGNED ? pfma<false>(d, 0x3C003C00u, off) : d;
             }
     }
 }
@@ -779,6 +796,25 @@ __device__ __forceinline__ void fold_columns_swapped(int j, const float (&acc)[4
             }
     }
 }
+// The same for signed codes (int_tile's SIGNED): tot += acc · scale, the zero already taken.
+template <int BITS, bool BF, int R>
+__device__ __forceinline__ void fold_columns_signed(int j, const float (&acc)[4 * R], float (&tot)[4 * R],
+                                                    const uint4& sc) {
+    const u32 sw[4] = {sc.x, sc.y, sc.z, sc.w};
+#pragma unroll
+    for (int hi = 0; hi < 2; hi++) {
+        const int s = 2 * j + hi;
+        const float mult = BITS == 4 && !BF && hi ? 16.f : 1.f;
+        const float scl = h2f((u16)(sw[s / 2] >> (16 * (s % 2)))) * (1.f / mult);
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int i = 4 * r + 2 * hi + h;
+                tot[i] = fmaf(acc[i], scl, tot[i]);
+            }
+    }
+}
 template <int BITS, bool BF, bool SYM, int R>
 __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R], const float (&sum)[4 * R],
                                                    float (&tot)[4][4 * R], const uint4& sc, const uint4& zv) {
@@ -972,10 +1008,11 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 //   wgmma reads, and fills rows past M and inputs past K with zeros;
 // - the four consumer warps are one warpgroup: warp w's registers are rows 16w..16w+15 of wgmma's
 //   64-row A operand (the swapped roles of bulk_gemm_small: 16 output columns per warp and wgmma),
-//   A^T is the shared-memory B operand (16 inputs × 16 rows); a tile takes 4 wgmma m64n16k16 (+1);
-// - the arithmetic of the small-batch kernels: integer codes plus a magic number in the registers
-//   (int_tile), a group's raw sums and row sums (a fifth wgmma against ones) folded into the total
-//   with its scales and zeros once per group (fold_group_swapped): one LOP3 per register. (Scales
+//   A^T is the shared-memory B operand (16 inputs × 16 rows); a tile takes 4 wgmma m64n16k16;
+// - integer codes in the registers (int_tile), a group's raw sums folded into the total with its
+//   scales once per group: symmetric codes are formed signed (q − zero, exact: a LOP3 and an add per
+//   register, version 31); asymmetric ones keep the magic number (one LOP3 per register) and a fifth
+//   wgmma against ones for the row sums that take the zeros out (fold_columns_swapped). (Scales
 //   applied per code pair, two more FMA per register, left the kernel issue-bound: version 25.)
 // - two tiles in flight: tile t's wgmma run while tile t+1's codes are formed in the other half of
 //   a double register buffer (wait_group 1 frees it); a group's fold waits for all (wait_group 0).
@@ -992,6 +1029,9 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 // measured the same: the ring is not the limit, version 30).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ROWS 16
+#ifndef WG_SIGNED
+#define WG_SIGNED 1
+#endif
 template <bool V> struct Flag {  // a compile-time flag for a generic lambda's argument
     static constexpr bool value = V;
 };
@@ -1050,34 +1090,58 @@ __device__ __forceinline__ void wg_pin_inputs(u32 (&b)[8][2], unsigned long long
     asm volatile("" : "+l"(desc));
 }
 // acc[j][64×16] (+)= (the tile's 16 output columns j of each warp)[64×16, registers] · A^T[16×16,
-// shared memory at desc], j < 4, and sum (+)= ones · A^T (every row: the row sums of A), in one asm
-// statement so that nothing lands between the wgmma; accumulate = 0 starts a group's sums.
+// shared memory at desc], j < 4 (and for asymmetric codes sum (+)= ones · A^T, every row the row sums
+// of A), in one asm statement so that nothing lands between the wgmma; accumulate = 0 starts a
+// group's sums.
 // acc[j][i]: row 16·warp + g + 8·((i/2)%2) of wgmma j, column (row of A) 8·(i/4) + 2t + i%2.
 #define WG_ACC(x) "+f"(x[0]), "+f"(x[1]), "+f"(x[2]), "+f"(x[3]), "+f"(x[4]), "+f"(x[5]), "+f"(x[6]), "+f"(x[7])
 #define WG_A(j) "r"(b[2 * j][0]), "r"(b[2 * j + 1][0]), "r"(b[2 * j][1]), "r"(b[2 * j + 1][1])
-#define WG_MMA(T, D, A) "wgmma.mma_async.sync.aligned.m64n16k16.f32." T "." T " {" D "}, {" A "}, %57, p, 1, 1, 0;\n"
-#define WG_TILE(T)                                                                              \
-    "{\n.reg .pred p;\nsetp.ne.b32 p, %58, 0;\n" WG_MMA(T, "%0,%1,%2,%3,%4,%5,%6,%7", "%40,%41,%42,%43") \
-    WG_MMA(T, "%8,%9,%10,%11,%12,%13,%14,%15", "%44,%45,%46,%47")                               \
-    WG_MMA(T, "%16,%17,%18,%19,%20,%21,%22,%23", "%48,%49,%50,%51")                             \
-    WG_MMA(T, "%24,%25,%26,%27,%28,%29,%30,%31", "%52,%53,%54,%55")                             \
-    WG_MMA(T, "%32,%33,%34,%35,%36,%37,%38,%39", "%56,%56,%56,%56") "}\n"
-template <bool BF>
+#define WG_MMA(T, D, A, DESC) \
+    "wgmma.mma_async.sync.aligned.m64n16k16.f32." T "." T " {" D "}, {" A "}, " DESC ", p, 1, 1, 0;\n"
+// The four wgmma of the output columns; A0..A3 their A registers, DESC and ACC operand numbers.
+#define WG_TILE(T, A0, A1, A2, A3, DESC, ACC)                                    \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\n"                              \
+    WG_MMA(T, "%0,%1,%2,%3,%4,%5,%6,%7", A0, DESC)                               \
+    WG_MMA(T, "%8,%9,%10,%11,%12,%13,%14,%15", A1, DESC)                         \
+    WG_MMA(T, "%16,%17,%18,%19,%20,%21,%22,%23", A2, DESC)                       \
+    WG_MMA(T, "%24,%25,%26,%27,%28,%29,%30,%31", A3, DESC)
+// Operands with ROWSUM: acc 0-31 (wgmma j: 8j..8j+7), sum 32-39, A registers 40-55 (wgmma j:
+// 40+4j..), ones 56, desc 57, accumulate 58. Without: acc 0-31, A registers 32-47, desc 48,
+// accumulate 49.
+#define WG_TILE_ROWSUM(T)                                                                                \
+    WG_TILE(T, "%40,%41,%42,%43", "%44,%45,%46,%47", "%48,%49,%50,%51", "%52,%53,%54,%55", "%57", "%58") \
+    WG_MMA(T, "%32,%33,%34,%35,%36,%37,%38,%39", "%56,%56,%56,%56", "%57") "}\n"
+#define WG_TILE_SIGNED(T) \
+    WG_TILE(T, "%32,%33,%34,%35", "%36,%37,%38,%39", "%40,%41,%42,%43", "%44,%45,%46,%47", "%48", "%49") "}\n"
+// ROWSUM (asymmetric codes): the fifth wgmma, sum (+)= ones · A^T. Without it (signed codes) `sum`
+// and `ones` are not operands at all, so they take no registers.
+template <bool BF, bool ROWSUM>
 __device__ __forceinline__ void wgmma_tile(float (&acc)[4][8], float (&sum)[8], const u32 (&b)[8][2], u32 ones,
                                            unsigned long long desc, int accumulate) {
-    // Operands: acc 0-31 (wgmma j: 8j..8j+7), sum 32-39, A registers 40-55 (wgmma j: 40+4j..),
-    // ones 56, desc 57, accumulate 58.
-    if (BF)
-        asm volatile(WG_TILE("bf16")
-                     : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3]), WG_ACC(sum)
-                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "r"(ones), "l"(desc), "r"(accumulate));
-    else
-        asm volatile(WG_TILE("f16")
-                     : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3]), WG_ACC(sum)
-                     : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "r"(ones), "l"(desc), "r"(accumulate));
+    if constexpr (ROWSUM) {
+        if (BF)
+            asm volatile(WG_TILE_ROWSUM("bf16")
+                         : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3]), WG_ACC(sum)
+                         : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "r"(ones), "l"(desc), "r"(accumulate));
+        else
+            asm volatile(WG_TILE_ROWSUM("f16")
+                         : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3]), WG_ACC(sum)
+                         : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "r"(ones), "l"(desc), "r"(accumulate));
+    } else {
+        if (BF)
+            asm volatile(WG_TILE_SIGNED("bf16")
+                         : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3])
+                         : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "l"(desc), "r"(accumulate));
+        else
+            asm volatile(WG_TILE_SIGNED("f16")
+                         : WG_ACC(acc[0]), WG_ACC(acc[1]), WG_ACC(acc[2]), WG_ACC(acc[3])
+                         : WG_A(0), WG_A(1), WG_A(2), WG_A(3), "l"(desc), "r"(accumulate));
+    }
 }
 #undef WG_MMA
 #undef WG_TILE
+#undef WG_TILE_ROWSUM
+#undef WG_TILE_SIGNED
 #undef WG_ACC
 #undef WG_A
 
@@ -1127,6 +1191,9 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const bool active = nt < NT;  // inactive warps still take part in every wgmma, with zero weights
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
+    // Symmetric codes are formed signed: no row sums (int_tile). WG_SIGNED=0 (GPTQ_NVRTC_DEFINES)
+    // keeps version 30's row sums for them, for an A/B in one build.
+    constexpr bool ROWSUM = !SYM || !WG_SIGNED;
     // The sums with scales and zeros applied live in shared memory (this thread's float4 k at
     // tot_s[128 k], conflict-free), read and written once per group: their 32 registers pay for the
     // second tile's codes in flight. acc, sum: the current group's raw sums (layout at wgmma_tile).
@@ -1139,12 +1206,13 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     auto fold = [&]() {            // after wait_group 0; a column block at a time (register peak)
 #pragma unroll
         for (int j = 0; j < 4; j++) wg_pin(acc[j]);
-        wg_pin(sum);
+        if constexpr (ROWSUM) wg_pin(sum);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const float4 lo = tot_s[MMA_THREADS * 2 * j], hi = tot_s[MMA_THREADS * (2 * j + 1)];
             float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-            fold_columns_swapped<BITS, BF, SYM, 2>(j, acc[j], sum, t, sc, zv);
+            if constexpr (ROWSUM) fold_columns_swapped<BITS, BF, SYM, 2>(j, acc[j], sum, t, sc, zv);
+            else fold_columns_signed<BITS, BF, 2>(j, acc[j], t, sc);
             tot_s[MMA_THREADS * 2 * j] = make_float4(t[0], t[1], t[2], t[3]);
             tot_s[MMA_THREADS * (2 * j + 1)] = make_float4(t[4], t[5], t[6], t[7]);
         }
@@ -1164,7 +1232,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     if (nstages > 0) {
         mbar_wait(full, 0);
         load_q(0, 0);
-        int_tile<BITS, BF>(q, b[0]);
+        int_tile<BITS, BF, !ROWSUM>(q, b[0]);
         if (t_begin + 1 < t_end) load_q(0, 1);  // TPS >= 2
     }
     int s = 0;
@@ -1174,7 +1242,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         const int t0 = t_begin + i * TPS;
         const int sn = s + 1 == stages ? 0 : s + 1;     // stage i+1's slot
         const u32 parity_n = sn == 0 ? parity ^ 1 : parity;  // and parity
-        const u32 a_s = ring_s + s * St::BYTES;
+        const unsigned long long desc0 = wg_desc<St::A_ROW>(ring_s + s * St::BYTES);  // the stage's A
         const uint4* slot = reinterpret_cast<const uint4*>(ring + s * St::BYTES + St::A_BYTES) + STAGE_U4 + warp * 8 +
                             lane / 4;  // this lane's scales in the stage's slot 0
         // FAST: all TPS tiles inside one group with two more tiles after them (nearly every stage):
@@ -1202,16 +1270,16 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
                         }
                     }
                 }
-                unsigned long long desc = wg_desc<St::A_ROW>(a_s + 32 * p);
+                unsigned long long desc = desc0 + 2 * p;  // 32 bytes on (the address field counts 16)
                 wg_pin_inputs(b[p % 2], desc);
                 wg_fence();
-                wgmma_tile<BF>(acc, sum, b[p % 2], ones, desc, fresh ? 0 : 1);
+                wgmma_tile<BF, ROWSUM>(acc, sum, b[p % 2], ones, desc, fresh ? 0 : 1);
                 wg_commit();
                 wg_wait<1>();  // tile t-1's wgmma are done
                 // Stage i-1 is read to the end (its last tile's wgmma; its words and scales long loaded).
                 if (p == 0 && i > 0) mbar_arrive(empty + 8 * (s == 0 ? stages - 1 : s - 1));
                 if (FAST || tile + 1 < t_end) {
-                    int_tile<BITS, BF>(q, b[(p + 1) % 2]);
+                    int_tile<BITS, BF, !ROWSUM>(q, b[(p + 1) % 2]);
                     if (FAST || tile + 2 < t_end) {
                         if (p + 2 < TPS) {
                             load_q(s, p + 2);
