@@ -1022,6 +1022,11 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 //   whole stages) runs a straight-line body: the group can change only at its first tile.
 // - every consumer thread arrives on a stage's `empty` barrier once its last tile's wgmma are done
 //   (after the next tile's wait_group 1), so no hand-over through __syncwarp is needed.
+// - split K: where the host launches the 2-8 splits of a column block as one thread-block cluster
+//   (layer.rs, with_cluster_rows), the splits add their folded totals through distributed shared
+//   memory, each rank a share of them in rank order, and write C: no partial sums in the
+//   workspace and no reduction launch, which cost 8192×28672 at M = 16 a tenth of its time
+//   (version 32). Otherwise partial sums go to the workspace for gptq_reduce_*.
 // Shared memory: 2·16 mbarriers, the folded totals (128 threads × 32 floats, float4 k of thread i at
 // [128 k + i], conflict-free), then the ring at the next 1024-byte boundary (the swizzle atom), each
 // stage (WgStage, mirrored by src/cuda/layer.rs wg_stage_bytes) A first, so every stage's A is
@@ -1035,6 +1040,33 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 template <bool V> struct Flag {  // a compile-time flag for a generic lambda's argument
     static constexpr bool value = V;
 };
+// Thread-block cluster helpers: the cluster barrier (release/acquire: shared-memory writes before
+// it are visible to the cluster after it), this block's rank, the cluster's size (1 when launched
+// without clusters), and a 16-byte load from block `rank`'s shared memory at the address matching
+// `local` there.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ u32 cluster_size() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ float4 ld_cluster_f32x4(u32 local, u32 rank) {
+    u32 remote;
+    float4 v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
+    return v;
+}
 #define WG_TOT_BYTES (MMA_THREADS * 32 * 4)  // each consumer thread's 32 folded sums
 // 256 bytes of mbarriers, the folded sums, alignment of the ring to 1024
 #define WG_RING_SLACK (256 + WG_TOT_BYTES + 1024)
@@ -1169,21 +1201,31 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     __syncthreads();
     pdl_launch_dependents();
 
+    // The K splits of a column block launched as one cluster (grid y = cluster y) add their totals
+    // through distributed shared memory: no partial sums in the workspace, no reduction kernel.
+    const u32 ranks = cluster_size();
     if (warp == 4) {  // producer
-        if (lane != 0) return;
-        const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
-        auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
-            const int s = i % stages, t0 = t_begin + i * TPS;
-            copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s, src + (long)i * STAGE_U4,
-                                             t0, min(TPS, t_end - t0), group_shift, NT, scale, nzero);
-        };
-        auto activations = [&](int i) {  // stage i's box of A (the whole box counts, zeros included)
-            const int s = i % stages;
-            const u32 bar = full + 8 * s;
-            mbar_expect_tx(bar, St::A_BYTES);
-            tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
-        };
-        ring_produce(empty, stages, nstages, weights, activations);
+        if (lane == 0) {
+            const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
+            auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
+                const int s = i % stages, t0 = t_begin + i * TPS;
+                copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s,
+                                                 src + (long)i * STAGE_U4, t0, min(TPS, t_end - t0), group_shift,
+                                                 NT, scale, nzero);
+            };
+            auto activations = [&](int i) {  // stage i's box of A (the whole box counts, zeros included)
+                const int s = i % stages;
+                const u32 bar = full + 8 * s;
+                mbar_expect_tx(bar, St::A_BYTES);
+                tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
+            };
+            ring_produce(empty, stages, nstages, weights, activations);
+        }
+        __syncwarp();
+        if (ranks > 1) {  // every thread of every block takes part in the two cluster barriers below
+            cluster_sync();
+            cluster_sync();
+        }
         return;
     }
 
@@ -1299,20 +1341,41 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     wg_wait<0>();
     if (cur >= 0) fold();
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-    if (!active) return;
     const int g = lane / 4, tq = lane % 4;
+    // This thread's float4 k holds rows m0 + 8·(k%2) + 2tq + {0, 1} (x/z, y/w) of columns
+    // nt·64 + 16·(k/2) + g + {0, 8} (x/y, z/w).
+    auto store = [&](int k, const float4& v, bool direct) {
+        const float e[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int m = m0 + 8 * (i / 4) + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * ((i / 2) % 2);
-            const float4 v = tot_s[MMA_THREADS * (2 * j + i / 4)];
-            const float t = i % 4 == 0 ? v.x : i % 4 == 1 ? v.y : i % 4 == 2 ? v.z : v.w;
+        for (int c = 0; c < 4; c++) {
+            const int m = m0 + 8 * (k % 2) + 2 * tq + c % 2, n = nt * 64 + 16 * (k / 2) + g + 8 * (c / 2);
             if (m < M && n < N) {
-                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(t + (bias ? bias[n] : 0.f));
-                else partial[((long)blockIdx.y * M + m) * N + n] = t;
+                if (direct) C[(long)m * ldc + n] = store_act<BF>(e[c] + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = e[c];
             }
         }
+    };
+    if (ranks > 1) {
+        // Rank r adds the float4s k = r, r + ranks, ... of every block (in rank order: the same sum
+        // on every run) and writes them; the second barrier keeps each block's shared memory alive
+        // until the others have read it.
+        cluster_sync();
+        const u32 rank = cluster_rank();
+        for (int k = rank; k < 8; k += ranks) {
+            const u32 local = smem_u32(&tot_s[MMA_THREADS * k]);
+            float4 sum = ld_cluster_f32x4(local, 0);
+            for (u32 r = 1; r < ranks; r++) {
+                const float4 v = ld_cluster_f32x4(local, r);
+                sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
+            }
+            if (active) store(k, sum, true);
+        }
+        cluster_sync();
+        return;
+    }
+    if (!active) return;
+#pragma unroll
+    for (int k = 0; k < 8; k++) store(k, tot_s[MMA_THREADS * k], gridDim.y == 1);
 }
 // gptq_wg_b{BITS}_{f16|bf16}_{sym|asym}: a warpgroup of consumers and a producer warp, 3 blocks per SM.
 #define WG_SMALL(BITS, BF, SYM, NAME)                                                                        \

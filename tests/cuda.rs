@@ -282,7 +282,13 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         let ms: &[usize] = if bits == 8 { &[1, 8, 16] } else { &[1, 8, 16, 64, 1000] };
         let what = format!("{bits} bit K {k} N {n} act {act}");
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
-        eprintln!("{what}: M {ms:?} pass");
+        // On sm_90a, M = 16 on 8192×28672 (3 splits of K) adds its splits in thread-block clusters
+        // unless GPTQ_CUDA_NO_CLUSTERS asks for the workspace path: the check above covered it.
+        let clusters_wanted = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none();
+        if (k, n) == (8192, 28672) {
+            assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
+        }
+        eprintln!("{what}: M {ms:?} pass (clusters at M = 16: {})", l.reduces_in_clusters(16));
     }
 }
 
@@ -425,7 +431,20 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     // warpgroup kernel after a gather launch, elsewhere the register-fed small-batch kernel; m = 40:
     // 64-row blocks).
     for m in [3usize, 5, 12, 40] {
-        graph_and_streams(cl, m);
+        graph_and_streams(cl, m, 4096, 4096);
+    }
+    {
+        // A wide layer whose 4 splits of K at m = 12 (after the gather launch) add up in
+        // thread-block clusters on sm_90a: graph capture and two streams of the cluster launch.
+        let (k, n) = (1024usize, 14336usize);
+        let h = gptq_test_layer(random_layer(8, 4, Some(128), k, n, true, true));
+        let wg = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none();
+        assert_eq!(CudaLayer::new(&h.1, 0).unwrap().reduces_in_clusters(12), wg, "clusters at m = 12 on {k}x{n}");
+        let mut cl = std::ptr::null_mut();
+        assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
+        graph_and_streams(cl, 12, k, n);
+        unsafe { gptq_cuda_layer_free(cl) };
+        h.free();
     }
     let (k, n) = (4096usize, 4096usize);
     let s1 = gpu::stream();
@@ -443,9 +462,8 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     h.free();
 }
 
-/// Direct launch vs graph capture/replay vs two streams at once, for `m` rows of a 4096² layer.
-fn graph_and_streams(cl: *mut gptq_cuda_layer, m: usize) {
-    let (k, n) = (4096usize, 4096usize);
+/// Direct launch vs graph capture/replay vs two streams at once, for `m` rows of a `k`×`n` layer.
+fn graph_and_streams(cl: *mut gptq_cuda_layer, m: usize, k: usize, n: usize) {
     let mut rng = Rng(5 + m as u64);
     let a: Vec<u16> = (0..m * k).map(|_| f16::from_f32(rng.uniform()).to_bits()).collect();
     let a_dev = gpu::Buf::from(&a);
@@ -494,7 +512,7 @@ fn graph_and_streams(cl: *mut gptq_cuda_layer, m: usize) {
     assert_eq!(c4.read::<u16>(m * n), direct);
 
     // A workspace that is too small is refused before anything is enqueued.
-    assert!(ws > 0, "m = {m} on 4096x4096 needs a workspace");
+    assert!(ws > 0, "m = {m} on {k}x{n} needs a workspace");
     let s = unsafe { gptq_cuda_gemm(cl, a_dev.0 as *const c_void, GPTQ_DTYPE_F16, m, k, c3.0 as *mut c_void, n, w3.0 as *mut c_void, 0, s1.cast()) };
     assert_eq!(s, GPTQ_STATUS_BUFFER_TOO_SMALL);
     // A workspace sized for a larger batch serves this one.

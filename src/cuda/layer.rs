@@ -175,6 +175,10 @@ pub struct CudaLayer {
     resident: [usize; 3],
     /// The same for the ring kernels ([`Ring`] order; where the device uses them).
     resident_ring: [usize; 2],
+    /// Bit m set: a call of m rows on the warpgroup kernel launches the K splits of each column
+    /// block as one thread-block cluster that adds them in shared memory (no workspace, no
+    /// reduction launch), because every cluster of the grid fits on the device at once.
+    wg_cluster_rows: u32,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -233,24 +237,77 @@ unsafe fn launch_smem(
     what: &str,
     pdl: bool,
 ) -> Result<()> {
-    let r = if pdl {
+    // SAFETY: the caller's contract.
+    unsafe { launch_cluster(f, grid, threads, smem, 1, stream, args, what, pdl) }
+}
+
+/// Launch attributes: programmatic stream serialization when `pdl`, and thread-block clusters of
+/// `cluster_y` blocks along grid y when more than 1.
+fn launch_attributes(pdl: bool, cluster_y: u32) -> Vec<cu::CUlaunchAttribute> {
+    let mut attrs = Vec::with_capacity(2);
+    if pdl {
         // SAFETY: a zeroed attribute is a valid plain-data value; then id and the matching member set.
         let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;
-        let config = cu::CUlaunchConfig {
-            gridDimX: grid.0,
-            gridDimY: grid.1,
-            gridDimZ: grid.2,
-            blockDimX: threads,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem,
-            hStream: stream,
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        // SAFETY: the caller's contract above; `config` and `attr` outlive the call.
+        attrs.push(attr);
+    }
+    if cluster_y > 1 {
+        // SAFETY: as above.
+        let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = 1;
+        attr.value.clusterDim.y = cluster_y;
+        attr.value.clusterDim.z = 1;
+        attrs.push(attr);
+    }
+    attrs
+}
+
+/// A launch configuration for `cuLaunchKernelEx` and the cluster occupancy query; `attrs` must
+/// outlive its use.
+fn launch_config(
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    stream: cu::CUstream,
+    attrs: &mut [cu::CUlaunchAttribute],
+) -> cu::CUlaunchConfig {
+    cu::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: threads,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream,
+        attrs: if attrs.is_empty() { std::ptr::null_mut() } else { attrs.as_mut_ptr() },
+        numAttrs: attrs.len() as u32,
+    }
+}
+
+/// [`launch_smem`] as thread-block clusters of `cluster_y` blocks along grid y (1: no clusters),
+/// which must divide `grid.1`.
+///
+/// # Safety
+/// As [`launch_smem`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_cluster(
+    f: cu::CUfunction,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    cluster_y: u32,
+    stream: cu::CUstream,
+    args: &mut [*mut c_void],
+    what: &str,
+    pdl: bool,
+) -> Result<()> {
+    let r = if pdl || cluster_y > 1 {
+        let mut attrs = launch_attributes(pdl, cluster_y);
+        let config = launch_config(grid, threads, smem, stream, &mut attrs);
+        // SAFETY: the caller's contract above; `config` and `attrs` outlive the call.
         unsafe { cu::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()) }
     } else {
         // SAFETY: the caller's contract above.
@@ -476,7 +533,7 @@ impl CudaLayer {
         };
         let resident = [1, 2, 4].map(|mf| resident_of(&|act| mma_kernel_name(d.bits, mf, act, sym)));
         let resident_ring = [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.kernel_name(d.bits, act, sym)));
-        Ok(CudaLayer {
+        CudaLayer {
             bits: d.bits,
             k,
             n,
@@ -489,8 +546,50 @@ impl CudaLayer {
                 .filter(|&v| v > 0),
             resident,
             resident_ring,
+            wg_cluster_rows: 0,
             device,
-        })
+        }
+        .with_cluster_rows()
+    }
+
+    /// Sets [`CudaLayer::wg_cluster_rows`]: for each row count the warpgroup kernel takes, whether
+    /// its K splits (2 to 8, the portable cluster sizes) can run as clusters with the whole grid
+    /// resident at once (the driver's cluster occupancy, which knows how this chip's SMs are
+    /// grouped), unless `GPTQ_CUDA_NO_CLUSTERS` is set. Measured on the H100 (docs/perf.md, version
+    /// 32): 3 splits (8192×28672) 10% faster, 7 the same; 16 (4096×4096, non-portable) 3% slower.
+    fn with_cluster_rows(mut self) -> Result<Self> {
+        if !self.device.wg || std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_some() {
+            return Ok(self);
+        }
+        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        let mut mask = 0;
+        for m in 1..=WG_ROWS {
+            let Some(shape) = self.ring_shape(m, Ring::Warpgroup) else { continue };
+            if !(2..=8).contains(&shape.splits) {
+                continue;
+            }
+            let stages = self.device.ring_stages(Ring::Warpgroup, self.bits, sym, shape.tiles_per_split);
+            let smem = Ring::Warpgroup.smem_bytes(self.bits, sym, stages) as u32;
+            let grid = (self.n.div_ceil(TILE_N * 4) as u32, shape.splits as u32, 1);
+            let mut fits = true;
+            for act in ["f16", "bf16"] {
+                let f = self.device.function(&Ring::Warpgroup.kernel_name(self.bits, act, sym))?;
+                let mut attrs = launch_attributes(false, shape.splits as u32);
+                let config = launch_config(grid, BULK_THREADS, smem, std::ptr::null_mut(), &mut attrs);
+                let mut clusters = 0;
+                let _ctx = CtxGuard::push(self.device.ctx)?;
+                // SAFETY: `f` is a function of the loaded module; `config` and `attrs` outlive the
+                // call, which writes one int. An error (e.g. a cluster size the device refuses)
+                // just means no clusters.
+                let r = unsafe { cu::cuOccupancyMaxActiveClusters(&mut clusters, f, &config) };
+                fits &= r == cu::CUresult::CUDA_SUCCESS && clusters as u32 >= grid.0;
+            }
+            if fits {
+                mask |= 1 << m;
+            }
+        }
+        self.wg_cluster_rows = mask;
+        Ok(self)
     }
 
     pub fn device(&self) -> usize {
@@ -500,6 +599,13 @@ impl CudaLayer {
     /// Whether this layer runs on tensor cores (else on the CUDA-core kernel).
     pub fn uses_tensor_cores(&self) -> bool {
         matches!(self.weights, Weights::Mma { .. })
+    }
+
+    /// Whether a call of `m` rows (with A 16-byte aligned, so the warpgroup kernel takes it) adds
+    /// its K splits in thread-block clusters rather than through the workspace.
+    #[doc(hidden)]
+    pub fn reduces_in_clusters(&self, m: usize) -> bool {
+        m <= WG_ROWS && self.wg_cluster_rows & (1 << m) != 0
     }
 
     /// Device address and size of the buffers every GEMM must read (packed weights, scales, zero
@@ -799,9 +905,25 @@ impl CudaLayer {
                     let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k)?;
                     let mut args =
                         args![amap, qweight.ptr, scale, nz, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, stagesi];
+                    let cluster_y = if self.wg_cluster_rows & (1 << m) != 0 { splits as u32 } else { 1 };
                     // SAFETY: argument types and order match the kernel's signature (the tensor map
-                    // first, copied by value); extents were checked above.
-                    unsafe { launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)? };
+                    // first, copied by value); extents were checked above; clusters span grid y.
+                    unsafe {
+                        launch_cluster(
+                            f,
+                            grid,
+                            threads,
+                            smem as u32,
+                            cluster_y,
+                            stream,
+                            &mut args,
+                            what,
+                            self.device.pdl,
+                        )?
+                    };
+                    if cluster_y > 1 {
+                        return Ok(()); // the clusters wrote C
+                    }
                 } else {
                     let mut args = args![
                         a_in,
