@@ -1,5 +1,8 @@
-//! Compiles the C programs in tests/c against include/gptq.h and the freshly built libgptq.so, with
-//! strict warnings, and runs each plainly and under AddressSanitizer + UBSan.
+//! Programs in other languages against the freshly built libgptq.so: the C programs in tests/c and
+//! the C++ binding's test (bindings/cpp), compiled against include/gptq.h with strict warnings and
+//! run plainly and under AddressSanitizer + UBSan; the Go binding's tests (`go test` in
+//! bindings/go). A missing toolchain skips its test with a notice, except under CI (`CI` set),
+//! where it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,11 +25,19 @@ fn compile_and_run(src: &Path, sanitize: bool) {
     let lib = lib_dir();
     let name = src.file_stem().unwrap().to_str().unwrap();
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}{}", if sanitize { "-asan" } else { "" }));
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let cpp = src.extension().is_some_and(|e| e == "cpp");
+    let cc = if cpp {
+        std::env::var("CXX").unwrap_or_else(|_| "c++".into())
+    } else {
+        std::env::var("CC").unwrap_or_else(|_| "cc".into())
+    };
     let mut cmd = Command::new(&cc);
-    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O1", "-g"])
+    cmd.arg(if cpp { "-std=c++17" } else { "-std=c11" })
+        .args(["-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O1", "-g"])
         .arg("-I")
         .arg(root.join("include"))
+        .arg("-I")
+        .arg(root.join("bindings/cpp"))
         .arg(src)
         .arg("-o")
         .arg(&exe)
@@ -64,6 +75,21 @@ fn programs() -> Vec<PathBuf> {
     v
 }
 
+/// The C++ binding's test program.
+fn cpp_binding_test() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bindings/cpp/test_gptq.cpp")
+}
+
+#[test]
+fn cpp_binding_test_passes() {
+    compile_and_run(&cpp_binding_test(), false);
+}
+
+#[test]
+fn cpp_binding_test_passes_under_address_and_undefined_sanitizers() {
+    compile_and_run(&cpp_binding_test(), true);
+}
+
 #[test]
 fn c_programs_pass() {
     for p in programs() {
@@ -76,4 +102,38 @@ fn c_programs_pass_under_address_and_undefined_sanitizers() {
     for p in programs() {
         compile_and_run(&p, true);
     }
+}
+
+/// Whether `tool` runs; if not, a notice (or, under CI, a failure: CI must run every binding).
+fn have(tool: &str) -> bool {
+    if Command::new(tool).arg("version").output().is_ok_and(|o| o.status.success())
+        || Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{tool} is not installed, and CI must run the binding tests");
+    println!("NOTICE: {tool} not found; its binding's tests are skipped");
+    false
+}
+
+#[test]
+fn go_binding_tests_pass() {
+    if !have("go") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = lib_dir();
+    let out = Command::new("go")
+        .args(["test", "-count=1", "./..."])
+        .current_dir(root.join("bindings/go"))
+        .env("CGO_ENABLED", "1")
+        .env("CGO_LDFLAGS", format!("-L{} -Wl,-rpath,{}", lib.display(), lib.display()))
+        .output()
+        .expect("go test");
+    assert!(
+        out.status.success(),
+        "go test failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
