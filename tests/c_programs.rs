@@ -1,8 +1,9 @@
 //! Programs in other languages against the freshly built libgptq.so: the C programs in tests/c and
 //! the C++ binding's test (bindings/cpp), compiled against include/gptq.h with strict warnings and
 //! run plainly and under AddressSanitizer + UBSan; the Go binding's tests (`go test` in
-//! bindings/go). A missing toolchain skips its test with a notice, except under CI (`CI` set),
-//! where it fails.
+//! bindings/go); the Node binding's addon, compiled with strict warnings, and its tests (`node
+//! --test` in bindings/node). A missing toolchain skips its test with a notice, except under CI
+//! (`CI` set), where it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,6 +134,48 @@ fn go_binding_tests_pass() {
     assert!(
         out.status.success(),
         "go test failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn node_binding_tests_pass() {
+    let headers = Path::new("/usr/include/node/node_api.h");
+    if !have("node") {
+        return;
+    }
+    assert!(headers.exists() || std::env::var_os("CI").is_none(), "N-API headers missing: {}", headers.display());
+    if !headers.exists() {
+        println!("NOTICE: no N-API headers at {}; the Node binding's tests are skipped", headers.display());
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = lib_dir();
+    let addon = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gptq.node");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O1", "-g", "-fPIC", "-shared"])
+        .arg(format!("-I{}", headers.parent().unwrap().display()))
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(root.join("bindings/node/src/addon.c"))
+        .arg("-o")
+        .arg(&addon)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lgptq")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(out.status.success(), "compiling the Node addon failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("node")
+        .arg("--test")
+        .current_dir(root.join("bindings/node"))
+        .env("GPTQ_NODE_ADDON", &addon)
+        .output()
+        .expect("node --test");
+    assert!(
+        out.status.success(),
+        "node --test failed:\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
