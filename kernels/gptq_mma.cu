@@ -775,7 +775,8 @@ __device__ __forceinline__ void copy_stage_weights(u32 dst, u32 bar, const uint4
 // 16j + g + 8·((i/2)%2), row 8·(i/4) + 2t + i%2; sum[i] the row sums of that row. sc, zv: this
 // lane's 8 scales and offsets -(1024 + zero), subtile s = 2j + (i/2)%2. fold_columns_swapped: the
 // columns 16j.. alone (acc[j], tot[j]), for a caller that keeps its sums out of registers.
-template <int BITS, bool BF, bool SYM, int R>
+// SIGNED: the codes were formed signed (int_tile), so tot += acc · scale and `sum`, `zv` are unused.
+template <int BITS, bool BF, bool SYM, int R, bool SIGNED = false>
 __device__ __forceinline__ void fold_columns_swapped(int j, const float (&acc)[4 * R], const float (&sum)[4 * R],
                                                      float (&tot)[4 * R], const uint4& sc, const uint4& zv) {
     const u32 sw[4] = {sc.x, sc.y, sc.z, sc.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
@@ -792,26 +793,7 @@ __device__ __forceinline__ void fold_columns_swapped(int j, const float (&acc)[4
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int i = 4 * r + 2 * hi + h;
-                tot[i] = fmaf(fmaf(sum[i], off, acc[i]), scl, tot[i]);
-            }
-    }
-}
-// The same for signed codes (int_tile's SIGNED): tot += acc · scale, the zero already taken.
-template <int BITS, bool BF, int R>
-__device__ __forceinline__ void fold_columns_signed(int j, const float (&acc)[4 * R], float (&tot)[4 * R],
-                                                    const uint4& sc) {
-    const u32 sw[4] = {sc.x, sc.y, sc.z, sc.w};
-#pragma unroll
-    for (int hi = 0; hi < 2; hi++) {
-        const int s = 2 * j + hi;
-        const float mult = BITS == 4 && !BF && hi ? 16.f : 1.f;
-        const float scl = h2f((u16)(sw[s / 2] >> (16 * (s % 2)))) * (1.f / mult);
-#pragma unroll
-        for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int i = 4 * r + 2 * hi + h;
-                tot[i] = fmaf(acc[i], scl, tot[i]);
+                tot[i] = SIGNED ? fmaf(acc[i], scl, tot[i]) : fmaf(fmaf(sum[i], off, acc[i]), scl, tot[i]);
             }
     }
 }
@@ -1253,8 +1235,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         for (int j = 0; j < 4; j++) {
             const float4 lo = tot_s[MMA_THREADS * 2 * j], hi = tot_s[MMA_THREADS * (2 * j + 1)];
             float t[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-            if constexpr (ROWSUM) fold_columns_swapped<BITS, BF, SYM, 2>(j, acc[j], sum, t, sc, zv);
-            else fold_columns_signed<BITS, BF, 2>(j, acc[j], t, sc);
+            fold_columns_swapped<BITS, BF, SYM, 2, !ROWSUM>(j, acc[j], sum, t, sc, zv);
             tot_s[MMA_THREADS * 2 * j] = make_float4(t[0], t[1], t[2], t[3]);
             tot_s[MMA_THREADS * (2 * j + 1)] = make_float4(t[4], t[5], t[6], t[7]);
         }
