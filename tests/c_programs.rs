@@ -163,7 +163,7 @@ fn node_binding_tests_pass() {
         .arg(&addon)
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lgptq")
+        .args(["-lgptq", "-lm"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
     assert!(out.status.success(), "compiling the Node addon failed:\n{}", String::from_utf8_lossy(&out.stderr));

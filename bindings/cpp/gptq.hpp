@@ -33,8 +33,10 @@ namespace detail {
 // Throws on a failed status, with the thread-local message of the call that just returned.
 inline void check(gptq_status status) {
     if (status != GPTQ_STATUS_OK) {
+        // Copied before any other libgptq call: the message lives until the thread's next call.
         const char* msg = gptq_last_error_message();
-        throw Error(status, std::string(gptq_status_string(status)) + ": " + (msg ? msg : ""));
+        std::string message(msg ? msg : "");
+        throw Error(status, std::string(gptq_status_string(status)) + ": " + message);
     }
 }
 template <class T, void (*Free)(T*)> struct Deleter {
@@ -82,7 +84,7 @@ inline gptq_layer_desc layer_desc(uint32_t bits, int32_t group_size, std::size_t
 /// The Hessian of a layer's inputs (gptq_hessian_*).
 class Hessian {
   public:
-    Hessian(std::size_t in_features, SampleCount count = SampleCount::Rows) {
+    explicit Hessian(std::size_t in_features, SampleCount count = SampleCount::Rows) {
         gptq_hessian* h = nullptr;
         detail::check(gptq_hessian_new(in_features, static_cast<gptq_sample_count>(count), &h));
         h_.reset(h);
@@ -152,7 +154,8 @@ class Layer {
         detail::check(gptq_layer_info(l_.get(), &p));
         return p;
     }
-    /// The checkpoint tensors (gptq_layer_export); `g_idx` and `bias` may be null with length 0.
+    /// The checkpoint tensors (gptq_layer_export), each buffer sized per info(); `bias` may be null
+    /// with length 0 (not written).
     void export_tensors(Format format, int32_t* qweight, std::size_t qweight_len, int32_t* qzeros,
                         std::size_t qzeros_len, uint16_t* scales, std::size_t scales_len, int32_t* g_idx,
                         std::size_t g_idx_len, uint16_t* bias, std::size_t bias_len) const {

@@ -42,10 +42,10 @@ func (c *Checkpoint) LayerName(index int) (string, error) {
 func (c *Checkpoint) LayerInfo(name string) (LayerProperties, error) {
 	cn := C.CString(name)
 	defer C.free(unsafe.Pointer(cn))
-	var p LayerProperties
+	var p C.gptq_layer_properties
 	p.struct_size = C.size_t(unsafe.Sizeof(p))
 	err := call(func() C.gptq_status { return C.gptq_checkpoint_layer_info(c.c, cn, &p) })
-	return p, err
+	return propsOf(&p), err
 }
 
 // Layer reads the quantized layer `name`; the caller closes it.
@@ -66,7 +66,7 @@ func (c *Checkpoint) NumTensors() (int, error) {
 	return int(n), err
 }
 
-// Tensor is a pass-through tensor. Data aliases the checkpoint's memory map: valid until Close.
+// Tensor is a pass-through tensor; Data is a copy of its bytes.
 type Tensor struct {
 	Name  string
 	DType string // safetensors dtype name, e.g. "F16"
@@ -82,7 +82,7 @@ func tensorOf(v *C.gptq_tensor_view) Tensor {
 		}
 	}
 	if v.nbytes > 0 {
-		t.Data = unsafe.Slice((*byte)(v.data), int(v.nbytes))
+		t.Data = C.GoBytes(v.data, C.int(v.nbytes))
 	}
 	return t
 }
@@ -118,22 +118,17 @@ func (c *Checkpoint) Config() (string, error) {
 	return C.GoString(json), nil
 }
 
-// Close releases the checkpoint (and the memory its tensors' Data alias).
+// Close releases the checkpoint.
 func (c *Checkpoint) Close() {
 	C.gptq_checkpoint_close(c.c)
 	c.c = nil
 }
 
-// WriteOptions is gptq_checkpoint_write_options; NewWriteOptions fills it.
-type WriteOptions = C.gptq_checkpoint_write_options
-
-// NewWriteOptions: format, largest shard in bytes (0: one file).
-func NewWriteOptions(format Format, maxShardSize uint64) WriteOptions {
-	var o WriteOptions
-	o.struct_size = C.size_t(unsafe.Sizeof(o))
-	o.format = C.gptq_format(format)
-	o.max_shard_size = C.uint64_t(maxShardSize)
-	return o
+// WriteOptions is gptq_checkpoint_write_options.
+type WriteOptions struct {
+	Format           Format // FormatV1 (what every engine reads) or FormatV2
+	MaxShardSize     uint64 // largest shard in bytes; 0 writes one model.safetensors
+	SourceConfigJSON string // the model's config.json to copy; "" keeps an existing one
 }
 
 // CheckpointWriter writes a checkpoint (gptq_checkpoint_writer_*). Finish commits it; Close
@@ -145,8 +140,21 @@ func NewCheckpointWriter(dir, quantConfigJSON string, options *WriteOptions) (*C
 	cd, cj := C.CString(dir), C.CString(quantConfigJSON)
 	defer C.free(unsafe.Pointer(cd))
 	defer C.free(unsafe.Pointer(cj))
+	var o *C.gptq_checkpoint_write_options
+	if options != nil {
+		// C memory: the struct holds a pointer (cgo passes no Go pointers to Go pointers).
+		o = (*C.gptq_checkpoint_write_options)(C.calloc(1, C.size_t(unsafe.Sizeof(*o))))
+		defer C.free(unsafe.Pointer(o))
+		o.struct_size = C.size_t(unsafe.Sizeof(*o))
+		o.format = C.gptq_format(options.Format)
+		o.max_shard_size = C.uint64_t(options.MaxShardSize)
+		if options.SourceConfigJSON != "" {
+			o.source_config_json = C.CString(options.SourceConfigJSON)
+			defer C.free(unsafe.Pointer(o.source_config_json))
+		}
+	}
 	var w *C.gptq_checkpoint_writer
-	if err := call(func() C.gptq_status { return C.gptq_checkpoint_writer_new(cd, cj, options, &w) }); err != nil {
+	if err := call(func() C.gptq_status { return C.gptq_checkpoint_writer_new(cd, cj, o, &w) }); err != nil {
 		return nil, err
 	}
 	return &CheckpointWriter{w}, nil

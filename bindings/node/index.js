@@ -66,8 +66,8 @@ class Layer extends Handle {
     return new Layer(native.layerImport(desc, qweight, qzeros, scales, gIdx, bias));
   }
   info() { return native.layerInfo(this.handle); }
-  /** Writes the checkpoint tensors (Int32Array, Int32Array, Uint16Array, Int32Array|null, Uint16Array|null). */
-  export(format, qweight, qzeros, scales, gIdx = null, bias = null) {
+  /** Writes the checkpoint tensors, sized per info(): qweight, qzeros, gIdx Int32Array, scales Uint16Array; bias Uint16Array or null (not written). */
+  export(format, qweight, qzeros, scales, gIdx, bias = null) {
     native.layerExport(this.handle, format, qweight, qzeros, scales, gIdx, bias);
   }
   /** The weight [outFeatures, inFeatures] into out (Float32Array, Float64Array, or Uint16Array with dtype). */
@@ -105,7 +105,11 @@ class CheckpointWriter extends Handle {
   finish() { native.writerFinish(this.handle); }
 }
 
-/** A layer prepared on one CUDA device; device addresses and streams are BigInts. */
+/**
+ * A layer prepared on one CUDA device; device addresses and streams are BigInts. As in C, it must
+ * outlive the GPU work queued with it: close() it (and keep it referenced) only after that work is
+ * done, or the garbage collector may free it while kernels still read it.
+ */
 class CudaLayer extends Handle {
   constructor(layer, device = 0) { super(native.cudaLayerNew(layer.handle, device)); }
   workspaceSize(m) { return native.cudaWorkspaceSize(this.handle, m); }

@@ -6,6 +6,7 @@
 // element counts a C call will read or write are checked here first: the C API cannot see them.
 #define NAPI_VERSION 8
 #include <node_api.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +64,7 @@ static int get_i32(napi_env env, napi_value v, int32_t* out) {
 }
 static int is_nullish(napi_env env, napi_value v) {
     napi_valuetype t;
-    napi_typeof(env, v, &t);
+    if (napi_typeof(env, v, &t) != napi_ok) return 0;
     return t == napi_null || t == napi_undefined;
 }
 // A typed array: data, element count, and its N-API type.
@@ -123,7 +124,7 @@ static int fits(napi_env env, size_t rows, size_t cols, size_t stride, size_t le
     if (stride < cols || (rows - 1) > (SIZE_MAX - cols) / (stride ? stride : 1) || (rows - 1) * stride + cols > len) {
         char m[160];
         snprintf(m, sizeof m, "%s: %zu rows of %zu at stride %zu do not fit its %zu elements", what, rows, cols, stride, len);
-        throw_status(env, stride < cols ? GPTQ_STATUS_SHAPE_MISMATCH : GPTQ_STATUS_BUFFER_TOO_SMALL, m);
+        throw_status(env, stride < cols ? GPTQ_STATUS_INVALID_ARGUMENT : GPTQ_STATUS_BUFFER_TOO_SMALL, m);
         return 0;
     }
     return 1;
@@ -177,15 +178,18 @@ static napi_value wrap(napi_env env, void* p, enum Kind kind) {
     b->p = p;
     b->kind = kind;
     napi_value v;
-    napi_create_external(env, b, finalize, NULL, &v);
+    if (napi_create_external(env, b, finalize, NULL, &v) != napi_ok) {
+        free_handle(b);
+        free(b);
+        return fail(env, GPTQ_STATUS_OUT_OF_MEMORY, "cannot create a handle");
+    }
     return v;
 }
 // The handle's pointer (NULL once closed: the library then reports NULL_POINTER).
 static int unwrap(napi_env env, napi_value v, enum Kind kind, void** out) {
     Box* b;
     napi_valuetype t;
-    napi_typeof(env, v, &t);
-    if (t != napi_external || napi_get_value_external(env, v, (void**)&b) != napi_ok || b->kind != kind) {
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_external || napi_get_value_external(env, v, (void**)&b) != napi_ok || b->kind != kind) {
         throw_status(env, GPTQ_STATUS_INVALID_ARGUMENT, "expected a libgptq handle of the right kind");
         return 0;
     }
@@ -329,7 +333,7 @@ static napi_value hessian_read(napi_env env, napi_callback_info info) {
 // A gptq_quant_config from the library's defaults overridden by the object's own fields.
 static int get_config(napi_env env, napi_value obj, gptq_quant_config* c) {
     if (!ok(env, gptq_quant_config_init(c, sizeof *c))) return 0;
-    if (is_nullish(env, obj)) return 1;
+    if (obj == NULL || is_nullish(env, obj)) return 1;
     struct {
         const char* key;
         void* field;
@@ -346,19 +350,26 @@ static int get_config(napi_env env, napi_value obj, gptq_quant_config* c) {
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         bool has;
         napi_value v;
-        if (napi_has_named_property(env, obj, fields[i].key, &has) != napi_ok || !has) continue;
-        napi_get_named_property(env, obj, fields[i].key, &v);
+        // A failing read (a throwing getter) leaves its exception pending: return at once.
+        if (napi_has_named_property(env, obj, fields[i].key, &has) != napi_ok) return 0;
+        if (!has) continue;
+        if (napi_get_named_property(env, obj, fields[i].key, &v) != napi_ok) return 0;
         double d;
         bool b;
         if (napi_get_value_bool(env, v, &b) == napi_ok) d = b ? 1 : 0;
-        else if (napi_get_value_double(env, v, &d) != napi_ok) {
+        else if (napi_get_value_double(env, v, &d) != napi_ok) d = NAN;
+        // Integers must be exact and in range (a cast of anything else is undefined in C).
+        const int bad = fields[i].kind == 'f'   ? !isfinite(d)
+                        : fields[i].kind == 'u' ? !(d >= 0 && d <= 4294967295.0 && d == floor(d))
+                                                : !(d >= -2147483648.0 && d <= 2147483647.0 && d == floor(d));
+        if (bad) {
             char m[96];
-            snprintf(m, sizeof m, "config.%s: expected a number", fields[i].key);
+            snprintf(m, sizeof m, "config.%s: expected a %s", fields[i].key, fields[i].kind == 'f' ? "finite number" : "32-bit integer");
             throw_status(env, GPTQ_STATUS_INVALID_ARGUMENT, m);
             return 0;
         }
         if (fields[i].kind == 'f') *(float*)fields[i].field = (float)d;
-        else if (fields[i].kind == 'u') *(uint32_t*)fields[i].field = d < 0 ? UINT32_MAX : (uint32_t)d;
+        else if (fields[i].kind == 'u') *(uint32_t*)fields[i].field = (uint32_t)d;
         else *(int32_t*)fields[i].field = (int32_t)d;
     }
     return 1;
@@ -394,10 +405,12 @@ static napi_value quantize(napi_env env, napi_callback_info info) {
     size_t out_f, in_f, stride;
     gptq_quant_config c;
     const int rtn = is_nullish(env, argv[0]);
+    // The config first: its getters are JavaScript that could close the Hessian or detach the
+    // weight's buffer, so no handle or array pointer is taken before it has been read.
+    if (!get_config(env, argv[6], &c)) return NULL;
     if ((!rtn && !unwrap(env, argv[0], HESSIAN, &h)) || !get_array(env, argv[1], &w) ||
         !array_dtype(env, &w, argv[2], &dt) || !get_size(env, argv[3], &out_f) || !get_size(env, argv[4], &in_f) ||
-        !get_size(env, argv[5], &stride) || !fits(env, out_f, in_f, stride, w.len, "weight") ||
-        !get_config(env, argv[6], &c))
+        !get_size(env, argv[5], &stride) || !fits(env, out_f, in_f, stride, w.len, "weight"))
         return NULL;
     gptq_layer* l = NULL;
     gptq_quant_report r;
@@ -467,6 +480,7 @@ static napi_value layer_import(napi_env env, napi_callback_info info) {
     if (napi_get_value_bool(env, v, &b) == napi_ok) sym = b;
     else if (!get_i32(env, v, &sym)) return NULL;
     if (napi_get_named_property(env, argv[0], "format", &v) != napi_ok || !get_i32(env, v, &format)) return NULL;
+    if (bits > UINT32_MAX) return fail(env, GPTQ_STATUS_INVALID_ARGUMENT, "desc.bits out of range");
     d.bits = (uint32_t)bits;
     d.group_size = group;
     d.in_features = in_f;
@@ -635,15 +649,15 @@ static napi_value writer_new(napi_env env, napi_callback_info info) {
         bool has;
         int32_t format;
         size_t shard;
-        napi_has_named_property(env, argv[2], "format", &has);
+        if (napi_has_named_property(env, argv[2], "format", &has) != napi_ok) return NULL;
         if (has && (napi_get_named_property(env, argv[2], "format", &v) != napi_ok || !get_i32(env, v, &format))) return NULL;
         if (has) o.format = (gptq_format)format;
-        napi_has_named_property(env, argv[2], "maxShardSize", &has);
+        if (napi_has_named_property(env, argv[2], "maxShardSize", &has) != napi_ok) return NULL;
         if (has && (napi_get_named_property(env, argv[2], "maxShardSize", &v) != napi_ok || !get_size(env, v, &shard))) return NULL;
         if (has) o.max_shard_size = shard;
-        napi_has_named_property(env, argv[2], "sourceConfigJson", &has);
+        if (napi_has_named_property(env, argv[2], "sourceConfigJson", &has) != napi_ok) return NULL;
         if (has) {
-            napi_get_named_property(env, argv[2], "sourceConfigJson", &v);
+            if (napi_get_named_property(env, argv[2], "sourceConfigJson", &v) != napi_ok) return NULL;
             if (!(source = get_string(env, v))) return NULL;
             o.source_config_json = source;
         }
@@ -670,33 +684,29 @@ static napi_value writer_add_layer(napi_env env, napi_callback_info info) {
 // (writer, name, dtype, shape number[], data TypedArray|Buffer)
 static napi_value writer_add_tensor(napi_env env, napi_callback_info info) {
     ARGS(5);
-    void* w;
-    Array data;
+    // The shape first: its elements may be getters (JavaScript that could close the writer or
+    // detach the data's buffer), so no handle or pointer is taken before it has been read.
     uint32_t ndim;
-    if (!unwrap(env, argv[0], WRITER, &w) || !get_array(env, argv[4], &data)) return NULL;
     if (napi_get_array_length(env, argv[3], &ndim) != napi_ok) return fail(env, GPTQ_STATUS_INVALID_ARGUMENT, "shape: expected an array");
     size_t* shape = calloc(ndim + 1, sizeof *shape);
     if (!shape) return fail(env, GPTQ_STATUS_OUT_OF_MEMORY, "out of memory");
     for (uint32_t i = 0; i < ndim; i++) {
         napi_value v;
-        napi_get_element(env, argv[3], i, &v);
-        if (!get_size(env, v, &shape[i])) {
+        if (napi_get_element(env, argv[3], i, &v) != napi_ok || !get_size(env, v, &shape[i])) {
             free(shape);
             return NULL;
         }
     }
-    // The typed array's byte length (element size times count).
-    size_t byte_len;
-    napi_value ab;
-    size_t off, elem_len;
-    napi_typedarray_type t;
-    void* p;
-    napi_get_typedarray_info(env, argv[4], &t, &elem_len, &p, &ab, &off);
-    static const size_t sizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};  // napi_typedarray_type order
-    byte_len = elem_len * ((size_t)t < sizeof sizes / sizeof sizes[0] ? sizes[t] : 1);
     char* name = get_string(env, argv[1]);
     char* dtype = name ? get_string(env, argv[2]) : NULL;
-    if (name && dtype) ok(env, gptq_checkpoint_writer_add_tensor(w, name, dtype, shape, ndim, data.data, byte_len));
+    void* w;
+    Array data;
+    if (name && dtype && unwrap(env, argv[0], WRITER, &w) && get_array(env, argv[4], &data)) {
+        // Bytes: the element count times the element size (napi_typedarray_type order).
+        static const size_t sizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};
+        const size_t size = (size_t)data.type < sizeof sizes / sizeof sizes[0] ? sizes[data.type] : 1;
+        ok(env, gptq_checkpoint_writer_add_tensor(w, name, dtype, shape, ndim, data.data, data.len * size));
+    }
     free(name);
     free(dtype);
     free(shape);
@@ -707,8 +717,7 @@ static napi_value writer_finish(napi_env env, napi_callback_info info) {
     ARGS(1);
     Box* b;
     napi_valuetype t;
-    napi_typeof(env, argv[0], &t);
-    if (t != napi_external || napi_get_value_external(env, argv[0], (void**)&b) != napi_ok || b->kind != WRITER)
+    if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external || napi_get_value_external(env, argv[0], (void**)&b) != napi_ok || b->kind != WRITER)
         return fail(env, GPTQ_STATUS_INVALID_ARGUMENT, "expected a checkpoint writer");
     void* w = b->p;
     b->p = NULL;
