@@ -533,6 +533,11 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
 
 // ---- checkpoints ----
 
+// (checkpoint, name) arguments: the handle into *c and the name as a malloc'ed string (the caller
+// frees), or NULL after throwing.
+static char* checkpoint_and_name(napi_env env, napi_value* argv, void** c) {
+    return unwrap(env, argv[0], CHECKPOINT, c) ? get_string(env, argv[1]) : NULL;
+}
 static napi_value checkpoint_open(napi_env env, napi_callback_info info) {
     ARGS(1);
     char* path = get_string(env, argv[0]);
@@ -562,8 +567,7 @@ static napi_value checkpoint_layer_name(napi_env env, napi_callback_info info) {
 static napi_value checkpoint_layer_info(napi_env env, napi_callback_info info) {
     ARGS(2);
     void* c;
-    if (!unwrap(env, argv[0], CHECKPOINT, &c)) return NULL;
-    char* name = get_string(env, argv[1]);
+    char* name = checkpoint_and_name(env, argv, &c);
     if (!name) return NULL;
     gptq_layer_properties p;
     memset(&p, 0, sizeof p);
@@ -575,8 +579,7 @@ static napi_value checkpoint_layer_info(napi_env env, napi_callback_info info) {
 static napi_value checkpoint_get_layer(napi_env env, napi_callback_info info) {
     ARGS(2);
     void* c;
-    if (!unwrap(env, argv[0], CHECKPOINT, &c)) return NULL;
-    char* name = get_string(env, argv[1]);
+    char* name = checkpoint_and_name(env, argv, &c);
     if (!name) return NULL;
     gptq_layer* l = NULL;
     const int good = ok(env, gptq_checkpoint_get_layer(c, name, &l));
@@ -618,8 +621,7 @@ static napi_value checkpoint_tensor(napi_env env, napi_callback_info info) {
 static napi_value checkpoint_find_tensor(napi_env env, napi_callback_info info) {
     ARGS(2);
     void* c;
-    if (!unwrap(env, argv[0], CHECKPOINT, &c)) return NULL;
-    char* name = get_string(env, argv[1]);
+    char* name = checkpoint_and_name(env, argv, &c);
     if (!name) return NULL;
     gptq_tensor_view v;
     memset(&v, 0, sizeof v);
