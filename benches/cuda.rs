@@ -107,8 +107,8 @@ fn time_graph(stream: cu::CUstream, calls: usize, reps: usize, mut f: impl FnMut
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    // `profile`: one call shape (GPTQ_BENCH_SHAPE, default 8192x28672; 4 bit; M from GPTQ_BENCH_M or
-    // 1), for a profiler.
+    // `profile`: chosen call shapes only (GPTQ_BENCH_SHAPE, GPTQ_BENCH_M, GPTQ_BENCH_BITS below; no
+    // CUDA-core column), for a profiler or an A/B of run-time switches.
     let profile = std::env::args().any(|a| a == "profile");
     if !unsafe { cu::is_culib_present() } || gptq::cuda::device_count().unwrap_or(0) == 0 {
         println!("NOTICE: no CUDA device; nothing to benchmark");
@@ -136,7 +136,7 @@ fn main() {
         if dev.wg {
             format!(
                 "on from {} rows ({} stages at 4 bit, 3 for short blocks)",
-                dev.wg_min_rows,
+                dev.wg_min_rows.map_or("9 (2 on long K splits)".to_string(), |r| r.to_string()),
                 dev.ring_stages(Ring::Warpgroup, 4, true, usize::MAX)
             )
         } else {
@@ -163,19 +163,30 @@ fn main() {
         "M", "KxN", "bits", "ours us", "cuBLAS us", "speedup", "floor us", "of floor", "bf16 us", "cores us"
     );
     println!("(ours: tensor-core kernel, fp16; cores: the CUDA-core kernel on the same call, M <= 16)");
-    // GPTQ_BENCH_SHAPE=KxN picks the profile shape (default 8192x28672).
-    let profile_shape: [(usize, usize); 1] = [std::env::var("GPTQ_BENCH_SHAPE")
-        .ok()
-        .and_then(|v| v.split_once('x').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?))))
-        .unwrap_or((8192, 28672))];
-    let profile_m: Vec<usize> = std::env::var("GPTQ_BENCH_M").ok().and_then(|v| v.parse().ok()).into_iter().collect();
+    // GPTQ_BENCH_SHAPE=KxN[,KxN...] picks the profile shapes (default 8192x28672), GPTQ_BENCH_M=M[,M...]
+    // the row counts (default 1): several variants of one build compare in one process each.
+    let profile_shapes: Vec<(usize, usize)> = std::env::var("GPTQ_BENCH_SHAPE")
+        .unwrap_or_else(|_| "8192x28672".into())
+        .split(',')
+        .map(|s| {
+            let parsed = s.split_once('x').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)));
+            parsed.unwrap_or_else(|| panic!("GPTQ_BENCH_SHAPE: {s:?} is not KxN"))
+        })
+        .collect();
+    let profile_m: Vec<usize> = std::env::var("GPTQ_BENCH_M")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .map(|m| m.parse().unwrap_or_else(|_| panic!("GPTQ_BENCH_M: {m:?} is not a row count")))
+        .collect();
+    // GPTQ_BENCH_BITS=8: the profile's layers at 8 bit (default 4).
+    let profile_bits: u32 = std::env::var("GPTQ_BENCH_BITS").ok().and_then(|b| b.parse().ok()).unwrap_or(4);
     let (shapes, ms): (&[(usize, usize)], &[usize]) =
-        if profile { (&profile_shape, if profile_m.is_empty() { &[1] } else { &profile_m }) } else { (shapes, ms) };
+        if profile { (&profile_shapes, &profile_m) } else { (shapes, ms) };
     // cuBLAS fp16 times per (K, N, M), measured in the 4-bit pass and reused for the 8-bit rows.
     let mut cublas_us: std::collections::HashMap<(usize, usize, usize), f64> = std::collections::HashMap::new();
     for &(k, n) in shapes {
         for bits in [4u32, 8] {
-            if profile && bits == 8 {
+            if profile && bits != profile_bits {
                 continue;
             }
             // Enough copies that one rotation exceeds the L2 by far.
@@ -188,7 +199,7 @@ fn main() {
                 cpu.iter().map(|l| CudaLayer::with_family(l, 0, KernelFamily::CudaCores).unwrap()).collect();
             drop(cpu);
             let dense_copies = (200usize << 20).div_ceil(k * n * 2).clamp(2, 8);
-            let dense: Vec<u64> = if bits == 4 {
+            let dense: Vec<u64> = if bits == 4 || profile {
                 (0..dense_copies).map(|_| upload_random_f16(k * n, &mut rng, 0.02)).collect()
             } else {
                 Vec::new()
@@ -214,14 +225,14 @@ fn main() {
                 let ours_bf16 = time_graph(stream, calls, 9, |i| unsafe {
                     layers[i % copies].gemm(a, ActDType::BF16, m, k, c, n, ws, ws_bytes, stream).unwrap();
                 });
-                let ours_cores = if m <= 16 {
+                let ours_cores = if m <= 16 && !profile {
                     time_graph(stream, calls, 9, |i| unsafe {
                         cores[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
                     })
                 } else {
                     f64::NAN
                 };
-                let cublas = if bits == 4 {
+                let cublas = if !dense.is_empty() {
                     let (alpha, beta) = (1f32, 0f32);
                     time_graph(stream, 2 * dense_copies, 9, |i| unsafe {
                         // Row-major C[m, n] = A[m, k] · W[n, k]ᵀ is column-major Cᵀ = W · Aᵀ.

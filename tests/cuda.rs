@@ -271,24 +271,76 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     gpu::ctx();
     let stream = gpu::stream();
     let mut rng = Rng(3);
-    // M = 8 on 8192×28672 takes the bulk-copy kernel on sm_90, as M = 1 and 8 on the 8-bit 8192×8192
-    // (at 8 bit only blocks of at least 32 K tiles do); M = 16 the warpgroup kernel, 4 and 8 bit.
+    // On sm_90a: 8192×28672's long K splits take the warpgroup kernel from 2 rows (M = 1 the
+    // bulk-copy kernel), the other layers from 9 (M = 8 the bulk-copy kernel, at 8 bit only for
+    // blocks of at least 32 K tiles); 4 and 8 bit.
     let cases =
         [(5120usize, 13824usize, false, 4u32), (13824, 5120, true, 4), (8192, 28672, false, 4), (8192, 8192, false, 8)];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
         let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, true);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
-        let ms: &[usize] = if bits == 8 { &[1, 8, 16] } else { &[1, 8, 16, 64, 1000] };
+        let ms: &[usize] = match (bits, k, n) {
+            (8, ..) => &[1, 8, 16],
+            (4, 8192, 28672) => &[1, 2, 5, 8, 16, 64, 1000],
+            _ => &[1, 8, 16, 64, 1000],
+        };
         let what = format!("{bits} bit K {k} N {n} act {act}");
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
         // On sm_90a, M = 16 on 8192×28672 (3 splits of K) adds its splits in thread-block clusters
         // unless GPTQ_CUDA_NO_CLUSTERS asks for the workspace path: the check above covered it.
         let clusters_wanted = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none();
+        let wg = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_WG_MIN_ROWS").is_none();
         if (k, n) == (8192, 28672) {
             assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
+            assert_eq!(l.reduces_in_clusters(5), clusters_wanted, "{what}: cluster reduction at M = 5");
+        }
+        if wg {
+            let long = (k, n) == (8192, 28672);
+            assert!(!l.takes_warpgroup(1), "{what}: M = 1 on the bulk-copy kernel");
+            assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
+            assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
         }
         eprintln!("{what}: M {ms:?} pass (clusters at M = 16: {})", l.reduces_in_clusters(16));
+    }
+}
+
+/// Split-K partial sums through a workspace only 4-byte aligned (the least `gemm` accepts) give the
+/// same bits as through an aligned one, and match the CPU path, on the tensor-core and CUDA-core
+/// layers.
+#[test]
+fn split_k_through_a_4_byte_aligned_workspace_gives_the_same_bits() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(23);
+    let cpu = random_layer(91, 4, Some(128), 4096, 4096, false, true);
+    let layers = [CudaLayer::new(&cpu, 0).unwrap(), CudaLayer::with_family(&cpu, 0, KernelFamily::CudaCores).unwrap()];
+    for (l, family) in layers.iter().zip(["tensor-core", "CUDA-core"]) {
+        for m in [1usize, 4, 12, 16, 64] {
+            let (k, n) = (4096, 4096);
+            let ws = l.workspace_size(m).unwrap();
+            if ws == 0 {
+                continue; // no split of K at this m
+            }
+            let a: Vec<u16> = (0..m * k).map(|_| f16::from_f32(rng.uniform()).to_bits()).collect();
+            let a_dev = gpu::Buf::from(&a);
+            let ws_dev = gpu::Buf::new(ws + 16);
+            let mut outs = Vec::new();
+            for offset in [0u64, 4] {
+                let c_dev = gpu::Buf::new(m * n * 2);
+                c_dev.fill16(POISON);
+                unsafe { l.gemm(a_dev.0, ActDType::F16, m, k, c_dev.0, n, ws_dev.0 + offset, ws, stream) }.unwrap();
+                gpu::sync(stream);
+                outs.push(c_dev.read::<u16>(m * n));
+            }
+            let err = relative_error(&cpu, &a, m, k, &outs[0], n, false);
+            assert!(err < bound(false), "{family} m {m}: relative error {err:.2e}");
+            assert!(outs[0] == outs[1], "{family} m {m}: the unaligned workspace changed the result");
+            eprintln!("{family} m {m}: aligned and unaligned workspaces agree, error {err:.2e}");
+        }
     }
 }
 

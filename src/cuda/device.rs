@@ -52,9 +52,10 @@ pub struct Device {
     /// bulk and tensor copies (compute capability 9.0 exactly, whose cubin is built for sm_90a; a
     /// CUDA 12 or later driver for tensor maps; not with `GPTQ_CUDA_WG=0`).
     pub wg: bool,
-    /// The fewest rows the warpgroup kernel takes: 9, or `GPTQ_CUDA_WG_MIN_ROWS` (1 to 16) for
-    /// comparisons with the bulk-copy kernel below 9 rows.
-    pub wg_min_rows: usize,
+    /// `GPTQ_CUDA_WG_MIN_ROWS` (1 to 16): the fewest rows the warpgroup kernel takes on every
+    /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9, or 2 for
+    /// long K splits: `CudaLayer::wg_min_rows`).
+    pub wg_min_rows: Option<usize>,
     /// `GPTQ_CUDA_BULK_STAGES`: the ring kernels' depth, for benchmarks.
     bulk_stages_override: Option<usize>,
     /// Shared memory one SM has for blocks, and what each block reserves of it.
@@ -134,7 +135,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
     let bulk = arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
     let wg = arch == (9, 0) && driver_version >= 12000 && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
-    let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map_or(9, |r| r.clamp(1, 16));
+    let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map(|r| r.clamp(1, 16));
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
     let smem_reserved = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)? as usize;

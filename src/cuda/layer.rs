@@ -41,6 +41,9 @@ pub(crate) const BULK_MAX_STAGES: usize = 16;
 const BULK_ROWS: usize = 8;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
+/// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
+/// ([`CudaLayer::wg_min_rows`]).
+const WG_LONG_SPLIT_TILES: usize = 128;
 /// The warpgroup-mma kernel's shared memory before its ring: 256 bytes of mbarriers, the consumer
 /// threads' folded sums (128 × 32 floats) and the ring's alignment to 1024 bytes
 /// (kernels/gptq_mma.cu, WG_RING_SLACK).
@@ -175,6 +178,8 @@ pub struct CudaLayer {
     resident: [usize; 3],
     /// The same for the ring kernels ([`Ring`] order; where the device uses them).
     resident_ring: [usize; 2],
+    /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel).
+    wg_min_rows: usize,
     /// Bit m set: a call of m rows on the warpgroup kernel launches the K splits of each column
     /// block as one thread-block cluster that adds them in shared memory (no workspace, no
     /// reduction launch), because every cluster of the grid fits on the device at once.
@@ -546,10 +551,31 @@ impl CudaLayer {
                 .filter(|&v| v > 0),
             resident,
             resident_ring,
+            wg_min_rows: 9,
             wg_cluster_rows: 0,
             device,
         }
+        .with_wg_min_rows()
         .with_cluster_rows()
+    }
+
+    /// Sets [`CudaLayer::wg_min_rows`]: 9, or 2 where the warpgroup kernel's K splits are long (at
+    /// least [`WG_LONG_SPLIT_TILES`] tiles: 8192×28672 and 28672×8192, not the mid-sized layers),
+    /// so their fixed costs weigh little; `GPTQ_CUDA_WG_MIN_ROWS` overrides both. Measured on the
+    /// H100 (docs/perf.md, version 33): at 2–8 rows 0–7% faster than the bulk-copy kernel on those
+    /// two layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–40% slower on 4096² to 8192²,
+    /// slower at M = 1 everywhere.
+    fn with_wg_min_rows(mut self) -> Self {
+        self.wg_min_rows = match self.device.wg_min_rows {
+            Some(rows) => rows,
+            None => {
+                self.wg_min_rows = WG_ROWS; // the shape of a full block of rows decides
+                let long =
+                    self.ring_shape(WG_ROWS, Ring::Warpgroup).is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
+                if long { 2 } else { 9 }
+            }
+        };
+        self
     }
 
     /// Sets [`CudaLayer::wg_cluster_rows`]: for each row count the warpgroup kernel takes, whether
@@ -599,6 +625,12 @@ impl CudaLayer {
     /// Whether this layer runs on tensor cores (else on the CUDA-core kernel).
     pub fn uses_tensor_cores(&self) -> bool {
         matches!(self.weights, Weights::Mma { .. })
+    }
+
+    /// Whether a call of `m` rows may take the warpgroup kernel (sm_90a; an A of whole 16-byte rows).
+    #[doc(hidden)]
+    pub fn takes_warpgroup(&self, m: usize) -> bool {
+        self.ring_shape(m, Ring::Warpgroup).is_some()
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned, so the warpgroup kernel takes it) adds
@@ -656,13 +688,17 @@ impl CudaLayer {
     fn ring_shape(&self, m: usize, ring: Ring) -> Option<MmaShape> {
         let enabled = match ring {
             Ring::Bulk => self.device.bulk && m <= BULK_ROWS,
-            Ring::Warpgroup => self.device.wg && (self.device.wg_min_rows..=WG_ROWS).contains(&m),
+            Ring::Warpgroup => self.device.wg && (self.wg_min_rows..=WG_ROWS).contains(&m),
         };
         if !enabled || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
             return None;
         }
         let resident = |_| self.resident_ring[ring as usize];
-        let s = mma_shape(m, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
+        // The warpgroup kernel computes 16 rows whatever m is: its split of K is that of 16 rows
+        // for every m (fewer rows allowed more splits, whose partial sums cost more than they
+        // gained: 4096×4096 at M = 9 with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33).
+        let rows = if ring == Ring::Warpgroup { WG_ROWS } else { m };
+        let s = mma_shape(rows, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
         let s = match ring {
             // Whole stages per split (4 tiles at 4 bit, 2 at 8), so that with groups of at least a
             // stage no stage straddles a group and the kernel takes its straight-line stage body
