@@ -163,6 +163,36 @@ fn check_gemm(layer: &QuantizedLayer, rng: &mut Rng, m: usize, adt: ADtype, c16:
     assert!(e < bound, "{:?} bits {} gs {:?} m {m} A {adt:?} C16 {c16}: rel err {e:e}", d.bits, d.bits, d.group_size);
 }
 
+/// A 2- or 3-bit layer widened to 4 or 8 bit (how the CUDA kernels take them) holds the same weights
+/// bit for bit, and the same bias and g_idx; narrowing or widening to an unpackable shape is refused.
+#[test]
+fn widened_layers_dequantize_to_the_same_weights() {
+    let mut rng = Rng::new(31);
+    for (bits, act) in [(2, false), (2, true), (3, false), (3, true), (4, true)] {
+        let (k, n) = (256, 96);
+        let layer = random_layer(&mut rng, bits, Some(64), n, k, act, true);
+        let mut want = vec![0f32; n * k];
+        layer.dequantize_into(&mut want);
+        for wide_bits in [4, 8].into_iter().filter(|&b| b > bits) {
+            let wide = layer.widened(wide_bits).unwrap();
+            assert_eq!(wide.desc().bits, wide_bits);
+            assert!(!wide.desc().sym, "a widened layer keeps its own zero points: asymmetric");
+            assert_eq!(wide.codes(), layer.codes(), "{bits} -> {wide_bits} bit: codes");
+            assert_eq!((wide.zeros(), wide.g_idx(), wide.bias()), (layer.zeros(), layer.g_idx(), layer.bias()));
+            let mut got = vec![0f32; n * k];
+            wide.dequantize_into(&mut got);
+            assert!(got == want, "{bits} -> {wide_bits} bit: dequantized weights differ");
+        }
+    }
+    let layer = random_layer(&mut rng, 4, Some(64), 96, 256, false, false);
+    let e = layer.widened(3).unwrap_err().to_string();
+    assert!(e.contains("4-bit") && e.contains("3 bits"), "{e}");
+    // 3 bit needs multiples of 32 inputs: a 2-bit layer of 48 inputs widens to 4 bit, not to 3.
+    let layer = random_layer(&mut rng, 2, Some(16), 64, 48, false, false);
+    assert!(layer.widened(3).is_err());
+    assert!(layer.widened(4).is_ok());
+}
+
 #[test]
 fn cpu_gemm_matches_f64_reference_for_every_m_up_to_65() {
     let mut rng = Rng::new(7);

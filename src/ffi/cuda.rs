@@ -47,8 +47,12 @@ pub extern "C" fn gptq_cuda_init(device: i32) -> gptq_status {
     guard(|| crate::cuda::init(device_index(device)?).map(|_| ()))
 }
 
-/// Uploads `layer` to `device` (4 or 8 bit). Allocates device memory (the only CUDA call that does);
-/// the CPU layer is not needed afterwards. On success `*out` receives a new caller-owned handle.
+/// Uploads `layer` to `device` (2, 3, 4 or 8 bit). Allocates device memory (the only CUDA call that
+/// does); the CPU layer is not needed afterwards. On success `*out` receives a new caller-owned
+/// handle.
+///
+/// 2- and 3-bit layers are uploaded with their codes widened to 4 bit: the same results, with the
+/// device memory and speed of a 4-bit layer (no kernel reads 2- or 3-bit codes directly yet).
 ///
 /// Layers whose g_idx groups are uniform runs of a power-of-two number of 16-input tiles (every group
 /// size the library accepts, or none, with or without act-order) are pre-shuffled for the
@@ -56,8 +60,8 @@ pub extern "C" fn gptq_cuda_init(device: i32) -> gptq_status {
 /// kernel. With bf16 activations the kernels dequantize in bf16 (scales rounded from fp16 to bf16).
 ///
 /// Returns `GPTQ_STATUS_OK`, `_NULL_POINTER`, `_MISALIGNED`, `_INVALID_ARGUMENT`, `_UNSUPPORTED`
-/// (bits, or act-order groups that are not whole packed words), `_NO_DEVICE`, `_CUDA` (e.g. out of
-/// device memory). Thread-safe.
+/// (act-order groups that are not whole packed words), `_NO_DEVICE`, `_CUDA` (e.g. out of device
+/// memory). Thread-safe.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gptq_cuda_layer_new(
     layer: *const gptq_layer,

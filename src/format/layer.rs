@@ -5,8 +5,8 @@ use super::pack::{extract, pack_qweight, pack_rows, unpack_qweight, unpack_rows}
 use super::{check_layer_dims, CheckpointFormat};
 use crate::cpu::gemm::GemmPlan;
 use crate::error::{Error, Result};
-use crate::quant::config::{num_groups, QuantConfig};
 use crate::quant::Quantized;
+use crate::quant::config::{num_groups, QuantConfig};
 use half::f16;
 use once_cell::sync::OnceCell;
 
@@ -245,6 +245,27 @@ impl QuantizedLayer {
     /// Unpacked integer codes, `[out, in]`.
     pub fn codes(&self) -> Vec<u8> {
         unpack_qweight(&self.qweight, self.desc.bits, self.desc.out_features, self.desc.in_features)
+    }
+
+    /// The same layer with its codes packed at `bits` (more than its own): the same weights, zero
+    /// points, scales, g_idx and bias, for kernels that read only wider codes (the CUDA kernels run
+    /// 2- and 3-bit layers as 4-bit ones). Marked asymmetric, since its zero points are not the
+    /// wider format's midpoint.
+    pub fn widened(&self, bits: u32) -> Result<QuantizedLayer> {
+        let d = self.desc;
+        if bits <= d.bits {
+            return Err(Error::InvalidArgument(format!("cannot widen a {}-bit layer to {bits} bits", d.bits)));
+        }
+        check_layer_dims(bits, d.in_features, d.out_features)?;
+        Ok(QuantizedLayer {
+            desc: LayerDesc { bits, sym: false, ..d },
+            qweight: pack_qweight(&self.codes(), bits, d.out_features, d.in_features),
+            zeros: self.zeros.clone(),
+            scales: self.scales.clone(),
+            g_idx: self.g_idx.clone(),
+            bias: self.bias.clone(),
+            gemm_plan: OnceCell::new(),
+        })
     }
 
     /// Code of weight `(n, k)`.
