@@ -977,7 +977,8 @@ BULK_SMALL(8, false, false, gptq_bulk_b8_f16_asym)
 BULK_SMALL(8, true, true, gptq_bulk_b8_bf16_sym)
 BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 
-// ---- 9 to 16 rows on sm_90a: the bulk-copy ring feeding warpgroup mma (wgmma) ----
+// ---- 9 to 16 rows on sm_90a (2 to 16 on layers with long K splits, src/cuda/layer.rs
+// with_wg_min_rows): the bulk-copy ring feeding warpgroup mma (wgmma) ----
 //
 // At 16 rows, mma.sync is the limit: every weight meets 16 rows, so the tile's mma count doubles
 // (8, or 9 with the row sums, per warp and tile), and both the register kernel (63-67% of the read

@@ -48,7 +48,7 @@ pub struct Device {
     /// with `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
     /// comparisons).
     pub bulk: bool,
-    /// Whether 9 to 16 rows take the sm_90a kernel that feeds warpgroup mma (wgmma) from a ring of
+    /// Whether 9 to 16 rows (2 to 16 on layers with long K splits) take the sm_90a kernel that feeds warpgroup mma (wgmma) from a ring of
     /// bulk and tensor copies (compute capability 9.0 exactly, whose cubin is built for sm_90a; a
     /// CUDA 12 or later driver for tensor maps; not with `GPTQ_CUDA_WG=0`).
     pub wg: bool,
