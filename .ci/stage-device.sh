@@ -34,6 +34,13 @@ for line in sys.stdin:
 ' "$D"
 fi
 cp target/release/libgptq.so "$D"/
+# STAGE_NVRTC_LIB=DIR (a local libnvrtc.so.13 of the device's minor version, e.g. NVIDIA's
+# nvidia-cuda-nvrtc wheel unpacked): compile the sm_90a kernels here into $D/cache, which run.sh
+# copies into the kernel cache there, saving the device the ~30 s NVRTC takes per build.
+if [ -n "${STAGE_NVRTC_LIB:-}" ]; then
+    cargo build --release --example precompile
+    LD_LIBRARY_PATH="$STAGE_NVRTC_LIB" GPTQ_CACHE_DIR="$D/cache" target/release/examples/precompile 90
+fi
 # The kernels as NVRTC sees them, for a register/spill report with nvcc on the device machine.
 cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > "$D"/kernels.cu
 # A small sharded act-order checkpoint for the interop check (Python safetensors + transformers there).
@@ -72,6 +79,7 @@ cat > "$D"/run.sh <<'RUN'
 set -uo pipefail
 S=$(dirname "$0")  # this staging directory
 export GPTQ_CACHE_DIR=${GPTQ_CACHE_DIR:-/tmp/gptq-cache}
+if [ -d $S/cache ]; then mkdir -p "$GPTQ_CACHE_DIR" && cp $S/cache/* "$GPTQ_CACHE_DIR"/; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv || true
 status=0
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then

@@ -178,6 +178,8 @@ fn main() {
         .split(',')
         .map(|m| m.parse().unwrap_or_else(|_| panic!("GPTQ_BENCH_M: {m:?} is not a row count")))
         .collect();
+    // GPTQ_BENCH_ACT=1: the profile's layers with act-order (a random permutation of K).
+    let profile_act = profile && std::env::var("GPTQ_BENCH_ACT").is_ok_and(|v| v == "1");
     // GPTQ_BENCH_BITS=8: the profile's layers at 8 bit (default 4).
     let profile_bits: u32 = std::env::var("GPTQ_BENCH_BITS").ok().and_then(|b| b.parse().ok()).unwrap_or(4);
     let (shapes, ms): (&[(usize, usize)], &[usize]) =
@@ -192,7 +194,8 @@ fn main() {
             // Enough copies that one rotation exceeds the L2 by far.
             let layer_bytes = k * n * bits as usize / 8;
             let copies = (200usize << 20).div_ceil(layer_bytes).clamp(2, 32);
-            let cpu: Vec<QuantizedLayer> = (0..copies).map(|_| random_layer(bits, k, n, &mut rng, false)).collect();
+            let cpu: Vec<QuantizedLayer> =
+                (0..copies).map(|_| random_layer(bits, k, n, &mut rng, profile_act)).collect();
             let layers: Vec<CudaLayer> = cpu.iter().map(|l| CudaLayer::new(l, 0).unwrap()).collect();
             assert!(layers[0].uses_tensor_cores());
             let cores: Vec<CudaLayer> =

@@ -248,6 +248,8 @@ fn cuda_gemm_matches_the_cpu_path() {
         (8, Some(32), true, true, 1024, 1032, 1000),
         (8, None, false, true, 512, 256, 1000),
         (8, Some(64), false, false, 1028, 328, 1000),
+        // 8-bit act-order, asymmetric, on short K splits (8 tiles, 16 splits at 9-16 rows).
+        (8, Some(128), true, false, 2048, 512, 64),
         // 2 and 3 bit run as 4 bit (codes widened when the plan is built).
         (2, Some(128), false, true, 2048, 1024, 256),
         (2, Some(64), true, false, 1024, 512, 64),
