@@ -568,7 +568,7 @@ impl CudaLayer {
     /// least [`WG_LONG_SPLIT_TILES`] tiles: 8192×28672 and 28672×8192, not the mid-sized layers),
     /// so their fixed costs weigh little; `GPTQ_CUDA_WG_MIN_ROWS` overrides both. Measured on the
     /// H100 (docs/perf.md, version 33): at 2–8 rows 0–7% faster than the bulk-copy kernel on those
-    /// two layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–40% slower on 4096² to 8192²,
+    /// two layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192²,
     /// slower at M = 1 everywhere.
     fn with_wg_min_rows(mut self) -> Self {
         self.wg_min_rows = match self.device.wg_min_rows {
