@@ -571,15 +571,9 @@ impl CudaLayer {
     /// two layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192²,
     /// slower at M = 1 everywhere.
     fn with_wg_min_rows(mut self) -> Self {
-        self.wg_min_rows = match self.device.wg_min_rows {
-            Some(rows) => rows,
-            None => {
-                self.wg_min_rows = WG_ROWS; // the shape of a full block of rows decides
-                let long =
-                    self.ring_shape(WG_ROWS, Ring::Warpgroup).is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
-                if long { 2 } else { 9 }
-            }
-        };
+        let long =
+            || self.ring_split(WG_ROWS, Ring::Warpgroup).is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
+        self.wg_min_rows = self.device.wg_min_rows.unwrap_or_else(|| if long() { 2 } else { 9 });
         self
     }
 
@@ -695,7 +689,13 @@ impl CudaLayer {
             Ring::Bulk => self.device.bulk && m <= BULK_ROWS,
             Ring::Warpgroup => self.device.wg && (self.wg_min_rows..=WG_ROWS).contains(&m),
         };
-        if !enabled || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
+        if enabled { self.ring_split(m, ring) } else { None }
+    }
+
+    /// [`ring_shape`](Self::ring_shape) whatever the device and the row range allow: the layer's
+    /// own conditions (K a multiple of 8, the tensor-core layout) and the split of K.
+    fn ring_split(&self, m: usize, ring: Ring) -> Option<MmaShape> {
+        if self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
             return None;
         }
         let resident = |_| self.resident_ring[ring as usize];
