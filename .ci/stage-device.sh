@@ -39,7 +39,7 @@ cp target/release/libgptq.so "$D"/
 # copies into the kernel cache there, saving the device the ~30 s NVRTC takes per build.
 if [ -n "${STAGE_NVRTC_LIB:-}" ]; then
     cargo build --release --example precompile
-    LD_LIBRARY_PATH="$STAGE_NVRTC_LIB" GPTQ_CACHE_DIR="$D/cache" target/release/examples/precompile 90
+    LD_LIBRARY_PATH="$STAGE_NVRTC_LIB" GPTQ_CACHE_DIR="$D/cache" target/release/examples/precompile 90 ptx80
 fi
 # The kernels as NVRTC sees them, for a register/spill report with nvcc on the device machine.
 cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > "$D"/kernels.cu
@@ -93,6 +93,12 @@ for t in $S/test-*; do
     [ "${STAGE_TESTS:-1}" = 0 ] && break
     echo "== $t"
     "$t" --nocapture --test-threads=1 || status=1
+done
+# STAGE_KERNEL_ARCH=80 (or 86, 89): the GPU tests again with the kernels built for that older card
+# as PTX the driver compiles for this one (GPTQ_CUDA_KERNEL_ARCH): the code an A100 runs.
+for a in ${STAGE_KERNEL_ARCH:-}; do
+    echo "== $S/test-cuda, GPTQ_CUDA_KERNEL_ARCH=$a"
+    GPTQ_CUDA_KERNEL_ARCH=$a $S/test-cuda --test-threads=1 2>&1 | grep -E "^test |test result|panicked|NOTICE" || status=1
 done
 if [ "${STAGE_SANITIZE:-0}" = 1 ]; then
     CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -4,7 +4,8 @@
 //!
 //!     GPTQ_CACHE_DIR=/opt/gptq-cache cargo run --release --example precompile -- 80 86 89 90
 //!
-//! Each argument is a compute capability without its dot (90 compiles for sm_90a). Needs NVRTC
+//! Each argument is a compute capability without its dot (90 compiles for sm_90a), or `ptx` and one
+//! (e.g. `ptx80`: PTX for compute_80, what `GPTQ_CUDA_KERNEL_ARCH=80` loads). Needs NVRTC
 //! (CUDA 12.x or 13.x) on the library path; the cache key carries the NVRTC version, so the serving
 //! machine must load the same one.
 
@@ -22,17 +23,26 @@ fn main() {
         }
     };
     for a in &archs {
-        let cc: u32 = match a.parse() {
+        let (ptx, digits) = match a.strip_prefix("ptx") {
+            Some(d) => (true, d),
+            None => (false, a.as_str()),
+        };
+        let cc: u32 = match digits.parse() {
             Ok(cc) if (50..=199).contains(&cc) => cc,
             _ => {
                 eprintln!("{a}: not a compute capability such as 80 or 90");
                 std::process::exit(2);
             }
         };
-        match gptq::cuda::kernels_cubin((cc / 10, cc % 10)) {
-            Ok(cubin) => println!("sm_{cc}: {} bytes (NVRTC {major}.{minor})", cubin.len()),
+        let (image, what) = if ptx {
+            (gptq::cuda::kernels_ptx((cc / 10, cc % 10)), format!("compute_{cc} PTX"))
+        } else {
+            (gptq::cuda::kernels_cubin((cc / 10, cc % 10)), format!("sm_{cc}"))
+        };
+        match image {
+            Ok(bytes) => println!("{what}: {} bytes (NVRTC {major}.{minor})", bytes.len()),
             Err(e) => {
-                eprintln!("sm_{cc}: {e}");
+                eprintln!("{what}: {e}");
                 std::process::exit(1);
             }
         }

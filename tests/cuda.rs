@@ -313,6 +313,26 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     }
 }
 
+/// With `GPTQ_CUDA_KERNEL_ARCH` (e.g. 80), the device runs an older card's kernels (PTX for that
+/// architecture, compiled by the driver) and none of the sm_90 paths, so the whole GPU suite then
+/// checks the code an A100 or an RTX 4090 runs; without it, the device's own.
+#[test]
+fn kernel_arch_override_selects_the_older_cards_kernels() {
+    if !gpu_available() {
+        return;
+    }
+    let dev = gptq::cuda::init(0).unwrap();
+    match std::env::var("GPTQ_CUDA_KERNEL_ARCH").ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+        Some(cc) if cc < 90 => {
+            assert!(!dev.bulk && !dev.wg && !dev.pdl, "sm_90 paths chosen under GPTQ_CUDA_KERNEL_ARCH={cc}");
+            let l = CudaLayer::new(&random_layer(5, 4, Some(128), 1024, 1024, false, true), 0).unwrap();
+            assert!(l.uses_tensor_cores() && !l.takes_warpgroup(16), "register-fed tensor-core kernels");
+            eprintln!("kernels built for compute_{cc}, running on sm_{}{}", dev.arch.0, dev.arch.1);
+        }
+        _ => eprintln!("NOTICE: GPTQ_CUDA_KERNEL_ARCH unset; the device's own kernels (sm_{}{})", dev.arch.0, dev.arch.1),
+    }
+}
+
 /// Split-K partial sums through a workspace only 4-byte aligned (the least `gemm` accepts) give the
 /// same bits as through an aligned one, and match the CPU path, on the tensor-core and CUDA-core
 /// layers.

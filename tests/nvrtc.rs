@@ -54,5 +54,16 @@ fn kernels_compile_for_every_supported_architecture_with_this_nvrtc() {
         assert!(cached, "{arch:?}: no cache file for NVRTC {major}.{minor}");
         assert_eq!(gptq::cuda::kernels_cubin(arch).unwrap(), cubin, "{arch:?}: cache read back differs");
     }
+    // PTX for the virtual architectures (GPTQ_CUDA_KERNEL_ARCH runs it on a newer card): text with
+    // the terminating NUL cuModuleLoadData needs, the older cards' kernels and no sm_90 ones.
+    for arch in [(8, 0), (8, 9)] {
+        let ptx = gptq::cuda::kernels_ptx(arch).unwrap_or_else(|e| panic!("NVRTC {major}.{minor}, PTX {arch:?}: {e}"));
+        let text = std::str::from_utf8(&ptx[..ptx.len() - 1]).expect("PTX is text");
+        assert_eq!(ptx.last(), Some(&0), "{arch:?}: PTX not NUL-terminated");
+        assert!(text.contains(&format!(".target sm_{}{}", arch.0, arch.1)), "{arch:?}: PTX target");
+        assert!(text.contains(".entry gptq_mma_b4_m1_f16_sym"), "{arch:?}: register-fed kernel missing");
+        assert!(!text.contains("gptq_bulk_b4_f16_sym") && !text.contains("griddepcontrol"), "{arch:?}: sm_90 code");
+        assert_eq!(gptq::cuda::kernels_ptx(arch).unwrap(), ptx, "{arch:?}: PTX cache read back differs");
+    }
     let _ = std::fs::remove_dir_all(&cache);
 }

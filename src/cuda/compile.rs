@@ -64,17 +64,31 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 /// can check that an NVRTC compiles the kernels. [`Error::NoDevice`] without NVRTC;
 /// [`Error::Cuda`] with NVRTC's log where compilation fails (e.g. an architecture it does not know).
 pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
-    let (maj, min) = nvrtc_version()?;
     // sm_90a unlocks Hopper-only instructions; other architectures use their plain name.
     let sm = if arch == (9, 0) { "sm_90a".to_string() } else { format!("sm_{}{}", arch.0, arch.1) };
+    kernels_image(&sm, "cubin")
+}
+
+/// The kernel module as PTX for virtual architecture `compute_{arch}`, NUL-terminated (what
+/// `cuModuleLoadData` takes), from the cache or compiled by NVRTC. The driver compiles it for the
+/// card it loads on: how `GPTQ_CUDA_KERNEL_ARCH` runs an older card's kernel code on a newer card
+/// (the library otherwise loads cubins only; PTX from an NVRTC newer than the driver would not load).
+pub fn kernels_ptx(arch: (u32, u32)) -> Result<Vec<u8>> {
+    kernels_image(&format!("compute_{}{}", arch.0, arch.1), "ptx")
+}
+
+/// A cubin (`kind` "cubin", `target` a real architecture) or PTX ("ptx", a virtual one), cached.
+fn kernels_image(target: &str, kind: &str) -> Result<Vec<u8>> {
+    let (maj, min) = nvrtc_version()?;
+    let sm = target;
     let defines = defines();
     let hashed = [SOURCE.as_bytes(), defines.join(" ").as_bytes()].concat();
-    let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.cubin", fnv1a(&hashed));
+    let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.{kind}", fnv1a(&hashed));
     let cached = cache_dir().map(|d| d.join(&key));
     if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
         return Ok(bytes);
     }
-    let cubin = compile(&sm, &defines)?;
+    let cubin = compile(sm, &defines, kind == "ptx")?;
     if let Some(path) = cached {
         // Best effort, atomically: a failed cache write only costs a recompile next time.
         if let Some(dir) = path.parent() {
@@ -88,7 +102,8 @@ pub fn kernels_cubin(arch: (u32, u32)) -> Result<Vec<u8>> {
     Ok(cubin)
 }
 
-fn compile(sm: &str, defines: &[String]) -> Result<Vec<u8>> {
+/// Compiles the kernels for `sm`: a cubin, or with `ptx` NUL-terminated PTX.
+fn compile(sm: &str, defines: &[String], ptx: bool) -> Result<Vec<u8>> {
     let src = CString::new(SOURCE).map_err(|_| Error::Cuda("kernel source has a NUL byte".into()))?;
     let name = CString::new("gptq_kernels.cu").unwrap();
     let opts: Vec<CString> = [format!("--gpu-architecture={sm}"), "--std=c++17".into(), "-default-device".into()]
@@ -112,6 +127,13 @@ fn compile(sm: &str, defines: &[String]) -> Result<Vec<u8>> {
             nv::nvrtcGetProgramLog(prog, log.as_mut_ptr().cast());
             let log = CStr::from_bytes_until_nul(&log).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
             Err(Error::Cuda(format!("NVRTC failed to compile the kernels for {sm}: {log}")))
+        } else if ptx {
+            // The size counts the terminating NUL, which cuModuleLoadData needs.
+            let mut n = 0;
+            nvrtc_check(nv::nvrtcGetPTXSize(prog, &mut n), "nvrtcGetPTXSize").and_then(|_| {
+                let mut text = vec![0u8; n];
+                nvrtc_check(nv::nvrtcGetPTX(prog, text.as_mut_ptr().cast()), "nvrtcGetPTX").map(|_| text)
+            })
         } else {
             let mut n = 0;
             nvrtc_check(nv::nvrtcGetCUBINSize(prog, &mut n), "nvrtcGetCUBINSize").and_then(|_| {

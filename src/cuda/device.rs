@@ -98,6 +98,27 @@ impl Drop for CtxGuard {
     }
 }
 
+/// `GPTQ_CUDA_KERNEL_ARCH` (e.g. `80`, `86`, `89`): build the kernels for that older compute
+/// capability, as PTX the driver compiles for this card, and choose kernels as on such a card (no
+/// bulk copies, warpgroup mma or programmatic dependent launch). For tests: it runs the code an
+/// A100 or an RTX 4090 runs, on the card at hand. An error for a malformed value or one above the
+/// card's own capability.
+fn kernel_arch_override(arch: (u32, u32)) -> Result<Option<(u32, u32)>> {
+    std::env::var("GPTQ_CUDA_KERNEL_ARCH").ok().map(|v| parse_kernel_arch(&v, arch)).transpose()
+}
+
+/// A `GPTQ_CUDA_KERNEL_ARCH` value on a device of compute capability `arch`.
+fn parse_kernel_arch(v: &str, arch: (u32, u32)) -> Result<(u32, u32)> {
+    let cc = v.trim().parse::<u32>().ok().filter(|&cc| (80..1000).contains(&cc)).map(|cc| (cc / 10, cc % 10));
+    match cc {
+        Some(cc) if cc <= arch => Ok(cc),
+        _ => Err(Error::InvalidArgument(format!(
+            "GPTQ_CUDA_KERNEL_ARCH = {v:?}: expected a compute capability from 80 up to this device's {}{}",
+            arch.0, arch.1
+        ))),
+    }
+}
+
 static DEVICES: OnceCell<Mutex<HashMap<usize, Arc<Device>>>> = OnceCell::new();
 
 /// Retains device `ordinal`'s primary context and compiles (or loads from the disk cache) the
@@ -131,10 +152,12 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let mut driver_version = 0;
     // SAFETY: writes one int.
     check(unsafe { cu::cuDriverGetVersion(&mut driver_version) }, "cuDriverGetVersion")?;
-    let pdl = arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
+    // The architecture the kernels are built for: the device's own, or an older one for tests.
+    let code_arch = kernel_arch_override(arch)?.unwrap_or(arch);
+    let pdl = code_arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
-    let bulk = arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
-    let wg = arch == (9, 0) && driver_version >= 12000 && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
+    let bulk = code_arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
+    let wg = code_arch == (9, 0) && driver_version >= 12000 && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
     let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map(|r| r.clamp(1, 16));
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
@@ -142,7 +165,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let mut ctx = std::ptr::null_mut();
     // SAFETY: retains the primary context (released never: it lives as long as the process).
     check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
-    let cubin = compile::kernels_cubin(arch)?;
+    let cubin = if code_arch == arch { compile::kernels_cubin(arch)? } else { compile::kernels_ptx(code_arch)? };
     let _g = CtxGuard::push(ctx)?;
     let mut module = std::ptr::null_mut();
     // SAFETY: `cubin` is a complete cubin image for this device's architecture.
@@ -237,5 +260,21 @@ impl Device {
         check(unsafe { cu::cuModuleGetFunction(&mut f, self.module, cname.as_ptr()) }, name)?;
         cache.insert(name.to_string(), f as usize);
         Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_kernel_arch;
+
+    #[test]
+    fn kernel_arch_override_takes_older_capabilities_only() {
+        assert_eq!(parse_kernel_arch("80", (9, 0)).unwrap(), (8, 0));
+        assert_eq!(parse_kernel_arch(" 89 ", (9, 0)).unwrap(), (8, 9));
+        assert_eq!(parse_kernel_arch("90", (9, 0)).unwrap(), (9, 0));
+        for bad in ["100", "75", "sm_80", "", "8.0"] {
+            let e = parse_kernel_arch(bad, (9, 0)).unwrap_err().to_string();
+            assert!(e.contains("GPTQ_CUDA_KERNEL_ARCH") && e.contains("90"), "{bad:?}: {e}");
+        }
     }
 }

@@ -11,7 +11,7 @@ mod device;
 mod layer;
 mod tiles;
 
-pub use compile::{CACHE_DIR_ENV, kernels_cubin, nvrtc_version};
+pub use compile::{CACHE_DIR_ENV, kernels_cubin, kernels_ptx, nvrtc_version};
 pub use device::{Device, device_count, init};
 pub use layer::{ActDType, CudaLayer, KernelFamily, Ring};
 
