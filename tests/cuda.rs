@@ -281,16 +281,23 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     let mut rng = Rng(3);
     // On sm_90a: 8192×28672's long K splits take the warpgroup kernel from 2 rows (M = 1 the
     // bulk-copy kernel), the other layers from 9 (M = 8 the bulk-copy kernel, at 8 bit only for
-    // blocks of at least 32 K tiles); 4 and 8 bit.
-    let cases =
-        [(5120usize, 13824usize, false, 4u32), (13824, 5120, true, 4), (8192, 28672, false, 4), (8192, 8192, false, 8)];
+    // blocks of at least 32 K tiles); 4 and 8 bit. 28672×8192 (asymmetric, act-order): from 8 rows
+    // the warpgroup kernel's deep ring, its 8 K splits in clusters.
+    let cases = [
+        (5120usize, 13824usize, false, 4u32),
+        (13824, 5120, true, 4),
+        (8192, 28672, false, 4),
+        (8192, 8192, false, 8),
+        (28672, 8192, true, 4),
+    ];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
-        let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, true);
+        let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, k != 28672);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
         let ms: &[usize] = match (bits, k, n) {
             (8, ..) => &[1, 8, 16],
             (4, 8192, 28672) => &[1, 2, 5, 8, 16, 64, 1000],
+            (4, 28672, 8192) => &[1, 4, 7, 8, 12, 16, 64],
             _ => &[1, 8, 16, 64, 1000],
         };
         let what = format!("{bits} bit K {k} N {n} act {act}");
@@ -299,12 +306,19 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         // unless GPTQ_CUDA_NO_CLUSTERS asks for the workspace path: the check above covered it.
         let clusters_wanted = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none();
         let wg = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_WG_MIN_ROWS").is_none();
+        if (k, n) == (28672, 8192) {
+            let deep = wg && std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_none();
+            for m in [7, 8, 16] {
+                assert_eq!(l.runs_deep_ring(m), deep && m >= 8, "{what}: deep ring at M = {m}");
+            }
+        }
         if (k, n) == (8192, 28672) {
+            assert!(!l.runs_deep_ring(16), "{what}: 3 splits at three blocks per SM need no deep ring");
             assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
             assert_eq!(l.reduces_in_clusters(5), clusters_wanted, "{what}: cluster reduction at M = 5");
         }
         if wg {
-            let long = (k, n) == (8192, 28672);
+            let long = (k, n) == (8192, 28672) || (k, n) == (28672, 8192);
             assert!(!l.takes_warpgroup(1), "{what}: M = 1 on the bulk-copy kernel");
             assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
             assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");

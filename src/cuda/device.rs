@@ -56,6 +56,9 @@ pub struct Device {
     /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9, or 2 for
     /// long K splits: `CudaLayer::wg_min_rows`).
     pub wg_min_rows: Option<usize>,
+    /// Whether two blocks of every warpgroup kernel with its deep ring fit on one SM (checked at
+    /// init; see [`Device::deep_ring_stages`]).
+    wg_deep: bool,
     /// `GPTQ_CUDA_BULK_STAGES`: the ring kernels' depth, for benchmarks.
     bulk_stages_override: Option<usize>,
     /// Shared memory one SM has for blocks, and what each block reserves of it.
@@ -179,6 +182,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         bulk,
         wg,
         wg_min_rows,
+        wg_deep: wg,
         bulk_stages_override,
         smem_per_sm,
         smem_reserved,
@@ -203,20 +207,25 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                 }
                 for (name, threads, bytes) in kernels {
                     let f = d.function(&name)?;
-                    let bytes = bytes as i32;
+                    // The warpgroup kernel may also run with its deep ring (two blocks per SM).
+                    let deep = name.starts_with("gptq_wg_").then(|| d.deep_ring_bytes(bits, sym));
+                    let limit = deep.map_or(bytes, |deep| deep.max(bytes)) as i32;
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
-                    check(unsafe { cu::cuFuncSetAttribute(f, attr, bytes) }, "cuFuncSetAttribute (shared memory)")?;
+                    check(unsafe { cu::cuFuncSetAttribute(f, attr, limit) }, "cuFuncSetAttribute (shared memory)")?;
+                    if let Some(deep) = deep {
+                        let mut blocks = 0;
+                        // SAFETY: as above; writes one int.
+                        let r = unsafe {
+                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, deep)
+                        };
+                        d.wg_deep &= r == cu::CUresult::CUDA_SUCCESS && blocks >= 2;
+                    }
                     let mut blocks = 0;
                     // SAFETY: as above; writes one int.
                     check(
                         unsafe {
-                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                                &mut blocks,
-                                f,
-                                threads as i32,
-                                bytes as usize,
-                            )
+                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, bytes)
                         },
                         "cuOccupancyMaxActiveBlocksPerMultiprocessor",
                     )?;
@@ -237,8 +246,24 @@ impl Device {
     /// there for the bulk-copy kernel (4096×4096, 4096×14336, 8192×8192 at M = 1), while blocks of
     /// 150+ tiles kept their speed only with the full ring (docs/perf.md, version 23).
     pub fn ring_stages(&self, ring: layer::Ring, bits: u32, sym: bool, tiles_per_block: usize) -> usize {
-        let fit = ring.stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved);
+        let fit = ring.stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved, 3);
         self.bulk_stages_override.unwrap_or(if tiles_per_block < 64 { fit.min(3) } else { fit })
+    }
+
+    /// Stages of the warpgroup kernel's deep ring: as many as let two blocks share an SM (7 at 4
+    /// bit symmetric on sm_90, against 4 for three blocks), for layers whose long K splits then fit
+    /// in clusters (`CudaLayer::wg_deep_rows`); `None` where the device has no warpgroup kernel, two
+    /// such blocks do not fit, or the ring would be no deeper.
+    pub fn deep_ring_stages(&self, bits: u32, sym: bool) -> Option<usize> {
+        let ring = layer::Ring::Warpgroup;
+        let stages = ring.stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved, 2);
+        (self.wg && self.wg_deep && stages > self.ring_stages(ring, bits, sym, usize::MAX)).then_some(stages)
+    }
+
+    /// Dynamic shared memory of the warpgroup kernel with its deep ring.
+    fn deep_ring_bytes(&self, bits: u32, sym: bool) -> usize {
+        let ring = layer::Ring::Warpgroup;
+        ring.smem_bytes(bits, sym, ring.stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved, 2))
     }
 
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).

@@ -44,6 +44,8 @@ const WG_ROWS: usize = 16;
 /// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
 /// ([`CudaLayer::wg_min_rows`]).
 const WG_LONG_SPLIT_TILES: usize = 128;
+/// The fewest rows that may take the warpgroup kernel's deep ring ([`CudaLayer::wg_deep_rows`]).
+const WG_DEEP_MIN_ROWS: usize = 8;
 /// The warpgroup-mma kernel's shared memory before its ring: 256 bytes of mbarriers, the consumer
 /// threads' folded sums (128 × 32 floats) and the ring's alignment to 1024 bytes
 /// (kernels/gptq_mma.cu, WG_RING_SLACK).
@@ -114,11 +116,18 @@ impl Ring {
         before + stages * self.stage_bytes(bits, sym)
     }
 
-    /// Stages that let three blocks share an SM with `smem_per_sm` bytes of shared memory,
+    /// Stages that let `blocks` blocks share an SM with `smem_per_sm` bytes of shared memory,
     /// `reserved` of them set aside per block (three blocks measured faster than two with a deeper
-    /// ring: docs/perf.md).
-    pub(crate) fn stages_fitting(self, bits: u32, sym: bool, smem_per_sm: usize, reserved: usize) -> usize {
-        let per_block = (smem_per_sm / 3).saturating_sub(reserved + self.smem_bytes(bits, sym, 0));
+    /// ring, but for the warpgroup kernel's deep ring: docs/perf.md, [`Device::deep_ring_stages`]).
+    pub(crate) fn stages_fitting(
+        self,
+        bits: u32,
+        sym: bool,
+        smem_per_sm: usize,
+        reserved: usize,
+        blocks: usize,
+    ) -> usize {
+        let per_block = (smem_per_sm / blocks).saturating_sub(reserved + self.smem_bytes(bits, sym, 0));
         (per_block / self.stage_bytes(bits, sym)).clamp(2, BULK_MAX_STAGES)
     }
 }
@@ -184,6 +193,9 @@ pub struct CudaLayer {
     /// block as one thread-block cluster that adds them in shared memory (no workspace, no
     /// reduction launch), because every cluster of the grid fits on the device at once.
     wg_cluster_rows: u32,
+    /// Bit m set: a call of m rows on the warpgroup kernel runs two blocks per SM, each with the deep
+    /// ring, in as few K splits as that allows (at most 8, so they add in clusters).
+    wg_deep_rows: u32,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -348,6 +360,8 @@ struct MmaShape {
     chunk: usize,
     /// The sm_90 ring kernel taking the call (one block row), or none: the register-fed kernels.
     ring: Option<Ring>,
+    /// The warpgroup kernel at two blocks per SM with its deep ring ([`Device::deep_ring_stages`]).
+    deep: bool,
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
@@ -393,7 +407,7 @@ fn mma_shape(
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, ring: None }
+    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, ring: None, deep: false }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -558,9 +572,11 @@ impl CudaLayer {
             resident_ring,
             wg_min_rows: 9,
             wg_cluster_rows: 0,
+            wg_deep_rows: 0,
             device,
         }
         .with_wg_min_rows()
+        .with_deep_rows()
         .with_cluster_rows()
     }
 
@@ -574,6 +590,37 @@ impl CudaLayer {
         let long =
             || self.ring_split(WG_ROWS, Ring::Warpgroup).is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
         self.wg_min_rows = self.device.wg_min_rows.unwrap_or_else(|| if long() { 2 } else { 9 });
+        self
+    }
+
+    /// Sets [`CudaLayer::wg_deep_rows`]: rows from [`WG_DEEP_MIN_ROWS`] on the warpgroup kernel,
+    /// on layers whose K splits are long ([`WG_LONG_SPLIT_TILES`]) but more than 8 at three blocks
+    /// per SM, take two blocks per SM with the deep ring where that needs at most 8 splits (fewer
+    /// partial sums; they add in clusters where the device fits clusters of that size, else through
+    /// the workspace); not with `GPTQ_CUDA_NO_DEEP_RING`. Measured on the H100 (docs/perf.md,
+    /// version 37): 28672×8192 (12 splits → 8) at M = 16 49.7 against 51.2 µs, M = 12 49.1 against
+    /// 50.0-50.4, M = 8 48.2 against 48.6; M = 2-4 no better (their partial sums are few).
+    fn with_deep_rows(mut self) -> Self {
+        let off = std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_some();
+        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        if !self.device.wg
+            || off
+            || self.blocks_per_sm.is_some()
+            || self.device.deep_ring_stages(self.bits, sym).is_none()
+        {
+            return self;
+        }
+        let Some(normal) = self.ring_split(WG_ROWS, Ring::Warpgroup) else { return self };
+        // GPTQ_CUDA_DEEP_RING=1: also where the splits are short (for comparisons).
+        let any_split = std::env::var("GPTQ_CUDA_DEEP_RING").is_ok_and(|v| v == "1");
+        if normal.splits <= 8 || (normal.tiles_per_split < WG_LONG_SPLIT_TILES && !any_split) {
+            return self;
+        }
+        if self.wg_split(2).is_some_and(|s| (2..=8).contains(&s.splits)) {
+            for m in WG_DEEP_MIN_ROWS.max(self.wg_min_rows)..=WG_ROWS {
+                self.wg_deep_rows |= 1 << m;
+            }
+        }
         self
     }
 
@@ -593,7 +640,7 @@ impl CudaLayer {
             if !(2..=8).contains(&shape.splits) {
                 continue;
             }
-            let stages = self.device.ring_stages(Ring::Warpgroup, self.bits, sym, shape.tiles_per_split);
+            let stages = self.stages(&shape, sym);
             let smem = Ring::Warpgroup.smem_bytes(self.bits, sym, stages) as u32;
             let grid = (self.n.div_ceil(TILE_N * 4) as u32, shape.splits as u32, 1);
             let mut fits = true;
@@ -637,6 +684,13 @@ impl CudaLayer {
     #[doc(hidden)]
     pub fn reduces_in_clusters(&self, m: usize) -> bool {
         m <= WG_ROWS && self.wg_cluster_rows & (1 << m) != 0
+    }
+
+    /// Whether a call of `m` rows (with A 16-byte aligned) runs the warpgroup kernel at two blocks
+    /// per SM with its deep ring ([`CudaLayer::wg_deep_rows`]).
+    #[doc(hidden)]
+    pub fn runs_deep_ring(&self, m: usize) -> bool {
+        m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0
     }
 
     /// Device address and size of the buffers every GEMM must read (packed weights, scales, zero
@@ -698,28 +752,41 @@ impl CudaLayer {
         if self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
             return None;
         }
-        let resident = |_| self.resident_ring[ring as usize];
-        // The warpgroup kernel computes 16 rows whatever m is: its split of K is that of 16 rows
-        // for every m (fewer rows allowed more splits, whose partial sums cost more than they
-        // gained: 4096×4096 at M = 9 with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33).
-        let rows = if ring == Ring::Warpgroup { WG_ROWS } else { m };
-        let s = mma_shape(rows, self.k, self.n, self.bits, self.device.sm_count as usize, self.blocks_per_sm, resident);
-        let s = match ring {
-            // Whole stages per split (4 tiles at 4 bit, 2 at 8), so that with groups of at least a
-            // stage no stage straddles a group and the kernel takes its straight-line stage body
-            // (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
-            Ring::Warpgroup => {
-                let tiles = s.tiles_per_split.next_multiple_of(if self.bits == 4 { 4 } else { 2 });
-                MmaShape {
-                    ring: Some(ring),
-                    tiles_per_split: tiles,
-                    splits: self.k.div_ceil(TILE_K).div_ceil(tiles),
-                    ..s
-                }
+        match ring {
+            Ring::Warpgroup if m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0 => {
+                self.wg_split(2).map(|s| MmaShape { deep: true, ..s })
             }
-            Ring::Bulk => MmaShape { ring: Some(ring), ..s },
-        };
-        (ring == Ring::Warpgroup || self.bits == 4 || s.tiles_per_split >= 32).then_some(s)
+            Ring::Warpgroup => self.wg_split(self.resident_ring[ring as usize]),
+            Ring::Bulk => {
+                let resident = |_| self.resident_ring[ring as usize];
+                let sm = self.device.sm_count as usize;
+                let s = mma_shape(m, self.k, self.n, self.bits, sm, self.blocks_per_sm, resident);
+                (self.bits == 4 || s.tiles_per_split >= 32).then_some(MmaShape { ring: Some(ring), ..s })
+            }
+        }
+    }
+
+    /// The warpgroup kernel's split of K with `resident` blocks per SM at most. The kernel computes
+    /// 16 rows whatever m is: its split is that of 16 rows for every m (fewer rows allowed more
+    /// splits, whose partial sums cost more than they gained: 4096×4096 at M = 9 with 22 splits
+    /// 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
+    /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
+    /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
+    fn wg_split(&self, resident: usize) -> Option<MmaShape> {
+        let sm = self.device.sm_count as usize;
+        let s = mma_shape(WG_ROWS, self.k, self.n, self.bits, sm, self.blocks_per_sm, |_| resident);
+        let tiles = s.tiles_per_split.next_multiple_of(if self.bits == 4 { 4 } else { 2 });
+        let splits = self.k.div_ceil(TILE_K).div_ceil(tiles);
+        Some(MmaShape { ring: Some(Ring::Warpgroup), tiles_per_split: tiles, splits, ..s })
+    }
+
+    /// Stages of the ring kernel taking `shape` (its deep ring where the shape says so).
+    fn stages(&self, shape: &MmaShape, sym: bool) -> usize {
+        match shape.ring {
+            Some(_) if shape.deep => self.device.deep_ring_stages(self.bits, sym).unwrap_or(2),
+            Some(r) => self.device.ring_stages(r, self.bits, sym, shape.tiles_per_split),
+            None => 0,
+        }
     }
 
     /// The ring kernels that may take a call of `m` rows, in order of preference (the first whose
@@ -893,14 +960,14 @@ impl CudaLayer {
                     })
                     .unwrap_or_else(|| self.mma_shape(m));
                 let gather_in_kernel = self.gathers_in_kernel(m, &shape);
-                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, ring } = shape;
+                let stages = self.stages(&shape, nzero_f16.is_none());
+                let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, ring, .. } = shape;
                 let sym = nzero_f16.is_none();
                 let bf = dtype == ActDType::BF16;
                 let f = match ring {
                     Some(r) => self.device.function(&r.kernel_name(self.bits, suffix, sym))?,
                     None => self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym))?,
                 };
-                let stages = ring.map_or(0, |r| self.device.ring_stages(r, self.bits, sym, tps));
                 let (threads, smem) = match ring {
                     Some(r) => (BULK_THREADS, r.smem_bytes(self.bits, sym, stages)),
                     None => (128, MMA_SMEM_BYTES),
@@ -1118,7 +1185,7 @@ mod tests {
                     wg_stage_bytes(bits, true) - 512 * (if bits == 4 { 4 } else { 2 })
                 );
                 for ring in [Ring::Bulk, Ring::Warpgroup] {
-                    let stages = ring.stages_fitting(bits, sym, 233472, 1024);
+                    let stages = ring.stages_fitting(bits, sym, 233472, 1024, 3);
                     assert!(stages >= 4, "{ring:?} {bits} bit, sym {sym}: {stages} stages");
                     assert!(3 * (ring.smem_bytes(bits, sym, stages) + 1024) <= 233472);
                     let more = 3 * (ring.smem_bytes(bits, sym, stages + 1) + 1024);
