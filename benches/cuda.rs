@@ -273,6 +273,9 @@ fn main() {
                     cublas / ours,
                     100.0 * floor / ours
                 );
+                if profile {
+                    println!("       ({})", layers[0].describe_call(m));
+                }
                 unsafe {
                     cu::cuMemFree_v2(a);
                     cu::cuMemFree_v2(c);

@@ -282,19 +282,21 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     // On sm_90a: 8192×28672's long K splits take the warpgroup kernel from 2 rows (M = 1 the
     // bulk-copy kernel), the other layers from 9 (M = 8 the bulk-copy kernel, at 8 bit only for
     // blocks of at least 32 K tiles); 4 and 8 bit. 28672×8192 (asymmetric, act-order): from 8 rows
-    // the warpgroup kernel's deep ring, its 8 K splits in clusters.
+    // the warpgroup kernel's deep ring (4 bit asymmetric: 6 stages; 8 bit: 9).
     let cases = [
         (5120usize, 13824usize, false, 4u32),
         (13824, 5120, true, 4),
         (8192, 28672, false, 4),
         (8192, 8192, false, 8),
         (28672, 8192, true, 4),
+        (28672, 8192, false, 8),
     ];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
         let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, k != 28672);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
         let ms: &[usize] = match (bits, k, n) {
+            (8, 28672, 8192) => &[8, 16],
             (8, ..) => &[1, 8, 16],
             (4, 8192, 28672) => &[1, 2, 5, 8, 16, 64, 1000],
             (4, 28672, 8192) => &[1, 4, 7, 8, 12, 16, 64],

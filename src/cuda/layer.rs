@@ -194,7 +194,7 @@ pub struct CudaLayer {
     /// reduction launch), because every cluster of the grid fits on the device at once.
     wg_cluster_rows: u32,
     /// Bit m set: a call of m rows on the warpgroup kernel runs two blocks per SM, each with the deep
-    /// ring, in as few K splits as that allows (at most 8, so they add in clusters).
+    /// ring, in as few K splits as that allows (at most 8; they add in clusters where those fit).
     wg_deep_rows: u32,
 }
 
@@ -616,7 +616,7 @@ impl CudaLayer {
         if normal.splits <= 8 || (normal.tiles_per_split < WG_LONG_SPLIT_TILES && !any_split) {
             return self;
         }
-        if self.wg_split(2).is_some_and(|s| (2..=8).contains(&s.splits)) {
+        if self.wg_split(true).is_some_and(|s| (2..=8).contains(&s.splits)) {
             for m in WG_DEEP_MIN_ROWS.max(self.wg_min_rows)..=WG_ROWS {
                 self.wg_deep_rows |= 1 << m;
             }
@@ -684,6 +684,25 @@ impl CudaLayer {
     #[doc(hidden)]
     pub fn reduces_in_clusters(&self, m: usize) -> bool {
         m <= WG_ROWS && self.wg_cluster_rows & (1 << m) != 0
+    }
+
+    /// How a call of `m` rows with A 16-byte aligned runs: kernel, K splits, ring stages, and
+    /// whether the splits add in clusters (for benchmarks' logs).
+    #[doc(hidden)]
+    pub fn describe_call(&self, m: usize) -> String {
+        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        match self.ring_shapes(m).next() {
+            Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
+                "{ring:?} kernel, {} splits of {} tiles, {} stages{}{}",
+                s.splits,
+                s.tiles_per_split,
+                self.stages(&s, sym),
+                if s.deep { ", deep ring" } else { "" },
+                if self.reduces_in_clusters(m) { ", clusters" } else { "" }
+            ),
+            _ if self.uses_tensor_cores() => format!("register-fed kernel, {} splits", self.mma_shape(m).splits),
+            _ => format!("CUDA-core kernel, {} splits", self.gemv_shape(m).1),
+        }
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs the warpgroup kernel at two blocks
@@ -754,9 +773,9 @@ impl CudaLayer {
         }
         match ring {
             Ring::Warpgroup if m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0 => {
-                self.wg_split(2).map(|s| MmaShape { deep: true, ..s })
+                self.wg_split(true).map(|s| MmaShape { deep: true, ..s })
             }
-            Ring::Warpgroup => self.wg_split(self.resident_ring[ring as usize]),
+            Ring::Warpgroup => self.wg_split(false),
             Ring::Bulk => {
                 let resident = |_| self.resident_ring[ring as usize];
                 let sm = self.device.sm_count as usize;
@@ -766,17 +785,23 @@ impl CudaLayer {
         }
     }
 
-    /// The warpgroup kernel's split of K with `resident` blocks per SM at most. The kernel computes
-    /// 16 rows whatever m is: its split is that of 16 rows for every m (fewer rows allowed more
-    /// splits, whose partial sums cost more than they gained: 4096×4096 at M = 9 with 22 splits
-    /// 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
+    /// The warpgroup kernel's split of K at the blocks per SM that fit (two with the `deep` ring).
+    /// The kernel computes 16 rows whatever m is: its split is that of 16 rows for every m (fewer
+    /// rows allowed more splits, whose partial sums cost more than they gained: 4096×4096 at M = 9
+    /// with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
     /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
     /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
-    fn wg_split(&self, resident: usize) -> Option<MmaShape> {
+    fn wg_split(&self, deep: bool) -> Option<MmaShape> {
+        let resident = if deep { 2 } else { self.resident_ring[Ring::Warpgroup as usize] };
         let sm = self.device.sm_count as usize;
         let s = mma_shape(WG_ROWS, self.k, self.n, self.bits, sm, self.blocks_per_sm, |_| resident);
-        let tiles = s.tiles_per_split.next_multiple_of(if self.bits == 4 { 4 } else { 2 });
-        let splits = self.k.div_ceil(TILE_K).div_ceil(tiles);
+        let stage_tiles = if self.bits == 4 { 4 } else { 2 };
+        let kt = self.k.div_ceil(TILE_K);
+        // GPTQ_CUDA_DEEP_SPLITS=S: S splits of K for the deep ring (for comparisons).
+        let forced = std::env::var("GPTQ_CUDA_DEEP_SPLITS").ok().and_then(|v| v.parse::<usize>().ok());
+        let forced = forced.filter(|&v| v > 0 && deep);
+        let tiles = forced.map_or(s.tiles_per_split, |f| kt.div_ceil(f)).next_multiple_of(stage_tiles);
+        let splits = kt.div_ceil(tiles);
         Some(MmaShape { ring: Some(Ring::Warpgroup), tiles_per_split: tiles, splits, ..s })
     }
 
@@ -1191,6 +1216,12 @@ mod tests {
                     let more = 3 * (ring.smem_bytes(bits, sym, stages + 1) + 1024);
                     assert!(more > 233472 || stages == BULK_MAX_STAGES);
                 }
+                // The warpgroup kernel's deep ring: two blocks per SM, deeper than at three.
+                let ring = Ring::Warpgroup;
+                let deep = ring.stages_fitting(bits, sym, 233472, 1024, 2);
+                assert!(deep > ring.stages_fitting(bits, sym, 233472, 1024, 3), "{bits} bit sym {sym}: {deep}");
+                assert!(2 * (ring.smem_bytes(bits, sym, deep) + 1024) <= 233472);
+                assert!(2 * (ring.smem_bytes(bits, sym, deep + 1) + 1024) > 233472);
             }
         }
     }
