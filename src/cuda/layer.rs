@@ -602,7 +602,7 @@ impl CudaLayer {
     /// 50.0-50.4, M = 8 48.2 against 48.6; M = 2-4 no better (their partial sums are few).
     fn with_deep_rows(mut self) -> Self {
         let off = std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_some();
-        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        let sym = self.symmetric();
         if !self.device.wg
             || off
             || self.blocks_per_sm.is_some()
@@ -633,7 +633,7 @@ impl CudaLayer {
         if !self.device.wg || std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_some() {
             return Ok(self);
         }
-        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        let sym = self.symmetric();
         let mut mask = 0;
         for m in 1..=WG_ROWS {
             let Some(shape) = self.ring_shape(m, Ring::Warpgroup) else { continue };
@@ -664,6 +664,11 @@ impl CudaLayer {
         Ok(self)
     }
 
+    /// Whether the tensor-core layout has no zero offsets (every zero is `2^(bits-1)`).
+    fn symmetric(&self) -> bool {
+        matches!(&self.weights, Weights::Mma { nzero_f16: None, .. })
+    }
+
     pub fn device(&self) -> usize {
         self.device.ordinal
     }
@@ -690,7 +695,7 @@ impl CudaLayer {
     /// whether the splits add in clusters (for benchmarks' logs).
     #[doc(hidden)]
     pub fn describe_call(&self, m: usize) -> String {
-        let sym = matches!(&self.weights, Weights::Mma { nzero_f16: None, .. });
+        let sym = self.symmetric();
         match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
                 "{ring:?} kernel, {} splits of {} tiles, {} stages{}{}",
