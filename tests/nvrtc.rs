@@ -63,7 +63,24 @@ fn kernels_compile_for_every_supported_architecture_with_this_nvrtc() {
         assert!(text.contains(&format!(".target sm_{}{}", arch.0, arch.1)), "{arch:?}: PTX target");
         assert!(text.contains(".entry gptq_mma_b4_m1_f16_sym"), "{arch:?}: register-fed kernel missing");
         assert!(!text.contains("gptq_bulk_b4_f16_sym") && !text.contains("griddepcontrol"), "{arch:?}: sm_90 code");
+        let name = format!("compute_{}{}-nvrtc{major}.{minor}.ptx", arch.0, arch.1);
+        let cached = std::fs::read_dir(&cache)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with(&name));
+        assert!(cached, "{arch:?}: no PTX cache file for NVRTC {major}.{minor}");
         assert_eq!(gptq::cuda::kernels_ptx(arch).unwrap(), ptx, "{arch:?}: PTX cache read back differs");
+        if arch == (8, 0) {
+            // A cached PTX file cut short (no terminating NUL) is compiled again, not handed to the driver.
+            let file = std::fs::read_dir(&cache)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .find(|e| e.file_name().to_string_lossy().ends_with(&name))
+                .unwrap()
+                .path();
+            std::fs::write(&file, &ptx[..ptx.len() / 2]).unwrap();
+            assert_eq!(gptq::cuda::kernels_ptx(arch).unwrap(), ptx, "truncated PTX in the cache was used");
+        }
     }
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -1,5 +1,6 @@
 //! NVRTC compilation of `kernels/` straight to a cubin for the device's own architecture (PTX from a
-//! newer NVRTC than the driver would not load), cached on disk by source hash, arch and NVRTC version.
+//! newer NVRTC than the driver would not load), cached on disk by source hash, arch and NVRTC version;
+//! PTX only for tests that run an older card's code (`GPTQ_CUDA_KERNEL_ARCH`).
 
 use crate::error::{Error, Result};
 use cudarc::nvrtc::sys as nv;
@@ -85,7 +86,10 @@ fn kernels_image(target: &str, kind: &str) -> Result<Vec<u8>> {
     let hashed = [SOURCE.as_bytes(), defines.join(" ").as_bytes()].concat();
     let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.{kind}", fnv1a(&hashed));
     let cached = cache_dir().map(|d| d.join(&key));
-    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+    // A PTX file without its terminating NUL (truncated, or not ours) is a miss: the driver would
+    // read past the buffer.
+    let usable = |b: &Vec<u8>| kind != "ptx" || b.last() == Some(&0);
+    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()).filter(usable) {
         return Ok(bytes);
     }
     let cubin = compile(sm, &defines, kind == "ptx")?;

@@ -160,7 +160,11 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let pdl = code_arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
     let bulk = code_arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
-    let wg = code_arch == (9, 0) && driver_version >= 12000 && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
+    // The warpgroup kernels exist only in the sm_90a cubin (not in compute_90 PTX on a newer card).
+    let wg = code_arch == (9, 0)
+        && arch == (9, 0)
+        && driver_version >= 12000
+        && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
     let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map(|r| r.clamp(1, 16));
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
@@ -171,7 +175,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let cubin = if code_arch == arch { compile::kernels_cubin(arch)? } else { compile::kernels_ptx(code_arch)? };
     let _g = CtxGuard::push(ctx)?;
     let mut module = std::ptr::null_mut();
-    // SAFETY: `cubin` is a complete cubin image for this device's architecture.
+    // SAFETY: `cubin` is a complete cubin image for this device's architecture, or NUL-terminated
+    // PTX for an older one (kernels_ptx), which the driver compiles.
     check(unsafe { cu::cuModuleLoadData(&mut module, cubin.as_ptr().cast()) }, "cuModuleLoadData")?;
     let mut d = Device {
         ordinal,
@@ -253,11 +258,13 @@ impl Device {
     /// Stages of the warpgroup kernel's deep ring: as many as let two blocks share an SM (7 at 4
     /// bit symmetric on sm_90, against 4 for three blocks), for layers whose long K splits then fit
     /// in clusters (`CudaLayer::wg_deep_rows`); `None` where the device has no warpgroup kernel, two
-    /// such blocks do not fit, or the ring would be no deeper.
+    /// such blocks do not fit, the ring would be no deeper, or `GPTQ_CUDA_BULK_STAGES` fixes the depth.
     pub fn deep_ring_stages(&self, bits: u32, sym: bool) -> Option<usize> {
         let ring = layer::Ring::Warpgroup;
         let stages = ring.stages_fitting(bits, sym, self.smem_per_sm, self.smem_reserved, 2);
-        (self.wg && self.wg_deep && stages > self.ring_stages(ring, bits, sym, usize::MAX)).then_some(stages)
+        let deeper = stages > self.ring_stages(ring, bits, sym, usize::MAX);
+        // Not with GPTQ_CUDA_BULK_STAGES, whose fixed depth a comparison means for every call.
+        (self.wg && self.wg_deep && self.bulk_stages_override.is_none() && deeper).then_some(stages)
     }
 
     /// Dynamic shared memory of the warpgroup kernel with its deep ring.

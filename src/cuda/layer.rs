@@ -196,6 +196,8 @@ pub struct CudaLayer {
     /// Bit m set: a call of m rows on the warpgroup kernel runs two blocks per SM, each with the deep
     /// ring, in as few K splits as that allows (at most 8; they add in clusters where those fit).
     wg_deep_rows: u32,
+    /// `GPTQ_CUDA_DEEP_SPLITS` (2 to 8): the deep ring's K splits, for comparisons.
+    deep_splits: Option<usize>,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -573,6 +575,10 @@ impl CudaLayer {
             wg_min_rows: 9,
             wg_cluster_rows: 0,
             wg_deep_rows: 0,
+            deep_splits: std::env::var("GPTQ_CUDA_DEEP_SPLITS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| (2..=8).contains(v)),
             device,
         }
         .with_wg_min_rows()
@@ -802,9 +808,7 @@ impl CudaLayer {
         let s = mma_shape(WG_ROWS, self.k, self.n, self.bits, sm, self.blocks_per_sm, |_| resident);
         let stage_tiles = if self.bits == 4 { 4 } else { 2 };
         let kt = self.k.div_ceil(TILE_K);
-        // GPTQ_CUDA_DEEP_SPLITS=S: S splits of K for the deep ring (for comparisons).
-        let forced = std::env::var("GPTQ_CUDA_DEEP_SPLITS").ok().and_then(|v| v.parse::<usize>().ok());
-        let forced = forced.filter(|&v| v > 0 && deep);
+        let forced = self.deep_splits.filter(|_| deep);
         let tiles = forced.map_or(s.tiles_per_split, |f| kt.div_ceil(f)).next_multiple_of(stage_tiles);
         let splits = kt.div_ceil(tiles);
         Some(MmaShape { ring: Some(Ring::Warpgroup), tiles_per_split: tiles, splits, ..s })
