@@ -136,7 +136,8 @@ fn main() {
         if dev.wg {
             format!(
                 "on from {} rows ({} stages at 4 bit, 3 for short blocks, deep ring {})",
-                dev.wg_min_rows.map_or("9 (2 on long K splits)".to_string(), |r| r.to_string()),
+                dev.wg_min_rows
+                    .map_or("9 (2 on long K splits, 1 at 8 bit in one cluster)".to_string(), |r| r.to_string()),
                 dev.ring_stages(Ring::Warpgroup, 4, true, usize::MAX),
                 dev.deep_ring_stages(4, true).map_or("off".to_string(), |s| format!("{s} stages"))
             )

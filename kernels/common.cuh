@@ -41,6 +41,15 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// A load of the layer's own data meant to be in flight before pdl_wait(): ptxas moves the
+// ld.global.nc that a const __restrict__ load becomes past griddepcontrol.wait (it did so with the
+// act-order gather's perm load, docs/perf.md version 40); a plain ld.global stays in place.
+__device__ __forceinline__ int ld_before_wait(const int* p) {
+    int v;
+    asm volatile("ld.global.b32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
 // Packed 16-bit pair math (f16x2 or bf16x2). bf16 uses FMAs only: fma.rn.bf16x2 exists from sm_80,
 // add/mul only from sm_90.
 template <bool BF> __device__ __forceinline__ u32 pfma(u32 a, u32 b, u32 c) {

@@ -406,19 +406,27 @@ __device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
-        col[j] = kk < klen && kb + kk < K ? perm[kb + kk] : -1;
+        col[j] = kk < klen && kb + kk < K ? ld_before_wait(perm + kb + kk) : -1;
     }
 }
-// ... then those columns of rows m0.. m0 + rows - 1 of A into dst (row stride lds halves; zero past K).
+// ... then those columns of rows m0.. m0 + rows - 1 of A into dst (row stride lds halves; zero past K),
+// every load issued before the first store (interleaved, the compiler kept one load in flight at a
+// time: docs/perf.md version 40).
 __device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
                                             int rows, int klen, u16* dst, int lds) {
+    u16 v[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+            v[j][r] = r < rows && col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
         if (kk >= klen) continue;
 #pragma unroll
         for (int r = 0; r < 4; r++)
-            if (r < rows) dst[r * lds + kk] = col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
+            if (r < rows) dst[r * lds + kk] = v[j][r];
     }
 }
 

@@ -280,7 +280,8 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     let stream = gpu::stream();
     let mut rng = Rng(3);
     // On sm_90a: 8192×28672's long K splits take the warpgroup kernel from 2 rows (M = 1 the
-    // bulk-copy kernel), the other layers from 9 (M = 8 the bulk-copy kernel, at 8 bit only for
+    // bulk-copy kernel; at 8 bit from 1 row, its 3 splits adding in one cluster), the other layers
+    // from 9 (M = 8 the bulk-copy kernel, at 8 bit only for
     // blocks of at least 32 K tiles); 4 and 8 bit. 28672×8192 (asymmetric, act-order): from 8 rows
     // the warpgroup kernel's deep ring (4 bit asymmetric: 6 stages; 8 bit: 9 symmetric, 8 here).
     let cases = [
@@ -290,6 +291,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         (8192, 8192, false, 8),
         (28672, 8192, true, 4),
         (28672, 8192, false, 8),
+        (8192, 28672, false, 8),
     ];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
         let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, k != 28672);
@@ -297,6 +299,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
         let ms: &[usize] = match (bits, k, n) {
             (8, 28672, 8192) => &[8, 16],
+            (8, 8192, 28672) => &[1, 2, 16],
             (8, ..) => &[1, 8, 16],
             (4, 8192, 28672) => &[1, 2, 5, 8, 16, 64, 1000],
             (4, 28672, 8192) => &[1, 4, 7, 8, 12, 16, 64],
@@ -323,10 +326,14 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             assert!(!l.runs_deep_ring(16), "{what}: 3 splits at three blocks per SM need no deep ring");
             assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
             assert_eq!(l.reduces_in_clusters(5), clusters_wanted, "{what}: cluster reduction at M = 5");
+            if bits == 8 && wg {
+                assert_eq!(l.reduces_in_clusters(1), clusters_wanted, "{what}: cluster reduction at M = 1");
+            }
         }
         if wg {
             let long = (k, n) == (8192, 28672) || (k, n) == (28672, 8192);
-            assert!(!l.takes_warpgroup(1), "{what}: M = 1 on the bulk-copy kernel");
+            let one_row = bits == 8 && (k, n) == (8192, 28672);
+            assert_eq!(l.takes_warpgroup(1), one_row, "{what}: the warpgroup kernel at M = 1");
             assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
             assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
         }

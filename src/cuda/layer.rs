@@ -198,6 +198,10 @@ pub struct CudaLayer {
     wg_deep_rows: u32,
     /// `GPTQ_CUDA_DEEP_SPLITS` (2 to 8): the deep ring's K splits, for comparisons.
     deep_splits: Option<usize>,
+    /// `GPTQ_CUDA_GATHER_PROBE` (timing probes only; the results are then wrong): `empty` launches
+    /// the act-order gather with its grid but nothing to copy, `one` as a single empty block, to
+    /// tell the cost of its launch in the chain from that of its copies (docs/perf.md, version 40).
+    gather_probe: Option<String>,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -579,6 +583,7 @@ impl CudaLayer {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|v| (2..=8).contains(v)),
+            gather_probe: std::env::var("GPTQ_CUDA_GATHER_PROBE").ok(),
             device,
         }
         .with_wg_min_rows()
@@ -591,11 +596,19 @@ impl CudaLayer {
     /// so their fixed costs weigh little; `GPTQ_CUDA_WG_MIN_ROWS` overrides both. Measured on the
     /// H100 (docs/perf.md, version 33): at 2–8 rows 0–7% faster than the bulk-copy kernel on those
     /// two layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192²,
-    /// slower at M = 1 everywhere.
+    /// slower at M = 1 everywhere, but for 8-bit layers whose long splits are few enough to add in
+    /// one cluster (8192×28672: 3), which take it from 1 row (version 40: 88.7 against 90.3 µs;
+    /// 28672×8192, 12 splits through the workspace, 87.7 against 84.6, stays with the bulk kernel).
     fn with_wg_min_rows(mut self) -> Self {
-        let long =
-            || self.ring_split(WG_ROWS, Ring::Warpgroup).is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
-        self.wg_min_rows = self.device.wg_min_rows.unwrap_or_else(|| if long() { 2 } else { 9 });
+        let split = self.ring_split(WG_ROWS, Ring::Warpgroup);
+        let long = split.is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
+        let one_cluster = split.is_some_and(|s| s.splits <= 8);
+        let default = match (long, self.bits == 8 && one_cluster) {
+            (true, true) => 1,
+            (true, false) => 2,
+            (false, _) => 9,
+        };
+        self.wg_min_rows = self.device.wg_min_rows.unwrap_or(default);
         self
     }
 
@@ -1024,8 +1037,16 @@ impl CudaLayer {
                 let gather = self.gather_bytes(m);
                 let (a_in, lda_in, perm_in) = if self.perm.is_some() && !gather_in_kernel {
                     let g = self.device.function("gptq_gather_a")?;
-                    let mut gargs = args![a, lda64, perm, workspace, mi, ki];
-                    let grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
+                    let mut grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
+                    let probe_k = 0i32; // a gather with nothing to copy (timing probes)
+                    let mut gargs = match self.gather_probe.as_deref() {
+                        Some("empty") => args![a, lda64, perm, workspace, mi, probe_k],
+                        Some("one") => {
+                            grid = (1, 1, 1);
+                            args![a, lda64, perm, workspace, mi, probe_k]
+                        }
+                        _ => args![a, lda64, perm, workspace, mi, ki],
+                    };
                     let _ctx = CtxGuard::push(self.device.ctx)?;
                     // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
                     unsafe {
