@@ -1430,6 +1430,53 @@ extern "C" __global__ void gptq_gather_a(const u16* __restrict__ A, long lda, co
     for (long m = blockIdx.y; m < M; m += gridDim.y) out[m * K + k] = A[m * lda + col];
 }
 
+#if __CUDA_ARCH__ >= 900
+// The act-order gather for 8 rows or more on sm_90 (src/cuda/layer.rs, gathers_by_row): block
+// (c, y) copies row m of A whole into shared memory with one bulk copy (K halves, 16-byte aligned),
+// then writes out[m, k] = row[perm[k]] for its chunk of `chunk` inputs, for rows m = y, y + gridDim.y...
+// gptq_gather_a's 2-byte loads from global memory each cost a 32-byte L2 sector (458,752 of them at
+// K = 28672, M = 16), which kept act-order 5 µs behind plain there (docs/perf.md, version 40); here
+// the gridDim.x copies of each row are whole lines and the random reads hit shared memory.
+// Shared memory: one mbarrier (16 bytes), then the row. Block 256 threads, chunk <= 256 · GATHER_PER.
+#define GATHER_PER 32
+extern "C" __global__ void __launch_bounds__(256) gptq_gather_a_bulk(const u16* __restrict__ A, long lda,
+                                                                    const int* __restrict__ perm, u16* __restrict__ out,
+                                                                    int M, int K, int chunk) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const u16* row = reinterpret_cast<const u16*>(smem + 16);
+    const u32 bar = smem_u32(smem);
+    const int k0 = blockIdx.x * chunk, k1 = min(K, k0 + chunk);
+    int col[GATHER_PER];  // the layer's own permutation, read before pdl_wait
+#pragma unroll
+    for (int i = 0; i < GATHER_PER; i++) {
+        const int k = k0 + threadIdx.x + 256 * i;
+        col[i] = k < k1 ? ld_before_wait(perm + k) : 0;
+    }
+    if (threadIdx.x == 0) {
+        mbar_init(bar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    pdl_launch_dependents();
+    pdl_wait();  // A is written by the previous kernel
+    u32 parity = 0;
+    for (long m = blockIdx.y; m < M; m += gridDim.y) {
+        if (threadIdx.x == 0) {
+            mbar_expect_tx(bar, (u32)K * 2);
+            bulk_copy(smem_u32(row), A + m * lda, (u32)K * 2, bar);
+        }
+        mbar_wait(bar, parity);
+        parity ^= 1;
+#pragma unroll
+        for (int i = 0; i < GATHER_PER; i++) {
+            const int k = k0 + threadIdx.x + 256 * i;
+            if (k < k1) out[m * K + k] = row[col[i]];
+        }
+        __syncthreads();  // every read of this row is done before the next copy overwrites it
+    }
+}
+#endif
+
 // out [N, K] fp16 in the original input order from the tile layout; one thread per (tile, lane),
 // f32 math as the CPU path: s · (code - zero). Scales and offsets are the f16 arrays.
 template <int BITS>

@@ -45,6 +45,7 @@ fn kernels_compile_for_every_supported_architecture_with_this_nvrtc() {
         }
         // The bulk-copy ring needs sm_90+; the warpgroup kernel sm_90a alone.
         assert_eq!(has_kernel(&cubin, "gptq_bulk_b4_f16_sym"), arch.0 >= 9, "{arch:?}: bulk kernel");
+        assert_eq!(has_kernel(&cubin, "gptq_gather_a_bulk"), arch.0 >= 9, "{arch:?}: row-by-row gather");
         assert_eq!(has_kernel(&cubin, "gptq_wg_b4_f16_sym"), arch == (9, 0), "{arch:?}: warpgroup kernel");
         // Cached under a name carrying the NVRTC version, and read back identical.
         let cached = std::fs::read_dir(&cache).unwrap().filter_map(|e| e.ok()).any(|e| {

@@ -61,6 +61,9 @@ pub struct Device {
     wg_deep: bool,
     /// `GPTQ_CUDA_BULK_STAGES`: the ring kernels' depth, for benchmarks.
     bulk_stages_override: Option<usize>,
+    /// The longest row of A (inputs) the row-by-row act-order gather (`gptq_gather_a_bulk`, sm_90)
+    /// holds in one block's shared memory; 0 where it does not run.
+    pub(crate) gather_row_max_k: usize,
     /// Shared memory one SM has for blocks, and what each block reserves of it.
     smem_per_sm: usize,
     smem_reserved: usize,
@@ -189,6 +192,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         wg_min_rows,
         wg_deep: wg,
         bulk_stages_override,
+        gather_row_max_k: 0,
         smem_per_sm,
         smem_reserved,
         module,
@@ -238,6 +242,16 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                 }
             }
         }
+    }
+    if bulk {
+        // The row-by-row gather holds a whole row of A: as long a row as one block's shared memory
+        // takes (after its 16-byte mbarrier), in whole 16-byte pieces.
+        let optin = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let f = d.function("gptq_gather_a_bulk")?;
+        let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: `f` is a function of the loaded module.
+        check(unsafe { cu::cuFuncSetAttribute(f, attr, optin as i32) }, "cuFuncSetAttribute (shared memory)")?;
+        d.gather_row_max_k = (optin as usize).saturating_sub(16) / 16 * 8;
     }
     let d = Arc::new(d);
     map.insert(ordinal, d.clone());

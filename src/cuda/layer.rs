@@ -202,6 +202,9 @@ pub struct CudaLayer {
     /// the act-order gather with its grid but nothing to copy, `one` as a single empty block, to
     /// tell the cost of its launch in the chain from that of its copies (docs/perf.md, version 40).
     gather_probe: Option<String>,
+    /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
+    /// gather A row by row through shared memory (sm_90; not with `GPTQ_CUDA_GATHER_BY_ROW=0`).
+    gather_by_row: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -484,6 +487,15 @@ fn a_tensor_map(a: u64, dtype: ActDType, k: usize, rows: usize, ld: usize, box_k
 }
 
 /// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
+/// The fewest rows, and inputs times rows, an act-order call gathers row by row
+/// ([`CudaLayer::gathers_by_row`]): below, the element-wise gather's few random loads cost less than
+/// copying whole rows first. Measured on the H100 (docs/perf.md, version 41): row by row 2.3-3.5 µs
+/// faster at K = 28672, M = 8-16 (229,376-458,752 inputs × rows), 0.5-1.2 µs faster at K = 14336,
+/// M = 16, and at every K from M = 64 (up to 11% at M = 256); 0.3-1.7 µs slower at K = 14336, M = 8
+/// (114,688) and at K = 4096-8192, M = 8-16.
+const GATHER_ROW_MIN_ROWS: usize = 8;
+const GATHER_ROW_MIN_ELEMENTS: usize = 3 << 16;
+
 macro_rules! args {
     ($($v:expr),* $(,)?) => { [$((&raw const $v).cast_mut().cast::<c_void>()),*] };
 }
@@ -584,6 +596,7 @@ impl CudaLayer {
                 .and_then(|v| v.parse().ok())
                 .filter(|v| (2..=8).contains(v)),
             gather_probe: std::env::var("GPTQ_CUDA_GATHER_PROBE").ok(),
+            gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
             device,
         }
         .with_wg_min_rows()
@@ -727,6 +740,13 @@ impl CudaLayer {
             _ if self.uses_tensor_cores() => format!("register-fed kernel, {} splits", self.mma_shape(m).splits),
             _ => format!("CUDA-core kernel, {} splits", self.gemv_shape(m).1),
         }
+    }
+
+    /// Whether an act-order call of `m` rows with A 16-byte aligned gathers it row by row through
+    /// shared memory ([`CudaLayer::gathers_by_row`]) before the GEMM kernel.
+    #[doc(hidden)]
+    pub fn gathers_act_order_by_row(&self, m: usize) -> bool {
+        self.perm.is_some() && self.gather_bytes(m) > 0 && self.gathers_by_row(m, 0, self.k)
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs the warpgroup kernel at two blocks
@@ -877,6 +897,21 @@ impl CudaLayer {
             && shape.mf == 1
             && shape.ring != Some(Ring::Warpgroup)
             && shape.tiles_per_split * TILE_K <= 256
+    }
+
+    /// Whether an act-order call of `m` rows with A at device address `a`, row stride `lda`, gathers
+    /// A row by row through shared memory (`gptq_gather_a_bulk`: sm_90, whole 16-byte rows that fit
+    /// one block's shared memory) rather than element by element (`gptq_gather_a`). Measured on the
+    /// H100 (docs/perf.md, version 41).
+    fn gathers_by_row(&self, m: usize, a: u64, lda: usize) -> bool {
+        self.gather_by_row
+            && self.gather_probe.is_none()
+            && m >= GATHER_ROW_MIN_ROWS
+            && m * self.k >= GATHER_ROW_MIN_ELEMENTS
+            && self.k <= self.device.gather_row_max_k
+            && self.k % 8 == 0
+            && a % 16 == 0
+            && lda % 8 == 0
     }
 
     /// The most rows one `gemm` call takes (grid limits: gridDim.z counts blocks of 64 rows on the
@@ -1035,28 +1070,46 @@ impl CudaLayer {
                 // The ring kernels' depth (an extra argument the register kernels ignore).
                 let stagesi = stages as i32;
                 let gather = self.gather_bytes(m);
-                let (a_in, lda_in, perm_in) = if self.perm.is_some() && !gather_in_kernel {
-                    let g = self.device.function("gptq_gather_a")?;
-                    let mut grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
-                    let probe_k = 0i32; // a gather with nothing to copy (timing probes)
-                    let mut gargs = match self.gather_probe.as_deref() {
-                        Some("empty") => args![a, lda64, perm, workspace, mi, probe_k],
-                        Some("one") => {
-                            grid = (1, 1, 1);
-                            args![a, lda64, perm, workspace, mi, probe_k]
-                        }
-                        _ => args![a, lda64, perm, workspace, mi, ki],
+                let (a_in, lda_in, perm_in) =
+                    if self.perm.is_some() && !gather_in_kernel && self.gathers_by_row(m, a, lda) {
+                        // Row by row through shared memory: about 64 blocks (fewer copies of each row),
+                        // at most 8192 inputs each (the kernel's GATHER_PER · 256).
+                        let g = self.device.function("gptq_gather_a_bulk")?;
+                        let chunks = self.k.div_ceil(8192).max(64usize.div_ceil(m)).min(self.k.div_ceil(256));
+                        let chunk = self.k.div_ceil(chunks) as i32;
+                        let mut gargs = args![a, lda64, perm, workspace, mi, ki, chunk];
+                        let grid = (chunks as u32, m.min(65535) as u32, 1);
+                        let smem = 16 + 2 * self.k as u32;
+                        let _ctx = CtxGuard::push(self.device.ctx)?;
+                        // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked);
+                        // A's rows are 16-byte aligned and fit the shared memory set at init (gathers_by_row).
+                        unsafe {
+                            let what = "launching the act-order gather kernel";
+                            launch_smem(g, grid, 256, smem, stream, &mut gargs, what, self.device.pdl)?
+                        };
+                        (workspace, self.k as i64, 0u64)
+                    } else if self.perm.is_some() && !gather_in_kernel {
+                        let g = self.device.function("gptq_gather_a")?;
+                        let mut grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
+                        let probe_k = 0i32; // a gather with nothing to copy (timing probes)
+                        let mut gargs = match self.gather_probe.as_deref() {
+                            Some("empty") => args![a, lda64, perm, workspace, mi, probe_k],
+                            Some("one") => {
+                                grid = (1, 1, 1);
+                                args![a, lda64, perm, workspace, mi, probe_k]
+                            }
+                            _ => args![a, lda64, perm, workspace, mi, ki],
+                        };
+                        let _ctx = CtxGuard::push(self.device.ctx)?;
+                        // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
+                        unsafe {
+                            let what = "launching the act-order gather kernel";
+                            launch_smem(g, grid, 256, 0, stream, &mut gargs, what, self.device.pdl)?
+                        };
+                        (workspace, self.k as i64, 0u64)
+                    } else {
+                        (a, lda64, perm)
                     };
-                    let _ctx = CtxGuard::push(self.device.ctx)?;
-                    // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
-                    unsafe {
-                        let what = "launching the act-order gather kernel";
-                        launch_smem(g, grid, 256, 0, stream, &mut gargs, what, self.device.pdl)?
-                    };
-                    (workspace, self.k as i64, 0u64)
-                } else {
-                    (a, lda64, perm)
-                };
                 let partial = workspace + gather as u64;
                 let cols = TILE_N * (4 / wk);
                 let block_rows = ring.map_or(16 * mf, Ring::rows);
