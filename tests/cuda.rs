@@ -541,9 +541,9 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     // Act-order activations are gathered into the workspace by a kernel, K is split and the partial
     // sums reduced: three launches in the graph (m = 3: on sm_90 the bulk-copy kernel gathering A
     // itself, two launches; m = 5: the bulk-copy kernel after a gather launch; m = 12: on sm_90 the
-    // warpgroup kernel after a gather launch, elsewhere the register-fed small-batch kernel; m = 40:
-    // 64-row blocks).
-    for m in [3usize, 5, 12, 40] {
+    // warpgroup kernel after a gather launch, elsewhere the register-fed small-batch kernel; m = 48:
+    // 64-row blocks, on sm_90 after the row-by-row gather through shared memory).
+    for m in [3usize, 5, 12, 48] {
         graph_and_streams(cl, m, 4096, 4096);
     }
     {
