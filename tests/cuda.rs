@@ -318,7 +318,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
         let dev = gptq::cuda::init(0).unwrap();
         // sm_90: act-order A of 8+ rows is gathered row by row through shared memory where rows ×
-        // inputs reach 196,608 (28672 inputs from 8 rows, 13824 from 16), else element by element;
+        // inputs reach 196,608 (28672 inputs from 8 rows, 13824 from 15), else element by element;
         // the check above ran both (even M: 16-byte rows; odd M: not).
         if act && dev.bulk && std::env::var_os("GPTQ_CUDA_GATHER_BY_ROW").is_none() {
             for m in [4, 7, 8, 16, 64] {
