@@ -198,10 +198,6 @@ pub struct CudaLayer {
     wg_deep_rows: u32,
     /// `GPTQ_CUDA_DEEP_SPLITS` (2 to 8): the deep ring's K splits, for comparisons.
     deep_splits: Option<usize>,
-    /// `GPTQ_CUDA_GATHER_PROBE` (timing probes only; the results are then wrong): `empty` launches
-    /// the act-order gather with its grid but nothing to copy, `one` as a single empty block, to
-    /// tell the cost of its launch in the chain from that of its copies (docs/perf.md, version 40).
-    gather_probe: Option<String>,
     /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
     /// gather A row by row through shared memory (sm_90; not with `GPTQ_CUDA_GATHER_BY_ROW=0`).
     gather_by_row: bool,
@@ -595,7 +591,6 @@ impl CudaLayer {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|v| (2..=8).contains(v)),
-            gather_probe: std::env::var("GPTQ_CUDA_GATHER_PROBE").ok(),
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
             device,
         }
@@ -905,7 +900,6 @@ impl CudaLayer {
     /// H100 (docs/perf.md, version 41).
     fn gathers_by_row(&self, m: usize, a: u64, lda: usize) -> bool {
         self.gather_by_row
-            && self.gather_probe.is_none()
             && m >= GATHER_ROW_MIN_ROWS
             && m * self.k >= GATHER_ROW_MIN_ELEMENTS
             && self.k <= self.device.gather_row_max_k
@@ -1090,16 +1084,8 @@ impl CudaLayer {
                         (workspace, self.k as i64, 0u64)
                     } else if self.perm.is_some() && !gather_in_kernel {
                         let g = self.device.function("gptq_gather_a")?;
-                        let mut grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
-                        let probe_k = 0i32; // a gather with nothing to copy (timing probes)
-                        let mut gargs = match self.gather_probe.as_deref() {
-                            Some("empty") => args![a, lda64, perm, workspace, mi, probe_k],
-                            Some("one") => {
-                                grid = (1, 1, 1);
-                                args![a, lda64, perm, workspace, mi, probe_k]
-                            }
-                            _ => args![a, lda64, perm, workspace, mi, ki],
-                        };
+                        let mut gargs = args![a, lda64, perm, workspace, mi, ki];
+                        let grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
                         let _ctx = CtxGuard::push(self.device.ctx)?;
                         // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
                         unsafe {
