@@ -1425,7 +1425,7 @@ extern "C" __global__ void gptq_gather_a(const u16* __restrict__ A, long lda, co
     pdl_launch_dependents();  // the GEMM may start streaming weights now
     const int k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= K) return;
-    const int col = perm[k];
+    const int col = perm[k];  // (ptxas places this load after pdl_wait; ld_before_wait measured the same)
     pdl_wait();
     for (long m = blockIdx.y; m < M; m += gridDim.y) out[m * K + k] = A[m * lda + col];
 }

@@ -318,8 +318,9 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
         let dev = gptq::cuda::init(0).unwrap();
         // sm_90: act-order A of 8+ rows is gathered row by row through shared memory where rows ×
-        // inputs reach 196,608 (28672 inputs from 8 rows, 13824 from 15), else element by element;
-        // the check above ran both (even M: 16-byte rows; odd M: not).
+        // inputs reach 196,608 (28672 inputs from 8 rows, 13824 from 15), else element by element
+        // (the rule for 16-byte rows, as the even M above have; odd M have unaligned rows, which
+        // always take the element-wise gather: cuda_gemm_matches_the_cpu_path covers those).
         if act && dev.bulk && std::env::var_os("GPTQ_CUDA_GATHER_BY_ROW").is_none() {
             for m in [4, 7, 8, 16, 64] {
                 let want = m >= 8 && m * k >= 3 << 16;

@@ -64,6 +64,7 @@ fn kernels_compile_for_every_supported_architecture_with_this_nvrtc() {
         assert!(text.contains(&format!(".target sm_{}{}", arch.0, arch.1)), "{arch:?}: PTX target");
         assert!(text.contains(".entry gptq_mma_b4_m1_f16_sym"), "{arch:?}: register-fed kernel missing");
         assert!(!text.contains("gptq_bulk_b4_f16_sym") && !text.contains("griddepcontrol"), "{arch:?}: sm_90 code");
+        assert!(!text.contains("gptq_gather_a_bulk"), "{arch:?}: the sm_90 row-by-row gather");
         let name = format!("compute_{}{}-nvrtc{major}.{minor}.ptx", arch.0, arch.1);
         let cached = std::fs::read_dir(&cache)
             .unwrap()

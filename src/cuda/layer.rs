@@ -482,7 +482,6 @@ fn a_tensor_map(a: u64, dtype: ActDType, k: usize, rows: usize, ld: usize, box_k
     Ok(map)
 }
 
-/// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
 /// The fewest rows, and inputs times rows, an act-order call gathers row by row
 /// ([`CudaLayer::gathers_by_row`]): below, the element-wise gather's few random loads cost less than
 /// copying whole rows first. Measured on the H100 (docs/perf.md, version 41): row by row 2.3-3.5 µs
@@ -492,6 +491,7 @@ fn a_tensor_map(a: u64, dtype: ActDType, k: usize, rows: usize, ld: usize, box_k
 const GATHER_ROW_MIN_ROWS: usize = 8;
 const GATHER_ROW_MIN_ELEMENTS: usize = 3 << 16;
 
+/// Arguments of a kernel launch: pointers to the values, in the kernel's parameter order.
 macro_rules! args {
     ($($v:expr),* $(,)?) => { [$((&raw const $v).cast_mut().cast::<c_void>()),*] };
 }
@@ -599,18 +599,20 @@ impl CudaLayer {
         .with_cluster_rows()
     }
 
-    /// Sets [`CudaLayer::wg_min_rows`]: 9, or 2 where the warpgroup kernel's K splits are long (at
+    /// Sets [`CudaLayer::wg_min_rows`]: 9; 2 where the warpgroup kernel's K splits are long (at
     /// least [`WG_LONG_SPLIT_TILES`] tiles: 8192×28672 and 28672×8192, not the mid-sized layers),
-    /// so their fixed costs weigh little; `GPTQ_CUDA_WG_MIN_ROWS` overrides both. Measured on the
-    /// H100 (docs/perf.md, version 33): at 2–8 rows 0–7% faster than the bulk-copy kernel on those
-    /// two layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192²,
-    /// slower at M = 1 everywhere, but for 8-bit layers whose long splits are few enough to add in
-    /// one cluster (8192×28672: 3), which take it from 1 row (version 40: 88.7 against 90.3 µs;
-    /// 28672×8192, 12 splits through the workspace, 87.7 against 84.6, stays with the bulk kernel).
+    /// so their fixed costs weigh little; 1 for 8-bit layers whose long splits (2 to 8) may add in
+    /// one cluster (8192×28672: 3; [`CudaLayer::with_cluster_rows`] takes it back to 2 where the
+    /// clusters do not fit); `GPTQ_CUDA_WG_MIN_ROWS` overrides all. Measured on the H100
+    /// (docs/perf.md, version 33): at 2–8 rows 0–7% faster than the bulk-copy kernel on those two
+    /// layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192², slower
+    /// at M = 1 at 4 bit; at 8 bit on 8192×28672 M = 1 88.7 against 90.3 µs (version 40), while
+    /// 28672×8192 (12 splits through the workspace) was slower, 87.7 against 84.6.
     fn with_wg_min_rows(mut self) -> Self {
         let split = self.ring_split(WG_ROWS, Ring::Warpgroup);
         let long = split.is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
-        let one_cluster = split.is_some_and(|s| s.splits <= 8);
+        let clusters_allowed = std::env::var_os("GPTQ_CUDA_NO_CLUSTERS").is_none();
+        let one_cluster = clusters_allowed && split.is_some_and(|s| (2..=8).contains(&s.splits));
         let default = match (long, self.bits == 8 && one_cluster) {
             (true, true) => 1,
             (true, false) => 2,
@@ -688,6 +690,11 @@ impl CudaLayer {
             }
         }
         self.wg_cluster_rows = mask;
+        // An 8-bit layer set to take the warpgroup kernel from 1 row for its cluster reduction
+        // (with_wg_min_rows) keeps the bulk-copy kernel at M = 1 where the clusters do not fit.
+        if self.wg_min_rows == 1 && self.device.wg_min_rows.is_none() && mask & 2 == 0 {
+            self.wg_min_rows = 2;
+        }
         Ok(self)
     }
 
