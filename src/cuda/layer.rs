@@ -915,6 +915,44 @@ impl CudaLayer {
             && lda % 8 == 0
     }
 
+    /// Enqueues the gather of act-order A (`m` rows at device address `a`, row stride `lda`) into
+    /// the layer's input order at the start of `workspace`: row by row through shared memory where
+    /// [`CudaLayer::gathers_by_row`] says so (about 64 blocks, so each row is copied a few times; at
+    /// most 8192 inputs each, the kernel's GATHER_PER · 256), else element by element.
+    ///
+    /// # Safety
+    /// `a` holds `m` rows of `lda ≥ k` halves and `workspace` at least `m·k` halves, both on this
+    /// layer's device; `stream` belongs to its context.
+    unsafe fn gather_act_order(
+        &self,
+        a: u64,
+        lda: usize,
+        m: usize,
+        workspace: u64,
+        stream: cu::CUstream,
+    ) -> Result<()> {
+        let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
+        let (lda64, mi, ki) = (lda as i64, m as i32, self.k as i32);
+        let by_row = self.gathers_by_row(m, a, lda);
+        let chunks = self.k.div_ceil(8192).max(64usize.div_ceil(m)).min(self.k.div_ceil(256));
+        let chunk = self.k.div_ceil(chunks) as i32;
+        // The element-wise kernel takes the first six of these arguments.
+        let mut args = args![a, lda64, perm, workspace, mi, ki, chunk];
+        let (name, grid, smem, args) = if by_row {
+            ("gptq_gather_a_bulk", (chunks as u32, m.min(65535) as u32, 1), 16 + 2 * self.k as u32, &mut args[..])
+        } else {
+            ("gptq_gather_a", (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1), 0, &mut args[..6])
+        };
+        let g = self.device.function(name)?;
+        let _ctx = CtxGuard::push(self.device.ctx)?;
+        // SAFETY: the arguments match the kernel's signature; the buffers are the caller's contract;
+        // the row-by-row kernel's rows are 16-byte aligned and fit the shared memory set at init
+        // (gathers_by_row).
+        unsafe {
+            launch_smem(g, grid, 256, smem, stream, args, "launching the act-order gather kernel", self.device.pdl)
+        }
+    }
+
     /// The most rows one `gemm` call takes (grid limits: gridDim.z counts blocks of 64 rows on the
     /// tensor-core kernel, 8 on the CUDA-core one).
     pub fn max_rows(&self) -> usize {
@@ -1071,38 +1109,13 @@ impl CudaLayer {
                 // The ring kernels' depth (an extra argument the register kernels ignore).
                 let stagesi = stages as i32;
                 let gather = self.gather_bytes(m);
-                let (a_in, lda_in, perm_in) =
-                    if self.perm.is_some() && !gather_in_kernel && self.gathers_by_row(m, a, lda) {
-                        // Row by row through shared memory: about 64 blocks (fewer copies of each row),
-                        // at most 8192 inputs each (the kernel's GATHER_PER · 256).
-                        let g = self.device.function("gptq_gather_a_bulk")?;
-                        let chunks = self.k.div_ceil(8192).max(64usize.div_ceil(m)).min(self.k.div_ceil(256));
-                        let chunk = self.k.div_ceil(chunks) as i32;
-                        let mut gargs = args![a, lda64, perm, workspace, mi, ki, chunk];
-                        let grid = (chunks as u32, m.min(65535) as u32, 1);
-                        let smem = 16 + 2 * self.k as u32;
-                        let _ctx = CtxGuard::push(self.device.ctx)?;
-                        // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked);
-                        // A's rows are 16-byte aligned and fit the shared memory set at init (gathers_by_row).
-                        unsafe {
-                            let what = "launching the act-order gather kernel";
-                            launch_smem(g, grid, 256, smem, stream, &mut gargs, what, self.device.pdl)?
-                        };
-                        (workspace, self.k as i64, 0u64)
-                    } else if self.perm.is_some() && !gather_in_kernel {
-                        let g = self.device.function("gptq_gather_a")?;
-                        let mut gargs = args![a, lda64, perm, workspace, mi, ki];
-                        let grid = (self.k.div_ceil(256) as u32, m.min(65535) as u32, 1);
-                        let _ctx = CtxGuard::push(self.device.ctx)?;
-                        // SAFETY: matches the kernel's signature; the workspace holds m·k halves (checked).
-                        unsafe {
-                            let what = "launching the act-order gather kernel";
-                            launch_smem(g, grid, 256, 0, stream, &mut gargs, what, self.device.pdl)?
-                        };
-                        (workspace, self.k as i64, 0u64)
-                    } else {
-                        (a, lda64, perm)
-                    };
+                let (a_in, lda_in, perm_in) = if self.perm.is_some() && !gather_in_kernel {
+                    // SAFETY: the caller's contract; the workspace holds m·k halves (checked above).
+                    unsafe { self.gather_act_order(a, lda, m, workspace, stream)? };
+                    (workspace, self.k as i64, 0u64)
+                } else {
+                    (a, lda64, perm)
+                };
                 let partial = workspace + gather as u64;
                 let cols = TILE_N * (4 / wk);
                 let block_rows = ring.map_or(16 * mf, Ring::rows);
