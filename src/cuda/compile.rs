@@ -81,10 +81,9 @@ pub fn kernels_ptx(arch: (u32, u32)) -> Result<Vec<u8>> {
 /// A cubin (`kind` "cubin", `target` a real architecture) or PTX ("ptx", a virtual one), cached.
 fn kernels_image(target: &str, kind: &str) -> Result<Vec<u8>> {
     let (maj, min) = nvrtc_version()?;
-    let sm = target;
     let defines = defines();
     let hashed = [SOURCE.as_bytes(), defines.join(" ").as_bytes()].concat();
-    let key = format!("{:016x}-{sm}-nvrtc{maj}.{min}.{kind}", fnv1a(&hashed));
+    let key = format!("{:016x}-{target}-nvrtc{maj}.{min}.{kind}", fnv1a(&hashed));
     let cached = cache_dir().map(|d| d.join(&key));
     // A PTX file without its terminating NUL (truncated, or not ours) is a miss: the driver would
     // read past the buffer.
@@ -92,18 +91,18 @@ fn kernels_image(target: &str, kind: &str) -> Result<Vec<u8>> {
     if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()).filter(usable) {
         return Ok(bytes);
     }
-    let cubin = compile(sm, &defines, kind == "ptx")?;
+    let image = compile(target, &defines, kind == "ptx")?;
     if let Some(path) = cached {
         // Best effort, atomically: a failed cache write only costs a recompile next time.
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, &cubin).is_ok() {
+            if std::fs::write(&tmp, &image).is_ok() {
                 let _ = std::fs::rename(&tmp, &path);
             }
         }
     }
-    Ok(cubin)
+    Ok(image)
 }
 
 /// Compiles the kernels for `sm`: a cubin, or with `ptx` NUL-terminated PTX.
