@@ -11,7 +11,7 @@ use cudarc::driver::sys as cu;
 use gptq::QuantizedLayer;
 use gptq::cuda::{ActDType, CudaLayer, KernelFamily, Ring};
 use gptq::format::{CheckpointFormat, LayerDesc, PackedRef};
-use half::f16;
+use half::{bf16, f16};
 
 fn ok(r: cu::CUresult, what: &str) {
     assert_eq!(r, cu::CUresult::CUDA_SUCCESS, "{what}");
@@ -32,9 +32,12 @@ fn alloc(bytes: usize) -> u64 {
 }
 
 fn upload_random_f16(n: usize, rng: &mut Rng, scale: f32) -> u64 {
-    let v: Vec<u16> = (0..n)
-        .map(|_| f16::from_f32(((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale).to_bits())
-        .collect();
+    upload_random(n, rng, scale, |x| f16::from_f32(x).to_bits())
+}
+
+/// Uniform values in [-scale/2, scale/2) in the encoding `bits` gives, uploaded.
+fn upload_random(n: usize, rng: &mut Rng, scale: f32, bits: impl Fn(f32) -> u16) -> u64 {
+    let v: Vec<u16> = (0..n).map(|_| bits(((rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale)).collect();
     let p = alloc(n * 2);
     unsafe { ok(cu::cuMemcpyHtoD_v2(p, v.as_ptr().cast(), n * 2), "upload") };
     p
@@ -183,6 +186,7 @@ fn main() {
     // GPTQ_BENCH_ACT=1: the profile's layers with act-order (a random permutation of K).
     let profile_act = profile && std::env::var("GPTQ_BENCH_ACT").is_ok_and(|v| v == "1");
     // GPTQ_BENCH_BITS=8: the profile's layers at 8 bit (default 4).
+    let bf16_raw = std::env::var("GPTQ_BENCH_BF16_RAW").is_ok_and(|v| v == "1");
     let profile_bits: u32 = std::env::var("GPTQ_BENCH_BITS").ok().and_then(|b| b.parse().ok()).unwrap_or(4);
     let (shapes, ms): (&[(usize, usize)], &[usize]) =
         if profile { (&profile_shapes, &profile_m) } else { (shapes, ms) };
@@ -219,6 +223,11 @@ fn main() {
                     continue;
                 }
                 let a = upload_random_f16(m * k, &mut rng, 2.0);
+                // The bf16 call reads real bf16 values (fp16 bits read as bf16 span 2^-24..2^120 and
+                // overflow the f32 sums); GPTQ_BENCH_BF16_RAW=1 reads the fp16 buffer instead, as
+                // bench runs before 2026-11-28 did.
+                let a_bf16 =
+                    if bf16_raw { a } else { upload_random(m * k, &mut rng, 2.0, |x| bf16::from_f32(x).to_bits()) };
                 let c = alloc(m * n * 2);
                 let ws_bytes = layers[0].workspace_size(m).unwrap().max(cores[0].workspace_size(m).unwrap());
                 let ws = alloc(ws_bytes.max(4));
@@ -226,9 +235,8 @@ fn main() {
                 let ours = time_graph(stream, calls, 9, |i| unsafe {
                     layers[i % copies].gemm(a, ActDType::F16, m, k, c, n, ws, ws_bytes, stream).unwrap();
                 });
-                // The same call with the buffers read as bf16 (random bits are fine for timing).
                 let ours_bf16 = time_graph(stream, calls, 9, |i| unsafe {
-                    layers[i % copies].gemm(a, ActDType::BF16, m, k, c, n, ws, ws_bytes, stream).unwrap();
+                    layers[i % copies].gemm(a_bf16, ActDType::BF16, m, k, c, n, ws, ws_bytes, stream).unwrap();
                 });
                 let ours_cores = if m <= 16 && !profile {
                     time_graph(stream, calls, 9, |i| unsafe {
@@ -279,6 +287,9 @@ fn main() {
                 }
                 unsafe {
                     cu::cuMemFree_v2(a);
+                    if a_bf16 != a {
+                        cu::cuMemFree_v2(a_bf16);
+                    }
                     cu::cuMemFree_v2(c);
                     cu::cuMemFree_v2(ws);
                 }
