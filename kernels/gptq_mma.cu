@@ -33,7 +33,7 @@
 //   nzero same layout, the pair offset -(magic + zero) (null for symmetric layers: a constant)
 //   perm  i32 [K] or null        column of A feeding permuted input k: the library gathers act-order
 //                                A into the workspace first (gptq_gather_a) and passes null, except
-//                                to the small-batch kernel for <= 4 rows and <= 256 inputs per block,
+//                                to the small-batch kernel for <= 8 rows and <= 256 inputs per block,
 //                                which gathers while staging (no extra launch)
 //   partial f32 [S, M, N]        split-K workspace; gptq_reduce_* adds the splits and the bias
 //
@@ -398,7 +398,9 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
     store_c<MF, WK, BF>(acc, sA, partial, bias, C, ldc, M, N, NT, nt, m0, wk, wn);
 }
 
-// Act-order in the small-batch kernels (<= 4 rows over <= 256 inputs per block: src/cuda/layer.rs,
+// The most rows the small-batch kernels gather themselves (src/cuda/layer.rs, gathers_in_kernel).
+#define GATHER_ROWS 8
+// Act-order in the small-batch kernels (<= 8 rows over <= 256 inputs per block: src/cuda/layer.rs,
 // gathers_in_kernel): one round of independent loads instead of a gather launch. First the permuted
 // columns this thread gathers (the layer's own data, read before pdl_wait; -1 past the block's
 // inputs or K), ...
@@ -414,18 +416,18 @@ __device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int
 // time: docs/perf.md version 40).
 __device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
                                             int rows, int klen, u16* dst, int lds) {
-    u16 v[2][4];
+    u16 v[2][GATHER_ROWS];
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
-        for (int r = 0; r < 4; r++)
+        for (int r = 0; r < GATHER_ROWS; r++)
             v[j][r] = r < rows && col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
         if (kk >= klen) continue;
 #pragma unroll
-        for (int r = 0; r < 4; r++)
+        for (int r = 0; r < GATHER_ROWS; r++)
             if (r < rows) dst[r * lds + kk] = v[j][r];
     }
 }
@@ -661,7 +663,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   with its tiles instead of as a load the consumer waits for, and A needs no staging step in
 //   which the weight stream stalls. Weights and scales of the first ring-full go out before
 //   pdl_wait (the layer's own data), A after it. Act-order A is gathered by the library first,
-//   except for <= 4 rows over <= 256 inputs per block, which the consumers gather themselves into
+//   except for <= 8 rows over <= 256 inputs per block, which the consumers gather themselves into
 //   their own rows of shared memory before the first stage (one round of loads; a gather launch
 //   would cost more on such small layers).
 // - C^T = W^T · A^T, the weight tile as mma's 16×16 A operand and A^T as its
@@ -675,13 +677,13 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   f16, `zero` = -(1024 + z) f16): one 16-byte read per lane and group. (16 rows in this kernel,
 //   unswapped, measured slower than the register-fed kernel: docs/perf.md.)
 // Shared memory (src/cuda/layer.rs, bulk_smem_bytes, mirrors it): 2·16 mbarriers and a 16-byte zero
-// row (384 bytes), 4 gathered rows of 256 + 8 inputs (2176 bytes, rounded up), then the stages
+// row (384 bytes), 8 gathered rows of 256 + 8 inputs (4224 bytes, rounded up), then the stages
 // (BulkStage).
 #if __CUDA_ARCH__ >= 900
 #define BULK_MAX_STAGES 16
 #define BULK_GATHER_OFFSET 384  // after 2·16 mbarriers and a 16-byte zero row
 #define BULK_GATHER_LDS 264     // halves per gathered row (256 inputs + 8: distinct banks)
-#define BULK_RING_OFFSET (384 + 2176)
+#define BULK_RING_OFFSET (384 + 4352)
 #define BULK_THREADS (MMA_THREADS + 32)
 
 // One ring stage (src/cuda/layer.rs, bulk_stage_bytes, mirrors it): TPS tiles of the quad's four
@@ -813,7 +815,7 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R],
 }
 
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
-// with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 4 rows, <= 256 inputs per
+// with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 8 rows, <= 256 inputs per
 // block) the consumers gather A instead and the stages carry none.
 template <int BITS, bool BF, bool SYM>
 __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,

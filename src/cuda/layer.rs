@@ -51,9 +51,9 @@ const WG_DEEP_MIN_ROWS: usize = 8;
 /// (kernels/gptq_mma.cu, WG_RING_SLACK).
 const WG_RING_SLACK: usize = 256 + 128 * 32 * 4 + 1024;
 /// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
-/// then 4 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
-const BULK_RING_OFFSET: usize = 384 + 2176;
-const _: () = assert!(384 + 4 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
+/// then 8 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
+const BULK_RING_OFFSET: usize = 384 + 4352;
+const _: () = assert!(384 + 8 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
 
 /// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 KB of weights, up
 /// to `tps` scale (and zero) rows of 512 bytes, and 8 rows of A over the stage's inputs, padded by
@@ -889,13 +889,13 @@ impl CudaLayer {
 
     /// Whether a small-batch kernel gathers act-order activations itself for `shape` (kernels/
     /// gptq_mma.cu: mma_gemm_small while it stages A, bulk_gemm_small before its first stage): at
-    /// most 4 rows over at most 256 inputs per block, where one round of loads covers the block's A
+    /// most 8 rows over at most 256 inputs per block, where one round of loads covers the block's A
     /// and a separate gather launch would cost more than the whole staging (4096×4096 at M = 1:
     /// +18%, docs/perf.md version 13).
     /// (The warpgroup kernel reads A through a tensor map: always gathered first.)
     fn gathers_in_kernel(&self, m: usize, shape: &MmaShape) -> bool {
         self.perm.is_some()
-            && m <= 4
+            && m <= 8
             && shape.mf == 1
             && shape.ring != Some(Ring::Warpgroup)
             && shape.tiles_per_split * TILE_K <= 256
