@@ -411,25 +411,31 @@ __device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int
         col[j] = kk < klen && kb + kk < K ? ld_before_wait(perm + kb + kk) : -1;
     }
 }
-// ... then those columns of rows m0.. m0 + rows - 1 of A into dst (row stride lds halves; zero past K),
-// every load issued before the first store (interleaved, the compiler kept one load in flight at a
-// time: docs/perf.md version 40).
-__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
-                                            int rows, int klen, u16* dst, int lds) {
-    u16 v[2][GATHER_ROWS];
+// ... then those columns of rows m0.. m0 + rows - 1 (rows <= R) of A into dst (row stride lds halves;
+// zero past K), every load issued before the first store (interleaved, the compiler kept one load in
+// flight at a time: docs/perf.md version 40). R is 4 or 8 (gather_rows below picks): the 8-row form
+// alone cost M = 1 0.2 µs in predicated-off loads (version 42).
+template <int R>
+__device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
+                                                 int rows, int klen, u16* dst, int lds) {
+    u16 v[2][R];
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
-        for (int r = 0; r < GATHER_ROWS; r++)
-            v[j][r] = r < rows && col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
+        for (int r = 0; r < R; r++) v[j][r] = r < rows && col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
         if (kk >= klen) continue;
 #pragma unroll
-        for (int r = 0; r < GATHER_ROWS; r++)
+        for (int r = 0; r < R; r++)
             if (r < rows) dst[r * lds + kk] = v[j][r];
     }
+}
+__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
+                                            int rows, int klen, u16* dst, int lds) {
+    if (rows <= 4) gather_rows_upto<4>(A, lda, col, m0, rows, klen, dst, lds);
+    else gather_rows_upto<GATHER_ROWS>(A, lda, col, m0, rows, klen, dst, lds);
 }
 
 // ---- Small batches (M <= 16): integer B fragments, scales and zeros applied per group in f32 ----
