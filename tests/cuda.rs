@@ -541,7 +541,7 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
     // Act-order activations are gathered into the workspace by a kernel, K is split and the partial
     // sums reduced: three launches in the graph (m = 3: on sm_90 the bulk-copy kernel gathering A
-    // itself, two launches; m = 5: the bulk-copy kernel after a gather launch; m = 12: on sm_90 the
+    // itself, two launches; m = 5: the same with its 8-row gather; m = 12: on sm_90 the
     // warpgroup kernel after a gather launch, elsewhere the register-fed small-batch kernel; m = 48:
     // 64-row blocks, on sm_90 after the row-by-row gather through shared memory).
     for m in [3usize, 5, 12, 48] {
