@@ -548,6 +548,20 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
         graph_and_streams(cl, m, 4096, 4096);
     }
     {
+        // Without act-order, 6 rows: on sm_90 the bulk-copy kernel reads A through its tensor map
+        // (one 2D copy of 8 rows per stage, rows past 6 filled with zeros) under capture.
+        let h = gptq_test_layer(random_layer(9, 4, Some(128), 2048, 4096, false, true));
+        if gptq::cuda::init(0).unwrap().bulk {
+            let call = CudaLayer::new(&h.1, 0).unwrap().describe_call(6);
+            assert!(call.starts_with("Bulk kernel"), "m = 6 on 2048x4096 takes {call}");
+        }
+        let mut cl = std::ptr::null_mut();
+        assert_eq!(unsafe { gptq_cuda_layer_new(h.0, 0, &mut cl) }, GPTQ_STATUS_OK);
+        graph_and_streams(cl, 6, 2048, 4096);
+        unsafe { gptq_cuda_layer_free(cl) };
+        h.free();
+    }
+    {
         // A wide layer whose 4 splits of K at m = 12 (after the gather launch) add up in
         // thread-block clusters on sm_90a: graph capture and two streams of the cluster launch.
         let (k, n) = (1024usize, 14336usize);
