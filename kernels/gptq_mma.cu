@@ -414,10 +414,8 @@ __device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int
 // ... then those columns of rows m0.. m0 + rows - 1 (rows <= R) of A into dst (row stride lds halves;
 // zero past K), every load issued before the first store (interleaved, the compiler kept one load in
 // flight at a time: docs/perf.md version 40). R is 4 or 8 (gather_rows below picks): the 8-row form
-// alone cost M = 1 0.2 µs in predicated-off loads (version 42). SWZ (bulk_gemm_small): lds is 256
-// and 16-byte chunk c of row r goes to chunk c ^ (r % 8), so an ldmatrix of 8 rows meets distinct
-// banks without padding and tile addresses follow by XOR (bulk_gemm_small's consumers).
-template <int R, bool SWZ>
+// alone cost M = 1 0.2 µs in predicated-off loads (version 42).
+template <int R>
 __device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
                                                  int rows, int klen, u16* dst, int lds) {
     u16 v[2][R];
@@ -431,14 +429,13 @@ __device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long
         if (kk >= klen) continue;
 #pragma unroll
         for (int r = 0; r < R; r++)
-            if (r < rows) dst[r * lds + (SWZ ? kk ^ ((r & 7) << 3) : kk)] = v[j][r];
+            if (r < rows) dst[r * lds + kk] = v[j][r];
     }
 }
-template <bool SWZ = false>
 __device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
                                             int rows, int klen, u16* dst, int lds) {
-    if (rows <= 4) gather_rows_upto<4, SWZ>(A, lda, col, m0, rows, klen, dst, lds);
-    else gather_rows_upto<GATHER_ROWS, SWZ>(A, lda, col, m0, rows, klen, dst, lds);
+    if (rows <= 4) gather_rows_upto<4>(A, lda, col, m0, rows, klen, dst, lds);
+    else gather_rows_upto<GATHER_ROWS>(A, lda, col, m0, rows, klen, dst, lds);
 }
 
 // ---- Small batches (M <= 16): integer B fragments, scales and zeros applied per group in f32 ----
@@ -666,8 +663,8 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 // the copy engine instead of register loads, with the mma roles swapped:
 // - A fifth warp (the producer) issues, per stage, one cp.async.bulk of TPS tiles of the block's
 //   four column tiles (contiguous in the interleaved layout: 8 KB), one per group those tiles touch
-//   of the quad's scales (and zeros), 512 bytes each, and A's rows over the stage's inputs (one 2D
-//   tensor copy of 8 rows, or one bulk copy of the single row of a 1-row block), into a ring of `stages` stages guarded by mbarriers (full: bytes landed; empty: the four
+//   of the quad's scales (and zeros), 512 bytes each, and one per row of A over the stage's inputs,
+//   into a ring of `stages` stages guarded by mbarriers (full: bytes landed; empty: the four
 //   consumer warps have read the stage). Bytes in flight cost no registers, a group's scales arrive
 //   with its tiles instead of as a load the consumer waits for, and A needs no staging step in
 //   which the weight stream stalls. Weights and scales of the first ring-full go out before
@@ -685,45 +682,27 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   rows 2t and 2t+1, so scales and zeros come in the large-batch layout [G][nt][g][s] (`scale`
 //   f16, `zero` = -(1024 + z) f16): one 16-byte read per lane and group. (16 rows in this kernel,
 //   unswapped, measured slower than the register-fed kernel: docs/perf.md.)
-// Shared memory (src/cuda/layer.rs, Ring::smem_bytes, mirrors it): 2·16 mbarriers and 128 zero
-// bytes (384 bytes, then 128 unused), 8 gathered rows of 256 inputs (4096 bytes, rounded up), then
-// the stages (BulkStage) from the next 1024-byte boundary (the swizzle atom of A's tensor copies).
+// Shared memory (src/cuda/layer.rs, bulk_smem_bytes, mirrors it): 2·16 mbarriers and a 16-byte zero
+// row (384 bytes), 8 gathered rows of 256 + 8 inputs (4224 bytes, rounded up), then the stages
+// (BulkStage).
 #if __CUDA_ARCH__ >= 900
 #define BULK_MAX_STAGES 16
-#define BULK_GATHER_OFFSET 512  // after 2·16 mbarriers and a 128-byte zero row, 512-byte aligned
-#define BULK_GATHER_LDS 256     // halves per gathered row (swizzled: gather_rows<true>)
+#define BULK_GATHER_OFFSET 384  // after 2·16 mbarriers and a 16-byte zero row
+#define BULK_GATHER_LDS 264     // halves per gathered row (256 inputs + 8: distinct banks)
 #define BULK_RING_OFFSET (384 + 4352)
 #define BULK_THREADS (MMA_THREADS + 32)
 
-// One ring stage (src/cuda/layer.rs, bulk_stage_bytes, mirrors it): A's 8 rows over the stage's
-// TPS·16 inputs (one 128-byte row at 4 bit, 64 at 8 bit), then TPS tiles of the quad's four column
-// tiles (8 KB), TPS scale slots of 512 bytes (and TPS zero slots). The tensor copy writes A in the
-// 128-byte (64-byte) swizzled layout, 16-byte chunk c of row r at chunk c ^ a_swizzle(r), so the 8
-// rows an ldmatrix reads fall in distinct banks (a_swizzle(0) = 0: a 1-row block's plain copy of
-// row 0 lands where the tensor copy would put it). Stages are multiples of the swizzle atom.
+// One ring stage (src/cuda/layer.rs, bulk_stage_bytes, mirrors it): TPS tiles of the quad's four
+// column tiles (8 KB), TPS scale slots of 512 bytes (and TPS zero slots), then A's 8 rows over the
+// stage's TPS·16 inputs, each row padded by 8 halves so the 8 rows an ldmatrix reads fall in
+// distinct banks.
 template <int BITS, bool SYM> struct BulkStage {
     static constexpr int TPS = BITS == 4 ? 4 : 2;
-    static constexpr int A_ROW = TPS * 16 * 2;
-    static constexpr int A_BYTES = 8 * A_ROW;
     static constexpr int TILE_BYTES = TPS * TILE_STRIDE(BITS / 4) * 16;
     static constexpr int SLOT_BYTES = TPS * 512 * (SYM ? 1 : 2);
-    static constexpr int BYTES = A_BYTES + TILE_BYTES + SLOT_BYTES;
-    static_assert(BYTES % A_BYTES == 0, "every stage's A starts on a swizzle atom");
+    static constexpr int A_ROW = (TPS * 16 + 8) * 2;
+    static constexpr int BYTES = TILE_BYTES + SLOT_BYTES + 8 * A_ROW;
 };
-// The chunk XOR of row r in the 128-byte (4 bit) or 64-byte (8 bit) swizzle of CUtensorMap.
-template <int BITS> __device__ __forceinline__ u32 a_swizzle(int r) { return BITS == 4 ? r & 7 : (r >> 1) & 3; }
-
-// CUtensorMap, opaque (the library encodes it on the host for a call's A).
-struct __align__(64) TmaMap {
-    unsigned long long v[16];
-};
-// The tensor map's box at (x = input, y = row) into shared `dst`; completion counted on `bar`.
-__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int x, int y, u32 bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-        "l"(reinterpret_cast<unsigned long long>(map)), "r"(x), "r"(y), "r"(bar)
-        : "memory");
-}
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
@@ -842,26 +821,19 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R],
 }
 
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
-// with lda and K multiples of 8 (src/cuda/layer.rs). Blocks of 2-8 rows read A through `amap` (rows
-// × K, boxes of 8 rows × TPS·16 inputs, zeros past K and past the last row: one tensor copy per
-// stage; one bulk copy per row measured up to 1.3 µs slower at 8 rows, docs/perf.md version 43);
-// 1-row blocks copy their row plainly (calls of one row pass no map). With `perm` (<= 8 rows, <= 256
-// inputs per block) the consumers gather A instead and the stages carry none.
+// with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 8 rows, <= 256 inputs per
+// block) the consumers gather A instead and the stages carry none.
 template <int BITS, bool BF, bool SYM>
 __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
                                 const uint4* __restrict__ scale, const uint4* __restrict__ zero,
                                 const int* __restrict__ perm, float* __restrict__ partial,
                                 const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
-                                int tiles_per_split, int group_shift, int stages, const TmaMap& amap) {
+                                int tiles_per_split, int group_shift, int stages) {
     using St = BulkStage<BITS, SYM>;
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
-    extern __shared__ __align__(1024) unsigned char smem[];
+    extern __shared__ __align__(128) unsigned char smem[];
     const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES, zero_row = full + 16 * BULK_MAX_STAGES;
-    // The XOR addressing of A below needs the zero bytes 128-aligned and the gathered rows
-    // 512-aligned: dynamic shared memory starts 1024-aligned (after the driver's reserved 1 KB, no
-    // static shared memory); a launch breaking that would stop with an error, not compute garbage.
-    if (full & 1023) asm volatile("trap;");
-    unsigned char* ring = smem + (((full + BULK_RING_OFFSET + 1023) & ~1023u) - full);
+    unsigned char* ring = smem + BULK_RING_OFFSET;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
     const int t_begin = blockIdx.y * tiles_per_split;
@@ -871,8 +843,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
     if (threadIdx.x == 0) {
         ring_barriers_init(full, empty, stages, 4);
-        for (int z = 0; z < 8; z++)  // 128 zero bytes: the XOR of a tile offset stays inside
-            reinterpret_cast<uint4*>(smem + 16 * 8 * BULK_MAX_STAGES)[z] = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(smem + 16 * 8 * BULK_MAX_STAGES) = make_uint4(0, 0, 0, 0);
     }
     __syncthreads();
     pdl_launch_dependents();
@@ -883,9 +854,8 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
         auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
             const int s = i % stages, t0 = t_begin + i * TPS;
-            copy_stage_weights<QV, TPS, SYM>(smem_u32(ring + s * St::BYTES + St::A_BYTES), full + 8 * s,
-                                             src + (long)i * STAGE_U4, t0, min(TPS, t_end - t0), group_shift, NT,
-                                             scale, zero);
+            copy_stage_weights<QV, TPS, SYM>(smem_u32(ring + s * St::BYTES), full + 8 * s, src + (long)i * STAGE_U4, t0,
+                                             min(TPS, t_end - t0), group_shift, NT, scale, zero);
         };
         auto activations = [&](int i) {  // stage i's rows of A, then the one arrival
             const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
@@ -893,21 +863,18 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 mbar_arrive(full + 8 * s);
                 return;
             }
-            const int kb = t0 * 16;
-            unsigned char* a_slot = ring + s * St::BYTES;
-            const u32 bar = full + 8 * s;
-            if (rows > 1) {  // the whole box, zeros past K and past row M - 1 included
-                mbar_expect_tx(bar, St::A_BYTES);
-                tma_load_2d(smem_u32(a_slot), &amap, kb, m0, bar);
-                return;
-            }
-            const int valid = min(n * 16, K - kb);  // a multiple of 8 (K is)
+            const int kb = t0 * 16, valid = min(n * 16, K - kb);  // a multiple of 8 (K is)
+            unsigned char* a_slot = ring + s * St::BYTES + St::TILE_BYTES + St::SLOT_BYTES;
             if (valid < n * 16) {  // K ends in this stage: the inputs past it read zeros
-                for (int k = valid; k < n * 16; k += 8) *reinterpret_cast<uint4*>(a_slot + 2 * k) = make_uint4(0, 0, 0, 0);
+                for (int r = 0; r < rows; r++)
+                    for (int k = valid; k < n * 16; k += 8)
+                        *reinterpret_cast<uint4*>(a_slot + r * St::A_ROW + 2 * k) = make_uint4(0, 0, 0, 0);
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
             }
-            mbar_expect_tx(bar, valid * 2);
-            bulk_copy(smem_u32(a_slot), A + m0 * lda + kb, valid * 2, bar);
+            const u32 bar = full + 8 * s;
+            mbar_expect_tx(bar, rows * valid * 2);
+            for (int r = 0; r < rows; r++)
+                bulk_copy(smem_u32(a_slot + r * St::A_ROW), A + (m0 + r) * lda + kb, valid * 2, bar);
         };
         ring_produce(empty, stages, nstages, weights, activations);
         return;
@@ -916,13 +883,10 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const int nt = blockIdx.x * 4 + warp;
     const bool active = nt < NT;
     // ldmatrix.x2 row addresses in a stage's A rows (or the gathered rows): lanes 0-7 rows 0-7 at
-    // k 0, 8-15 at k 8, i.e. 16-byte chunk 2p + half of tile p, stored at chunk (2p + half) ^ x(r)
-    // (both layouts are swizzled). Row bases have the low bits clear, so tile p's address is tile 0's
-    // XOR 32p: one LOP3 per tile. Rows past M read 128 zero bytes, which the XOR stays inside.
-    const int r = lane % 8, half = (lane / 8) % 2;
+    // k 0, 8-15 at k 8; rows past M read the zero row.
+    const int r = lane % 8;
     const bool a_real = r < rows;
-    const u32 a_lane = perm ? smem_u32(sG) + r * BULK_GATHER_LDS * 2 + ((16 * half) ^ ((r & 7) << 4))
-                            : r * St::A_ROW + ((16 * half) ^ (a_swizzle<BITS>(r) << 4));
+    const u32 a_off = perm ? r * BULK_GATHER_LDS * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
     if (perm) {
         // Act-order: rows of A gathered through perm (the layer's own data, read before pdl_wait)
@@ -931,7 +895,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         int col[2];
         gather_columns(perm, kb, klen, K, col);
         pdl_wait();  // A is written by the previous kernel
-        gather_rows<true>(A, lda, col, m0, rows, klen, sG, BULK_GATHER_LDS);
+        gather_rows(A, lda, col, m0, rows, klen, sG, BULK_GATHER_LDS);
         asm volatile("bar.sync 1, 128;" ::: "memory");  // the consumer warps only
     }
 
@@ -951,7 +915,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         mbar_wait(full + 8 * s, (i / stages) & 1);
         if (active) {
             const unsigned char* st = ring + s * St::BYTES;
-            const uint4* stage = reinterpret_cast<const uint4*>(st + St::A_BYTES);
+            const uint4* stage = reinterpret_cast<const uint4*>(st);
             uint4 q[TPS][QV];
 #pragma unroll
             for (int p = 0; p < TPS; p++)
@@ -959,8 +923,8 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
             // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
             const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
-            // (t0 - t_begin = TPS·i: a multiple of 128 bytes at 4 bit, 64 at 8; 32p below it.)
-            const u32 a_base = !a_real ? zero_row : perm ? a_lane ^ ((t0 - t_begin) * 32) : smem_u32(st) + a_lane;
+            const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
+                                    : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
             const int g0 = t0 >> group_shift;
 #pragma unroll
             for (int p = 0; p < TPS; p++) {
@@ -977,8 +941,9 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 }
                 u32 b[8][2];
                 int_tile<BITS, BF>(q[p], b);
+                const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
                 u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
-                ldmatrix_x2(at, a_base ^ (32 * p));
+                ldmatrix_x2(at, a_addr);
                 const u32 one4[4] = {ones, ones, ones, ones};
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
@@ -1010,14 +975,14 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         }
 }
 // gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym}: 4 consumer warps and a producer, 3 blocks per SM. Same
-// parameters as the register kernels (chunk is unused), then the tensor map of A.
+// parameters as the register kernels (chunk is unused).
 #define BULK_SMALL(BITS, BF, SYM, NAME)                                                                    \
     extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                    \
         const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,    \
         float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
-        int chunk, int stages, const __grid_constant__ TmaMap amap) {                                      \
+        int chunk, int stages) {                                                                           \
         bulk_gemm_small<BITS, BF, SYM>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps, \
-                                       gshift, stages, amap);                                              \
+                                       gshift, stages);                                                    \
     }
 BULK_SMALL(4, false, true, gptq_bulk_b4_f16_sym)
 BULK_SMALL(4, false, false, gptq_bulk_b4_f16_asym)
@@ -1105,6 +1070,10 @@ __device__ __forceinline__ float4 ld_cluster_f32x4(u32 local, u32 rank) {
 // 256 bytes of mbarriers, the folded sums, alignment of the ring to 1024
 #define WG_RING_SLACK (256 + WG_TOT_BYTES + 1024)
 
+// CUtensorMap, opaque (the library encodes it on the host for every call's A).
+struct __align__(64) TmaMap {
+    unsigned long long v[16];
+};
 
 template <int BITS, bool SYM> struct WgStage {
     static constexpr int TPS = BITS == 4 ? 4 : 2;
@@ -1115,6 +1084,14 @@ template <int BITS, bool SYM> struct WgStage {
     static constexpr int BYTES = A_BYTES + TILE_BYTES + SLOT_BYTES;
     static_assert(BYTES % 1024 == 0, "every stage's A starts on a swizzle atom");
 };
+
+// The tensor map's box at (x = input, y = row) into shared `dst`; completion counted on `bar`.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int x, int y, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(x), "r"(y), "r"(bar)
+        : "memory");
+}
 
 // Shared-memory matrix descriptor of A^T for one wgmma: 16 inputs (32 bytes) of 16 rows at `addr`,
 // rows of A_ROW bytes swizzled in 8-row atoms (stride 8·A_ROW; the leading offset is unused for

@@ -548,8 +548,8 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
         graph_and_streams(cl, m, 4096, 4096);
     }
     {
-        // Without act-order, 6 rows: on sm_90 the bulk-copy kernel reads A through its tensor map
-        // (one 2D copy of 8 rows per stage, rows past 6 filled with zeros) under capture.
+        // Without act-order, 6 rows: on sm_90 the bulk-copy kernel copies A's rows into its ring
+        // itself (no gather), under capture.
         let h = gptq_test_layer(random_layer(9, 4, Some(128), 2048, 4096, false, true));
         if gptq::cuda::init(0).unwrap().bulk {
             let call = CudaLayer::new(&h.1, 0).unwrap().describe_call(6);

@@ -45,8 +45,7 @@ pub struct Device {
     pub pdl: bool,
     /// Whether up to 8 rows take the sm_90 kernel that streams weights and A into shared memory
     /// with bulk copies (cp.async.bulk and mbarriers) and swaps the mma roles; not before sm_90, nor
-    /// with a driver older than CUDA 12 (A of 2+ rows comes through a tensor map), nor with
-    /// `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
+    /// with `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
     /// comparisons).
     pub bulk: bool,
     /// Whether 9 to 16 rows (2 to 16 on layers with long K splits) take the sm_90a kernel that feeds warpgroup mma (wgmma) from a ring of
@@ -163,9 +162,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
     let code_arch = kernel_arch_override(arch)?.unwrap_or(arch);
     let pdl = code_arch.0 >= 9 && driver_version >= 12030 && std::env::var("GPTQ_CUDA_PDL").map_or(true, |v| v != "0");
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
-    // The bulk-copy kernel reads A of 2+ rows through a tensor map (cuTensorMapEncodeTiled: CUDA 12.0).
-    let bulk =
-        code_arch.0 >= 9 && driver_version >= 12000 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
+    let bulk = code_arch.0 >= 9 && std::env::var("GPTQ_CUDA_BULK").map_or(true, |v| v != "0");
     // The warpgroup kernels exist only in the sm_90a cubin (not in compute_90 PTX on a newer card).
     let wg = code_arch == (9, 0)
         && arch == (9, 0)

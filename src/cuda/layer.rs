@@ -50,19 +50,17 @@ const WG_DEEP_MIN_ROWS: usize = 8;
 /// threads' folded sums (128 × 32 floats) and the ring's alignment to 1024 bytes
 /// (kernels/gptq_mma.cu, WG_RING_SLACK).
 const WG_RING_SLACK: usize = 256 + 128 * 32 * 4 + 1024;
-/// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and 128 zero bytes (512
-/// bytes), then 8 gathered act-order rows of 256 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET), and
-/// the ring's alignment to 1024 bytes (the swizzle atom of A's tensor copies).
+/// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
+/// then 8 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
 const BULK_RING_OFFSET: usize = 384 + 4352;
-const BULK_RING_SLACK: usize = BULK_RING_OFFSET + 1024;
-const _: () = assert!(512 + 8 * 256 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
+const _: () = assert!(384 + 8 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
 
-/// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 rows of A over the
-/// stage's inputs (one swizzle span each), 8 KB of weights, up to `tps` scale (and zero) rows of 512
-/// bytes; a multiple of A's 8 rows so every stage's A starts on a swizzle atom.
+/// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 KB of weights, up
+/// to `tps` scale (and zero) rows of 512 bytes, and 8 rows of A over the stage's inputs, padded by
+/// 8 halves.
 pub(crate) fn bulk_stage_bytes(bits: u32, sym: bool) -> usize {
     let tps = if bits == 4 { 4 } else { 2 };
-    BULK_ROWS * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
+    8192 + tps * 512 * if sym { 1 } else { 2 } + BULK_ROWS * (tps * 16 + 8) * 2
 }
 
 /// Bytes of one stage of the warpgroup-mma kernel (kernels/gptq_mma.cu, WgStage): 16 rows of A over
@@ -112,7 +110,7 @@ impl Ring {
     /// Dynamic shared memory with `stages` stages.
     pub(crate) fn smem_bytes(self, bits: u32, sym: bool, stages: usize) -> usize {
         let before = match self {
-            Ring::Bulk => BULK_RING_SLACK,
+            Ring::Bulk => BULK_RING_OFFSET,
             Ring::Warpgroup => WG_RING_SLACK,
         };
         before + stages * self.stage_bytes(bits, sym)
@@ -447,27 +445,19 @@ fn max_over_rows(m: usize, step: usize, limit: usize, partial: impl Fn(usize) ->
     first.chain((2..=last).map(|j| partial(j * step))).chain(std::iter::once(partial(m))).max().unwrap_or(0)
 }
 
-/// The tensor map through which the ring kernels read A (kernels/gptq_mma.cu: wg_gemm_small, and
-/// bulk_gemm_small for 2+ rows): `rows` rows of `k` inputs at `a` (16-byte aligned), row stride `ld`
-/// elements (a multiple of 8), boxes of `box_rows` rows × `box_k` inputs written swizzled (128-byte
-/// rows: 128-byte swizzle; 64-byte rows: 64-byte), zeros past K and past the last row. Encoding is
-/// host-only: it allocates nothing and touches no stream.
-fn a_tensor_map(
-    a: u64,
-    dtype: ActDType,
-    k: usize,
-    rows: usize,
-    ld: usize,
-    box_k: u32,
-    box_rows: usize,
-) -> Result<cu::CUtensorMap> {
+/// The tensor map through which the warpgroup kernel reads A (kernels/gptq_mma.cu, wg_gemm_small):
+/// `rows` rows of `k` inputs at `a` (16-byte aligned), row stride `ld` elements (a multiple of 8),
+/// boxes of 16 rows × `box_k` inputs written swizzled as wgmma reads them (128-byte rows: 128-byte
+/// swizzle; 64-byte rows: 64-byte), zeros past K and past the last row. Encoding is host-only: it
+/// allocates nothing and touches no stream.
+fn a_tensor_map(a: u64, dtype: ActDType, k: usize, rows: usize, ld: usize, box_k: u32) -> Result<cu::CUtensorMap> {
     use cu::{CUtensorMapDataType as T, CUtensorMapSwizzle as S};
     let elem =
         if dtype == ActDType::BF16 { T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 } else { T::CU_TENSOR_MAP_DATA_TYPE_FLOAT16 };
     let swizzle = if box_k * 2 == 128 { S::CU_TENSOR_MAP_SWIZZLE_128B } else { S::CU_TENSOR_MAP_SWIZZLE_64B };
     let dims = [k as u64, rows as u64];
     let strides = [ld as u64 * 2];
-    let boxes = [box_k, box_rows as u32];
+    let boxes = [box_k, WG_ROWS as u32];
     let unit = [1u32, 1];
     // SAFETY: a zeroed map is a valid value for the driver to overwrite.
     let mut map: cu::CUtensorMap = unsafe { std::mem::zeroed() };
@@ -488,7 +478,7 @@ fn a_tensor_map(
             cu::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
     };
-    check(r, "cuTensorMapEncodeTiled (A for the tensor-core kernel)")?;
+    check(r, "cuTensorMapEncodeTiled (A for the warpgroup kernel)")?;
     Ok(map)
 }
 
@@ -1134,7 +1124,7 @@ impl CudaLayer {
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 if ring == Some(Ring::Warpgroup) {
                     let box_k = if self.bits == 4 { 64 } else { 32 };
-                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k, WG_ROWS)?;
+                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k)?;
                     let mut args =
                         args![amap, qweight.ptr, scale, nz, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, stagesi];
                     let cluster_y = if self.wg_cluster_rows & (1 << m) != 0 { splits as u32 } else { 1 };
@@ -1157,15 +1147,6 @@ impl CudaLayer {
                         return Ok(()); // the clusters wrote C
                     }
                 } else {
-                    // The bulk-copy kernel's tensor map of A for calls of 2+ rows (one row: plain
-                    // copies, a map it does not read); the register kernels take no such argument.
-                    let amap = if ring == Some(Ring::Bulk) && m > 1 && !gather_in_kernel {
-                        let box_k = if self.bits == 4 { 64 } else { 32 };
-                        a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k, BULK_ROWS)?
-                    } else {
-                        // SAFETY: an all-zero CUtensorMap is a plain value (never encoded, never read).
-                        unsafe { std::mem::zeroed() }
-                    };
                     let mut args = args![
                         a_in,
                         lda_in,
@@ -1183,8 +1164,7 @@ impl CudaLayer {
                         tpsi,
                         shifti,
                         chunki,
-                        stagesi,
-                        amap
+                        stagesi
                     ];
                     // SAFETY: argument types and order match the kernel's signature; extents were checked above.
                     unsafe { launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)? };
