@@ -343,9 +343,15 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         if wg {
             let long = (k, n) == (8192, 28672) || (k, n) == (28672, 8192);
             let one_row = bits == 8 && (k, n) == (8192, 28672);
-            assert_eq!(l.takes_warpgroup(1), one_row, "{what}: the warpgroup kernel at M = 1");
-            assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
-            assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
+            // bf16 activations: from 1 row wherever the long splits add in one cluster, 4 bit too.
+            let one_row_bf16 = (k, n) == (8192, 28672) && clusters_wanted;
+            let (f16, bf16) = (ActDType::F16, ActDType::BF16);
+            assert_eq!(l.takes_warpgroup(1, f16), one_row, "{what}: the warpgroup kernel at M = 1");
+            assert_eq!(l.takes_warpgroup(1, bf16), one_row_bf16, "{what}: the warpgroup kernel at M = 1, bf16");
+            for dtype in [f16, bf16] {
+                assert_eq!(l.takes_warpgroup(2, dtype), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
+                assert!(l.takes_warpgroup(9, dtype) && l.takes_warpgroup(16, dtype), "{what}: the warpgroup kernel at M = 9-16");
+            }
         }
         eprintln!("{what}: M {ms:?} pass (clusters at M = 16: {})", l.reduces_in_clusters(16));
     }
@@ -364,7 +370,7 @@ fn kernel_arch_override_selects_the_older_cards_kernels() {
         Some(cc) if cc < 90 => {
             assert!(!dev.bulk && !dev.wg && !dev.pdl, "sm_90 paths chosen under GPTQ_CUDA_KERNEL_ARCH={cc}");
             let l = CudaLayer::new(&random_layer(5, 4, Some(128), 1024, 1024, false, true), 0).unwrap();
-            assert!(l.uses_tensor_cores() && !l.takes_warpgroup(16), "register-fed tensor-core kernels");
+            assert!(l.uses_tensor_cores() && !l.takes_warpgroup(16, ActDType::F16), "register-fed tensor-core kernels");
             eprintln!("kernels built for compute_{cc}, running on sm_{}{}", dev.arch.0, dev.arch.1);
         }
         _ => eprintln!("NOTICE: no older GPTQ_CUDA_KERNEL_ARCH; the device's own kernels (sm_{}{})", dev.arch.0, dev.arch.1),
