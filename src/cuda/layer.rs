@@ -39,6 +39,9 @@ pub(crate) const BULK_THREADS: u32 = 160;
 pub(crate) const BULK_MAX_STAGES: usize = 16;
 /// Rows of A one bulk-copy block takes.
 const BULK_ROWS: usize = 8;
+/// The most rows the small-batch kernels gather act-order A for themselves (kernels/gptq_mma.cu,
+/// GATHER_ROWS).
+const KERNEL_GATHER_ROWS: usize = 8;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
 /// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
@@ -915,7 +918,7 @@ impl CudaLayer {
     /// (The warpgroup kernel reads A through a tensor map: always gathered first.)
     fn gathers_in_kernel(&self, m: usize, shape: &MmaShape) -> bool {
         self.perm.is_some()
-            && m <= 8
+            && m <= KERNEL_GATHER_ROWS
             && shape.mf == 1
             && shape.ring != Some(Ring::Warpgroup)
             && shape.tiles_per_split * TILE_K <= 256
