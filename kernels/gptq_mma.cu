@@ -907,7 +907,6 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         for (int i = 0; i < 4; i++) tot[j][i] = 0.f;
     uint4 sc, zv = make_uint4(0, 0, 0, 0);
     int cur = -1;  // the group whose sums acc and sum hold
-    bool fresh = true;
 
 #pragma unroll 1
     for (int i = 0; i < nstages; i++) {
@@ -937,7 +936,14 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                     const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
                     sc = slot[32 * j];
                     if (!SYM) zv = slot[32 * (TPS + j)];
-                    fresh = true;
+                    // The group's sums start from zeroed registers: choosing between an mma with C = 0
+                    // and one that adds, per product, made ptxas issue both, predicated (version 47).
+#pragma unroll
+                    for (int c = 0; c < 4; c++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) acc[c][i] = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) sum[i] = 0.f;
                 }
                 u32 b[8][2];
                 int_tile<BITS, BF>(q[p], b);
@@ -948,12 +954,9 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
-                    if (fresh) mma16816_first<BF>(acc[j], w, at[0], at[1]);
-                    else mma16816<BF>(acc[j], w, at[0], at[1]);
+                    mma16816<BF>(acc[j], w, at[0], at[1]);
                 }
-                if (fresh) mma16816_first<BF>(sum, one4, at[0], at[1]);
-                else mma16816<BF>(sum, one4, at[0], at[1]);
-                fresh = false;
+                mma16816<BF>(sum, one4, at[0], at[1]);
             }
         }
         __syncwarp();  // every lane's reads of the stage are done

@@ -332,6 +332,11 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
                 assert_eq!(l.runs_deep_ring(m), m >= 8, "{what}: deep ring at M = {m}");
             }
         }
+        // The bulk-copy kernel keeps a fourth block off each SM for blocks of 32+ K tiles (8192×8192
+        // at 8 bit: 43), not on short ones (4096×4096, in split_k_through_a_4_byte_aligned_workspace_…).
+        if (k, n, bits) == (8192, 8192, 8) && dev.bulk && std::env::var_os("GPTQ_CUDA_BULK_PAD").is_none() && !overrides {
+            assert!(l.pads_bulk_at(1, ActDType::F16), "{what}: M = 1 at three blocks per SM");
+        }
         if (k, n) == (8192, 28672) {
             assert!(!l.runs_deep_ring(16), "{what}: 3 splits at three blocks per SM need no deep ring");
             assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
@@ -390,7 +395,12 @@ fn split_k_through_a_4_byte_aligned_workspace_gives_the_same_bits() {
     let mut rng = Rng(23);
     let cpu = random_layer(91, 4, Some(128), 4096, 4096, false, true);
     let layers = [CudaLayer::new(&cpu, 0).unwrap(), CudaLayer::with_family(&cpu, 0, KernelFamily::CudaCores).unwrap()];
+    let dev = gptq::cuda::init(0).unwrap();
     for (l, family) in layers.iter().zip(["tensor-core", "CUDA-core"]) {
+        if family == "tensor-core" && dev.bulk && std::env::var_os("GPTQ_CUDA_BULK_PAD").is_none() {
+            // 4096×4096's blocks are short (11 K tiles): a fourth block may share each SM.
+            assert!(!l.pads_bulk_at(1, ActDType::F16), "4096x4096 M = 1: no padding of the bulk-copy kernel");
+        }
         for m in [1usize, 4, 12, 16, 64] {
             let (k, n) = (4096, 4096);
             let ws = l.workspace_size(m).unwrap();

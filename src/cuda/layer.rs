@@ -39,6 +39,9 @@ pub(crate) const BULK_THREADS: u32 = 160;
 pub(crate) const BULK_MAX_STAGES: usize = 16;
 /// Rows of A one bulk-copy block takes.
 const BULK_ROWS: usize = 8;
+/// K tiles per block from which the bulk-copy kernel keeps a fourth block off each SM
+/// ([`CudaLayer::pads_bulk`]).
+const BULK_PAD_MIN_TILES: usize = 32;
 /// The most rows the small-batch kernels gather act-order A for themselves (kernels/gptq_mma.cu,
 /// GATHER_ROWS).
 const KERNEL_GATHER_ROWS: usize = 8;
@@ -207,6 +210,9 @@ pub struct CudaLayer {
     /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
     /// gather A row by row through shared memory (sm_90; not with `GPTQ_CUDA_GATHER_BY_ROW=0`).
     gather_by_row: bool,
+    /// `GPTQ_CUDA_BULK_PAD=0` / `1`: the bulk-copy kernel's launches never / always ask for the full
+    /// ring's shared memory ([`CudaLayer::pads_bulk`]), for comparisons.
+    bulk_pad: Option<bool>,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -599,6 +605,7 @@ impl CudaLayer {
                 .and_then(|v| v.parse().ok())
                 .filter(|v| (2..=8).contains(v)),
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
+            bulk_pad: std::env::var("GPTQ_CUDA_BULK_PAD").ok().map(|v| v == "1"),
             device,
         }
         .with_wg_min_rows()
@@ -746,16 +753,24 @@ impl CudaLayer {
         let sym = self.symmetric();
         match self.ring_shapes(m, Some(ActDType::F16)).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
-                "{ring:?} kernel, {} splits of {} tiles, {} stages{}{}",
+                "{ring:?} kernel, {} splits of {} tiles, {} stages{}{}{}",
                 s.splits,
                 s.tiles_per_split,
                 self.stages(&s, sym),
                 if s.deep { ", deep ring" } else { "" },
-                if ring == Ring::Warpgroup && self.reduces_in_clusters(m) { ", clusters" } else { "" }
+                if ring == Ring::Warpgroup && self.reduces_in_clusters(m) { ", clusters" } else { "" },
+                if ring == Ring::Bulk && self.pads_bulk(&s) { ", 3 blocks per SM" } else { "" }
             ),
             _ if self.uses_tensor_cores() => format!("register-fed kernel, {} splits", self.mma_shape(m).splits),
             _ => format!("CUDA-core kernel, {} splits", self.gemv_shape(m).1),
         }
+    }
+
+    /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel with its shared
+    /// memory padded to the full ring's ([`CudaLayer::pads_bulk`]).
+    #[doc(hidden)]
+    pub fn pads_bulk_at(&self, m: usize, dtype: ActDType) -> bool {
+        self.ring_shapes(m, Some(dtype)).next().is_some_and(|s| s.ring == Some(Ring::Bulk) && self.pads_bulk(&s))
     }
 
     /// Whether an act-order call of `m` rows with A 16-byte aligned gathers it row by row through
@@ -868,6 +883,16 @@ impl CudaLayer {
         let tiles = forced.map_or(s.tiles_per_split, |f| kt.div_ceil(f)).next_multiple_of(stage_tiles);
         let splits = kt.div_ceil(tiles);
         Some(MmaShape { ring: Some(Ring::Warpgroup), tiles_per_split: tiles, splits, ..s })
+    }
+
+    /// Whether the bulk-copy kernel's launch for `shape` asks for the shared memory of the full ring
+    /// (three blocks per SM) whatever its depth, so that no fourth block shares an SM: blocks of at
+    /// least [`BULK_PAD_MIN_TILES`] K tiles. Measured on the H100 (docs/perf.md, version 47): on
+    /// 4096×14336, 14336×4096 and 8192×8192 (37-43 tiles, 3 stages) bf16 M = 1 ran 14.8-16.2 µs
+    /// unpadded and 13.7-15.1 padded (fp16 within ±2%); on 4096×4096 (11 tiles) padding cost 0.5-0.7
+    /// µs (fp16 M = 1 6.2-6.3 → 6.8-6.9). With the full ring (long blocks) it changes nothing.
+    fn pads_bulk(&self, shape: &MmaShape) -> bool {
+        self.bulk_pad.unwrap_or(shape.tiles_per_split >= BULK_PAD_MIN_TILES)
     }
 
     /// Stages of the ring kernel taking `shape` (its deep ring where the shape says so).
@@ -1113,6 +1138,10 @@ impl CudaLayer {
                     None => self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym))?,
                 };
                 let (threads, smem) = match ring {
+                    Some(Ring::Bulk) if self.pads_bulk(&shape) => {
+                        let full = self.device.ring_stages(Ring::Bulk, self.bits, sym, usize::MAX);
+                        (BULK_THREADS, Ring::Bulk.smem_bytes(self.bits, sym, stages.max(full)))
+                    }
                     Some(r) => (BULK_THREADS, r.smem_bytes(self.bits, sym, stages)),
                     None => (128, MMA_SMEM_BYTES),
                 };
