@@ -8,7 +8,8 @@
 #
 # A/B runs (different lent machines differ by up to ~10% on one binary, docs/perf.md): stage the
 # baseline as `bash .ci/stage-device.sh stage-base`, change the code, stage it as usual, carry both
-# and run `stage-base/bench-cuda quick` and `stage/bench-cuda quick` in one call.
+# and run `stage-base/bench-cuda quick` and `stage/bench-cuda quick` in one call. `.ci/bench-ab.py LOG A B`
+# tables section B of a `bench-cuda profile` log against section A (sections start at `== NAME`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/kernel-syntax.sh
