@@ -211,7 +211,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                     .map(|&mf| (layer::mma_kernel_name(bits, mf, act, sym), 128, layer::MMA_SMEM_BYTES))
                     .collect();
                 for &r in &rings {
-                    let bytes = r.smem_bytes(bits, sym, d.ring_stages(r, bits, sym, usize::MAX));
+                    let bytes = d.full_ring_bytes(r, bits, sym);
                     kernels.push((r.kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
                 }
                 for (name, threads, bytes) in kernels {
@@ -279,6 +279,12 @@ impl Device {
         let deeper = stages > self.ring_stages(ring, bits, sym, usize::MAX);
         // Not with GPTQ_CUDA_BULK_STAGES, whose fixed depth a comparison means for every call.
         (self.wg && self.wg_deep && self.bulk_stages_override.is_none() && deeper).then_some(stages)
+    }
+
+    /// Dynamic shared memory of ring kernel `ring` with its full ring (three blocks per SM): the
+    /// most a launch asks for outside the deep ring (the kernels' attribute is set to it at init).
+    pub(crate) fn full_ring_bytes(&self, ring: layer::Ring, bits: u32, sym: bool) -> usize {
+        ring.smem_bytes(bits, sym, self.ring_stages(ring, bits, sym, usize::MAX))
     }
 
     /// Dynamic shared memory of the warpgroup kernel with its deep ring.

@@ -1139,8 +1139,7 @@ impl CudaLayer {
                 };
                 let (threads, smem) = match ring {
                     Some(Ring::Bulk) if self.pads_bulk(&shape) => {
-                        let full = self.device.ring_stages(Ring::Bulk, self.bits, sym, usize::MAX);
-                        (BULK_THREADS, Ring::Bulk.smem_bytes(self.bits, sym, stages.max(full)))
+                        (BULK_THREADS, self.device.full_ring_bytes(Ring::Bulk, self.bits, sym))
                     }
                     Some(r) => (BULK_THREADS, r.smem_bytes(self.bits, sym, stages)),
                     None => (128, MMA_SMEM_BYTES),
