@@ -400,31 +400,37 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
 
 // The most rows the small-batch kernels gather themselves (src/cuda/layer.rs, gathers_in_kernel).
 #define GATHER_ROWS 8
-// Act-order in the small-batch kernels (<= 8 rows over <= 256 inputs per block: src/cuda/layer.rs,
-// gathers_in_kernel): one round of independent loads instead of a gather launch. First the permuted
-// columns this thread gathers (the layer's own data, read before pdl_wait; -1 past the block's
-// inputs or K), ...
-__device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int kb, int klen, int K, int (&col)[2]) {
+// The long form of that gather, in the bulk-copy kernel only: one row over at most
+// GATHER_LONG_COLS · 128 inputs per block (the mid-sized layers' blocks at M = 1, which would
+// otherwise launch a gather first; at M = 2 it was slower than that launch where K is 8192 or
+// more: docs/perf.md version 48).
+#define GATHER_LONG_COLS 6
+// Act-order in the small-batch kernels (<= 8 rows over <= 256 inputs per block, or the long form:
+// src/cuda/layer.rs, gathers_in_kernel): one round of independent loads instead of a gather launch.
+// First the NC permuted columns this thread gathers (the layer's own data, read before pdl_wait;
+// -1 past the block's inputs or K), ...
+template <int NC>
+__device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int kb, int klen, int K, int (&col)[NC]) {
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < NC; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
         col[j] = kk < klen && kb + kk < K ? ld_before_wait(perm + kb + kk) : -1;
     }
 }
 // ... then those columns of rows m0.. m0 + rows - 1 (rows <= R) of A into dst (row stride lds halves;
 // zero past K), every load issued before the first store (interleaved, the compiler kept one load in
-// flight at a time: docs/perf.md version 40). R is 4 or 8 (gather_rows below picks): the 8-row form
-// alone cost M = 1 0.2 µs in predicated-off loads (version 42).
-template <int R>
-__device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
+// flight at a time: docs/perf.md version 40). gather_rows below picks R: the 8-row form alone cost
+// M = 1 0.2 µs in predicated-off loads (version 42).
+template <int R, int NC>
+__device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long lda, const int (&col)[NC], int m0,
                                                  int rows, int klen, u16* dst, int lds) {
-    u16 v[2][R];
+    u16 v[NC][R];
 #pragma unroll
-    for (int j = 0; j < 2; j++)
+    for (int j = 0; j < NC; j++)
 #pragma unroll
         for (int r = 0; r < R; r++) v[j][r] = r < rows && col[j] >= 0 ? A[(long)(m0 + r) * lda + col[j]] : (u16)0;
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < NC; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
         if (kk >= klen) continue;
 #pragma unroll
@@ -434,8 +440,12 @@ __device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long
 }
 __device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
                                             int rows, int klen, u16* dst, int lds) {
-    if (rows <= 4) gather_rows_upto<4>(A, lda, col, m0, rows, klen, dst, lds);
-    else gather_rows_upto<GATHER_ROWS>(A, lda, col, m0, rows, klen, dst, lds);
+    if (rows <= 4) gather_rows_upto<4, 2>(A, lda, col, m0, rows, klen, dst, lds);
+    else gather_rows_upto<GATHER_ROWS, 2>(A, lda, col, m0, rows, klen, dst, lds);
+}
+__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[GATHER_LONG_COLS],
+                                            int m0, int rows, int klen, u16* dst, int lds) {
+    gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, dst, lds);
 }
 
 // ---- Small batches (M <= 16): integer B fragments, scales and zeros applied per group in f32 ----
@@ -593,7 +603,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
         }
         const int kb = c0 * 16, klen = (c1 - c0) * 16;
         int col[2];  // act-order: the permuted columns
-        if (perm) gather_columns(perm, kb, klen, K, col);
+        if (perm) gather_columns<2>(perm, kb, klen, K, col);
         __syncthreads();  // the previous chunk is consumed
         pdl_wait();       // A is written by the previous kernel (first batch of weights already in flight)
         if (perm) {
@@ -669,7 +679,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   with its tiles instead of as a load the consumer waits for, and A needs no staging step in
 //   which the weight stream stalls. Weights and scales of the first ring-full go out before
 //   pdl_wait (the layer's own data), A after it. Act-order A is gathered by the library first,
-//   except for <= 8 rows over <= 256 inputs per block, which the consumers gather themselves into
+//   except for <= 8 rows over <= 256 inputs per block (one row over <= 768), which the consumers gather themselves into
 //   their own rows of shared memory before the first stage (one round of loads; a gather launch
 //   would cost more on such small layers).
 // - C^T = W^T · A^T, the weight tile as mma's 16×16 A operand and A^T as its
@@ -683,12 +693,13 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   f16, `zero` = -(1024 + z) f16): one 16-byte read per lane and group. (16 rows in this kernel,
 //   unswapped, measured slower than the register-fed kernel: docs/perf.md.)
 // Shared memory (src/cuda/layer.rs, bulk_smem_bytes, mirrors it): 2·16 mbarriers and a 16-byte zero
-// row (384 bytes), 8 gathered rows of 256 + 8 inputs (4224 bytes, rounded up), then the stages
+// row (384 bytes), 8 gathered rows of 256 + 8 inputs or one of 768 + 8 (4224 bytes, rounded up), then the stages
 // (BulkStage).
 #if __CUDA_ARCH__ >= 900
 #define BULK_MAX_STAGES 16
 #define BULK_GATHER_OFFSET 384  // after 2·16 mbarriers and a 16-byte zero row
 #define BULK_GATHER_LDS 264     // halves per gathered row (256 inputs + 8: distinct banks)
+#define BULK_GATHER_LONG_LDS 776  // the long form's row (GATHER_LONG_COLS · 128 + 8)
 #define BULK_RING_OFFSET (384 + 4352)
 #define BULK_THREADS (MMA_THREADS + 32)
 
@@ -821,8 +832,8 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R],
 }
 
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
-// with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 8 rows, <= 256 inputs per
-// block) the consumers gather A instead and the stages carry none.
+// with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 8 rows over <= 256 inputs per
+// block, or one row over <= 768) the consumers gather A instead and the stages carry none.
 template <int BITS, bool BF, bool SYM>
 __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
                                 const uint4* __restrict__ scale, const uint4* __restrict__ zero,
@@ -886,16 +897,26 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     // k 0, 8-15 at k 8; rows past M read the zero row.
     const int r = lane % 8;
     const bool a_real = r < rows;
-    const u32 a_off = perm ? r * BULK_GATHER_LDS * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
+    const bool long_gather = tiles_per_split * 16 > 256;  // (the library sends such blocks one row)
+    const int glds = long_gather ? BULK_GATHER_LONG_LDS : BULK_GATHER_LDS;
+    const u32 a_off = perm ? r * glds * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
     if (perm) {
         // Act-order: rows of A gathered through perm (the layer's own data, read before pdl_wait)
-        // over the block's <= 256 inputs, zero past K; one round of independent loads.
+        // over the block's <= 256 inputs (<= 768 for one row), zero past K; one round of
+        // independent loads.
         const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
-        int col[2];
-        gather_columns(perm, kb, klen, K, col);
-        pdl_wait();  // A is written by the previous kernel
-        gather_rows(A, lda, col, m0, rows, klen, sG, BULK_GATHER_LDS);
+        if (long_gather) {
+            int col[GATHER_LONG_COLS];
+            gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
+            pdl_wait();  // A is written by the previous kernel
+            gather_rows(A, lda, col, m0, rows, klen, sG, glds);
+        } else {
+            int col[2];
+            gather_columns<2>(perm, kb, klen, K, col);
+            pdl_wait();
+            gather_rows(A, lda, col, m0, rows, klen, sG, glds);
+        }
         asm volatile("bar.sync 1, 128;" ::: "memory");  // the consumer warps only
     }
 

@@ -256,6 +256,9 @@ fn cuda_gemm_matches_the_cpu_path() {
         (3, Some(128), true, true, 2048, 1024, 256),
         (3, Some(32), false, false, 1024, 768, 64),
         (3, None, false, true, 512, 256, 16),
+        // Act-order, asymmetric, K ending inside a tile: at M = 1 the bulk-copy kernel's long
+        // in-kernel gather (12 splits of 17 tiles, 272 inputs; the last split 6 tiles).
+        (4, Some(128), true, false, 3080, 8192, 16),
     ];
     for (i, &(bits, gs, act, sym, k, n, max_m)) in cases.iter().enumerate() {
         let cpu = random_layer(i as u64 + 1, bits, gs, k, n, act, sym);
@@ -303,6 +306,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             (8, ..) => &[1, 8, 16],
             (4, 8192, 28672) => &[1, 2, 5, 8, 16, 64, 1000],
             (4, 28672, 8192) => &[1, 4, 7, 8, 12, 16, 64],
+            (4, 13824, 5120) => &[1, 2, 3, 8, 16, 64, 1000],
             _ => &[1, 8, 16, 64, 1000],
         };
         let what = format!("{bits} bit K {k} N {n} act {act}");
@@ -325,6 +329,17 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             for m in [4, 7, 8, 16, 64] {
                 let want = m >= 8 && m * k >= 3 << 16;
                 assert_eq!(l.gathers_act_order_by_row(m), want, "{what}: row-by-row gather at M = {m}");
+            }
+        }
+        // sm_90: act-order A of one row over the bulk-copy kernel's blocks of up to 768 inputs
+        // (13824×5120: 19 splits of 46 tiles, 736 inputs) is gathered in the kernel, 2 rows first.
+        let long_gather_off = std::env::var_os("GPTQ_CUDA_LONG_GATHER").is_some();
+        if act && (k, n) == (13824, 5120) && dev.bulk && dev.sm_count == 132 && !overrides && !long_gather_off {
+            for dtype in [ActDType::F16, ActDType::BF16] {
+                for m in [1, 2, 3] {
+                    let want = m == 1;
+                    assert_eq!(l.gathers_act_order_in_kernel(m, dtype), want, "{what}: in-kernel gather at M = {m}");
+                }
             }
         }
         if (k, n) == (28672, 8192) && dev.wg && dev.sm_count == 132 && !overrides {

@@ -45,6 +45,9 @@ const BULK_PAD_MIN_TILES: usize = 32;
 /// The most rows the small-batch kernels gather act-order A for themselves (kernels/gptq_mma.cu,
 /// GATHER_ROWS).
 const KERNEL_GATHER_ROWS: usize = 8;
+/// The bulk-copy kernel's long in-kernel gather: one row over at most this many inputs per block
+/// (kernels/gptq_mma.cu, GATHER_LONG_COLS · 128).
+const KERNEL_GATHER_LONG_INPUTS: usize = 768;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
 /// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
@@ -57,9 +60,13 @@ const WG_DEEP_MIN_ROWS: usize = 8;
 /// (kernels/gptq_mma.cu, WG_RING_SLACK).
 const WG_RING_SLACK: usize = 256 + 128 * 32 * 4 + 1024;
 /// The bulk-copy kernel's shared memory before its ring: 2·16 mbarriers and a zero row (384 bytes),
-/// then 8 gathered act-order rows of 264 halves (kernels/gptq_mma.cu, BULK_RING_OFFSET).
+/// then 8 gathered act-order rows of 264 halves or one of 776 (kernels/gptq_mma.cu, BULK_RING_OFFSET).
 const BULK_RING_OFFSET: usize = 384 + 4352;
 const _: () = assert!(384 + 8 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
+const _: () = assert!(
+    384 + (KERNEL_GATHER_LONG_INPUTS + 8) * 2 <= BULK_RING_OFFSET,
+    "the long gather's rows fit before the ring"
+);
 
 /// Bytes of one stage of the bulk-copy kernel (kernels/gptq_mma.cu, BulkStage): 8 KB of weights, up
 /// to `tps` scale (and zero) rows of 512 bytes, and 8 rows of A over the stage's inputs, padded by
@@ -210,6 +217,9 @@ pub struct CudaLayer {
     /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
     /// gather A row by row through shared memory (sm_90; not with `GPTQ_CUDA_GATHER_BY_ROW=0`).
     gather_by_row: bool,
+    /// Whether the bulk-copy kernel gathers act-order A itself for one row over up to 768 inputs
+    /// per block ([`CudaLayer::gathers_in_kernel`]; not with `GPTQ_CUDA_LONG_GATHER=0`).
+    long_gather: bool,
     /// `GPTQ_CUDA_BULK_PAD=0` / `1`: the bulk-copy kernel's launches never / always ask for the full
     /// ring's shared memory ([`CudaLayer::pads_bulk`]), for comparisons.
     bulk_pad: Option<bool>,
@@ -605,6 +615,7 @@ impl CudaLayer {
                 .and_then(|v| v.parse().ok())
                 .filter(|v| (2..=8).contains(v)),
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
+            long_gather: std::env::var("GPTQ_CUDA_LONG_GATHER").map_or(true, |v| v != "0"),
             bulk_pad: std::env::var("GPTQ_CUDA_BULK_PAD").ok().map(|v| v == "1"),
             device,
         }
@@ -939,14 +950,24 @@ impl CudaLayer {
     /// gptq_mma.cu: mma_gemm_small while it stages A, bulk_gemm_small before its first stage): at
     /// most 8 rows over at most 256 inputs per block, where one round of loads covers the block's A
     /// and a separate gather launch would cost more than the whole staging (4096×4096 at M = 1:
-    /// +18%, docs/perf.md version 13).
+    /// +18%, docs/perf.md version 13); on the bulk-copy kernel also one row over at most 768 inputs
+    /// (six loads per thread). Measured on the H100 (docs/perf.md, version 48): at M = 1 on
+    /// 4096×14336, 14336×4096 and 8192×8192 (37-43 tiles per block) 0.5-0.7 µs faster than the gather
+    /// launch; at M = 2 0.6 µs faster at K = 4096 but 0.6-1.0 slower at K = 8192 and 14336, so two
+    /// rows keep the launch. Not with `GPTQ_CUDA_LONG_GATHER=0`.
     /// (The warpgroup kernel reads A through a tensor map: always gathered first.)
     fn gathers_in_kernel(&self, m: usize, shape: &MmaShape) -> bool {
-        self.perm.is_some()
-            && m <= KERNEL_GATHER_ROWS
-            && shape.mf == 1
-            && shape.ring != Some(Ring::Warpgroup)
-            && shape.tiles_per_split * TILE_K <= 256
+        let inputs = shape.tiles_per_split * TILE_K;
+        let short = m <= KERNEL_GATHER_ROWS && inputs <= 256;
+        let long = self.long_gather && shape.ring == Some(Ring::Bulk) && m == 1 && inputs <= KERNEL_GATHER_LONG_INPUTS;
+        self.perm.is_some() && shape.mf == 1 && shape.ring != Some(Ring::Warpgroup) && (short || long)
+    }
+
+    /// Whether an act-order call of `m` rows gathers A inside the GEMM kernel (no gather launch).
+    #[doc(hidden)]
+    pub fn gathers_act_order_in_kernel(&self, m: usize, dtype: ActDType) -> bool {
+        let shape = self.ring_shapes(m, Some(dtype)).next().unwrap_or_else(|| self.mma_shape(m));
+        self.gathers_in_kernel(m, &shape)
     }
 
     /// Whether an act-order call of `m` rows with A at device address `a`, row stride `lda`, gathers
