@@ -140,7 +140,7 @@ fn main() {
             format!(
                 "on from {} rows ({} stages at 4 bit, 3 for short blocks, deep ring {})",
                 dev.wg_min_rows
-                    .map_or("9 (2 on long K splits, 1 at 8 bit or bf16 in one cluster)".to_string(), |r| r.to_string()),
+                    .map_or("9 (2 on long K splits, 1 at 8 bit in one cluster)".to_string(), |r| r.to_string()),
                 dev.ring_stages(Ring::Warpgroup, 4, true, usize::MAX),
                 dev.deep_ring_stages(4, true).map_or("off".to_string(), |s| format!("{s} stages"))
             )

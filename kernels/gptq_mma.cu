@@ -405,12 +405,18 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
 // otherwise launch a gather first; at M = 2 it was slower than that launch where K is 8192 or
 // more: docs/perf.md version 48).
 #define GATHER_LONG_COLS 6
+// GATHER_PERM_LATE=1 (a GPTQ_NVRTC_DEFINES variant, for comparisons): the bulk-copy kernel loads
+// perm after its weight copies have gone out, as before version 51.
+#ifndef GATHER_PERM_LATE
+#define GATHER_PERM_LATE 0
+#endif
 // Act-order in the small-batch kernels (<= 8 rows over <= 256 inputs per block, or the long form:
 // src/cuda/layer.rs, gathers_in_kernel): one round of independent loads instead of a gather launch.
 // First the NC permuted columns this thread gathers (the layer's own data, read before pdl_wait;
 // -1 past the block's inputs or K), ...
-template <int NC>
-__device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int kb, int klen, int K, int (&col)[NC]) {
+template <int NC, int N>
+__device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int kb, int klen, int K, int (&col)[N]) {
+    static_assert(NC <= N, "the first NC of the N columns");
 #pragma unroll
     for (int j = 0; j < NC; j++) {
         const int kk = threadIdx.x + j * MMA_THREADS;
@@ -421,9 +427,10 @@ __device__ __forceinline__ void gather_columns(const int* __restrict__ perm, int
 // zero past K), every load issued before the first store (interleaved, the compiler kept one load in
 // flight at a time: docs/perf.md version 40). gather_rows below picks R: the 8-row form alone cost
 // M = 1 0.2 µs in predicated-off loads (version 42).
-template <int R, int NC>
-__device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long lda, const int (&col)[NC], int m0,
+template <int R, int NC, int N>
+__device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long lda, const int (&col)[N], int m0,
                                                  int rows, int klen, u16* dst, int lds) {
+    static_assert(NC <= N, "the first NC of the N columns");
     u16 v[NC][R];
 #pragma unroll
     for (int j = 0; j < NC; j++)
@@ -438,14 +445,12 @@ __device__ __forceinline__ void gather_rows_upto(const u16* __restrict__ A, long
             if (r < rows) dst[r * lds + kk] = v[j][r];
     }
 }
-__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[2], int m0,
+// The short form from the first two of N columns.
+template <int N>
+__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[N], int m0,
                                             int rows, int klen, u16* dst, int lds) {
     if (rows <= 4) gather_rows_upto<4, 2>(A, lda, col, m0, rows, klen, dst, lds);
     else gather_rows_upto<GATHER_ROWS, 2>(A, lda, col, m0, rows, klen, dst, lds);
-}
-__device__ __forceinline__ void gather_rows(const u16* __restrict__ A, long lda, const int (&col)[GATHER_LONG_COLS],
-                                            int m0, int rows, int klen, u16* dst, int lds) {
-    gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, dst, lds);
 }
 
 // ---- Small batches (M <= 16): integer B fragments, scales and zeros applied per group in f32 ----
@@ -852,6 +857,16 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
     const int m0 = blockIdx.z * 8, rows = min(8, M - m0);
     u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
+    // Act-order: the permuted columns each consumer thread gathers (the layer's own data), loaded
+    // before the producer's first weight copies go out: issued after them, the loads waited behind
+    // a ring-full of weights and delayed the gather (docs/perf.md, version 51).
+    const bool long_gather = tiles_per_split * 16 > 256;  // (the library sends such blocks one row)
+    const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
+    int col[GATHER_LONG_COLS];
+    if (perm && warp < 4 && !GATHER_PERM_LATE) {
+        if (long_gather) gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
+        else gather_columns<2>(perm, kb, klen, K, col);
+    }
     if (threadIdx.x == 0) {
         ring_barriers_init(full, empty, stages, 4);
         *reinterpret_cast<uint4*>(smem + 16 * 8 * BULK_MAX_STAGES) = make_uint4(0, 0, 0, 0);
@@ -897,23 +912,18 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     // k 0, 8-15 at k 8; rows past M read the zero row.
     const int r = lane % 8;
     const bool a_real = r < rows;
-    const bool long_gather = tiles_per_split * 16 > 256;  // (the library sends such blocks one row)
     const int glds = long_gather ? BULK_GATHER_LONG_LDS : BULK_GATHER_LDS;
     const u32 a_off = perm ? r * glds * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
     if (perm) {
-        // Act-order: rows of A gathered through perm (the layer's own data, read before pdl_wait)
-        // over the block's <= 256 inputs (<= 768 for one row), zero past K; one round of
-        // independent loads.
-        const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
+        // Act-order: rows of A gathered through perm over the block's <= 256 inputs (<= 768 for one
+        // row), zero past K; one round of independent loads.
         if (long_gather) {
-            int col[GATHER_LONG_COLS];
-            gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
+            if (GATHER_PERM_LATE) gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
             pdl_wait();  // A is written by the previous kernel
-            gather_rows(A, lda, col, m0, rows, klen, sG, glds);
+            gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
         } else {
-            int col[2];
-            gather_columns<2>(perm, kb, klen, K, col);
+            if (GATHER_PERM_LATE) gather_columns<2>(perm, kb, klen, K, col);
             pdl_wait();
             gather_rows(A, lda, col, m0, rows, klen, sG, glds);
         }

@@ -295,12 +295,14 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         (28672, 8192, true, 4),
         (28672, 8192, false, 8),
         (8192, 28672, false, 8),
+        (8192, 28672, true, 4),
     ];
     for (i, &(k, n, act, bits)) in cases.iter().enumerate() {
         let cpu = random_layer(50 + i as u64, bits, Some(128), k, n, act, k != 28672);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
         let ms: &[usize] = match (bits, k, n) {
+            _ if act && (k, n) == (8192, 28672) => &[1, 2],
             (8, 28672, 8192) => &[8, 16],
             (8, 8192, 28672) => &[1, 2, 16],
             (8, ..) => &[1, 8, 16],
@@ -335,11 +337,8 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         // (13824×5120: 19 splits of 46 tiles, 736 inputs) is gathered in the kernel, 2 rows first.
         let long_gather_off = std::env::var_os("GPTQ_CUDA_LONG_GATHER").is_some();
         if act && (k, n) == (13824, 5120) && dev.bulk && dev.sm_count == 132 && !overrides && !long_gather_off {
-            for dtype in [ActDType::F16, ActDType::BF16] {
-                for m in [1, 2, 3] {
-                    let want = m == 1;
-                    assert_eq!(l.gathers_act_order_in_kernel(m, dtype), want, "{what}: in-kernel gather at M = {m}");
-                }
+            for m in [1, 2, 3] {
+                assert_eq!(l.gathers_act_order_in_kernel(m), m == 1, "{what}: in-kernel gather at M = {m}");
             }
         }
         if (k, n) == (28672, 8192) && dev.wg && dev.sm_count == 132 && !overrides {
@@ -350,7 +349,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         // The bulk-copy kernel keeps a fourth block off each SM for blocks of 32+ K tiles (8192×8192
         // at 8 bit: 43), not on short ones (4096×4096, in split_k_through_a_4_byte_aligned_workspace_…).
         if (k, n, bits) == (8192, 8192, 8) && dev.bulk && std::env::var_os("GPTQ_CUDA_BULK_PAD").is_none() && !overrides {
-            assert!(l.pads_bulk_at(1, ActDType::F16), "{what}: M = 1 at three blocks per SM");
+            assert!(l.pads_bulk_at(1), "{what}: M = 1 at three blocks per SM");
         }
         if (k, n) == (8192, 28672) {
             assert!(!l.runs_deep_ring(16), "{what}: 3 splits at three blocks per SM need no deep ring");
@@ -363,15 +362,10 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         if wg {
             let long = (k, n) == (8192, 28672) || (k, n) == (28672, 8192);
             let one_row = bits == 8 && (k, n) == (8192, 28672);
-            // bf16 activations: from 1 row wherever the long splits add in one cluster, 4 bit too.
-            let one_row_bf16 = (k, n) == (8192, 28672) && clusters_wanted;
-            let (f16, bf16) = (ActDType::F16, ActDType::BF16);
-            assert_eq!(l.takes_warpgroup(1, f16), one_row, "{what}: the warpgroup kernel at M = 1");
-            assert_eq!(l.takes_warpgroup(1, bf16), one_row_bf16, "{what}: the warpgroup kernel at M = 1, bf16");
-            for dtype in [f16, bf16] {
-                assert_eq!(l.takes_warpgroup(2, dtype), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
-                assert!(l.takes_warpgroup(9, dtype) && l.takes_warpgroup(16, dtype), "{what}: the warpgroup kernel at M = 9-16");
-            }
+            // (The same for bf16 activations: 4-bit M = 1 stays on the bulk-copy kernel, version 50.)
+            assert_eq!(l.takes_warpgroup(1), one_row, "{what}: the warpgroup kernel at M = 1");
+            assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
+            assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
         }
         eprintln!("{what}: M {ms:?} pass (clusters at M = 16: {})", l.reduces_in_clusters(16));
     }
@@ -390,7 +384,7 @@ fn kernel_arch_override_selects_the_older_cards_kernels() {
         Some(cc) if cc < 90 => {
             assert!(!dev.bulk && !dev.wg && !dev.pdl, "sm_90 paths chosen under GPTQ_CUDA_KERNEL_ARCH={cc}");
             let l = CudaLayer::new(&random_layer(5, 4, Some(128), 1024, 1024, false, true), 0).unwrap();
-            assert!(l.uses_tensor_cores() && !l.takes_warpgroup(16, ActDType::F16), "register-fed tensor-core kernels");
+            assert!(l.uses_tensor_cores() && !l.takes_warpgroup(16), "register-fed tensor-core kernels");
             eprintln!("kernels built for compute_{cc}, running on sm_{}{}", dev.arch.0, dev.arch.1);
         }
         _ => eprintln!("NOTICE: no older GPTQ_CUDA_KERNEL_ARCH; the device's own kernels (sm_{}{})", dev.arch.0, dev.arch.1),
@@ -414,7 +408,7 @@ fn split_k_through_a_4_byte_aligned_workspace_gives_the_same_bits() {
     for (l, family) in layers.iter().zip(["tensor-core", "CUDA-core"]) {
         if family == "tensor-core" && dev.bulk && std::env::var_os("GPTQ_CUDA_BULK_PAD").is_none() {
             // 4096×4096's blocks are short (11 K tiles): a fourth block may share each SM.
-            assert!(!l.pads_bulk_at(1, ActDType::F16), "4096x4096 M = 1: no padding of the bulk-copy kernel");
+            assert!(!l.pads_bulk_at(1), "4096x4096 M = 1: no padding of the bulk-copy kernel");
         }
         for m in [1usize, 4, 12, 16, 64] {
             let (k, n) = (4096, 4096);
@@ -437,6 +431,61 @@ fn split_k_through_a_4_byte_aligned_workspace_gives_the_same_bits() {
             assert!(err < bound(false), "{family} m {m}: relative error {err:.2e}");
             assert!(outs[0] == outs[1], "{family} m {m}: the unaligned workspace changed the result");
             eprintln!("{family} m {m}: aligned and unaligned workspaces agree, error {err:.2e}");
+        }
+    }
+}
+
+/// Act-order calls that the small-batch kernels gather themselves give the same bits whether A is
+/// 16-byte aligned or 2 bytes off, and match the CPU path: 4096×4096 (blocks of 176 inputs, M = 1,
+/// 2 and 8) and 4096×11008 (464 inputs: the bulk-copy kernel's long form at M = 1; M = 2 and 8 take
+/// the gather launch), fp16 and bf16, symmetric and asymmetric. (Also the case compute-sanitizer's
+/// racecheck runs for the in-kernel gathers.)
+#[test]
+fn act_order_in_kernel_gathers_do_not_depend_on_the_alignment_of_a() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(29);
+    let dev = gptq::cuda::init(0).unwrap();
+    let rule = dev.bulk
+        && dev.sm_count == 132
+        && ["LONG_GATHER", "BULK_PAD", "BULK_STAGES", "BLOCKS_PER_SM", "BULK", "WG_MIN_ROWS"]
+            .iter()
+            .all(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_none());
+    for (i, &(k, n, sym)) in [(4096usize, 4096usize, true), (4096, 11008, false)].iter().enumerate() {
+        let cpu = random_layer(200 + i as u64, 4, Some(128), k, n, true, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        for m in [1usize, 2, 8] {
+            for bf in [false, true] {
+                let dtype = if bf { ActDType::BF16 } else { ActDType::F16 };
+                if rule {
+                    // On the H100: 4096×11008 gathers in the kernel at M = 1 only (29-tile blocks).
+                    let want = n == 4096 || m == 1;
+                    assert_eq!(l.gathers_act_order_in_kernel(m), want, "{k}x{n} m {m}: in-kernel gather");
+                }
+                let a: Vec<u16> = (0..m * k)
+                    .map(|_| if bf { bf16::from_f32(rng.uniform()).to_bits() } else { f16::from_f32(rng.uniform()).to_bits() })
+                    .collect();
+                let a_dev = gpu::Buf::new(m * k * 2 + 16);
+                let ws = l.workspace_size(m).unwrap();
+                let ws_dev = gpu::Buf::new(ws.max(16));
+                let mut outs = Vec::new();
+                for offset in [0u64, 2] {
+                    // A at a 16-byte boundary, then 2 bytes off.
+                    unsafe { gpu::ok(cu::cuMemcpyHtoD_v2(a_dev.0 + offset, a.as_ptr().cast(), m * k * 2)) };
+                    let c_dev = gpu::Buf::new(m * n * 2);
+                    c_dev.fill16(if bf { 0x7FC0 } else { POISON });
+                    unsafe { l.gemm(a_dev.0 + offset, dtype, m, k, c_dev.0, n, ws_dev.0, ws, stream) }.unwrap();
+                    gpu::sync(stream);
+                    outs.push(c_dev.read::<u16>(m * n));
+                }
+                let err = relative_error(&cpu, &a, m, k, &outs[0], n, bf);
+                assert!(err < bound(bf), "{k}x{n} m {m} bf16 {bf}: relative error {err:.2e}");
+                assert!(outs[0] == outs[1], "{k}x{n} m {m} bf16 {bf}: the two gathers disagree");
+            }
+            eprintln!("{k}x{n} m {m}: in-kernel gather {}: aligned and unaligned A agree", l.gathers_act_order_in_kernel(m));
         }
     }
 }

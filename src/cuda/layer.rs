@@ -200,11 +200,9 @@ pub struct CudaLayer {
     resident: [usize; 3],
     /// The same for the ring kernels ([`Ring`] order; where the device uses them).
     resident_ring: [usize; 2],
-    /// The fewest rows the warpgroup kernel takes on this layer with fp16 activations (fewer take
-    /// the bulk-copy kernel).
+    /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel),
+    /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
-    /// The same with bf16 activations ([`CudaLayer::with_wg_min_rows`]).
-    wg_min_rows_bf16: usize,
     /// Bit m set: a call of m rows on the warpgroup kernel launches the K splits of each column
     /// block as one thread-block cluster that adds them in shared memory (no workspace, no
     /// reduction launch), because every cluster of the grid fits on the device at once.
@@ -607,7 +605,6 @@ impl CudaLayer {
             resident,
             resident_ring,
             wg_min_rows: 9,
-            wg_min_rows_bf16: 9,
             wg_cluster_rows: 0,
             wg_deep_rows: 0,
             deep_splits: std::env::var("GPTQ_CUDA_DEEP_SPLITS")
@@ -633,9 +630,11 @@ impl CudaLayer {
     /// layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192², slower
     /// at M = 1 at 4 bit; at 8 bit on 8192×28672 M = 1 88.7 against 90.3 µs (version 40), while
     /// 28672×8192 (12 splits through the workspace) was slower, 87.7 against 84.6.
-    /// With bf16 activations, 4-bit layers whose long splits add in one cluster also take it from 1
-    /// row: the bulk-copy kernel's bf16 codes cost a shift per register (version 44: 8192×28672
-    /// M = 1 bf16 51.8 µs, 1.07× its fp16 time, against the warpgroup kernel's 50.2 at M = 2).
+    /// bf16 activations take the same kernels: from version 44 to 50, 4-bit layers whose long splits
+    /// add in one cluster took the warpgroup kernel from 1 row with bf16 (its bulk-copy kernel had
+    /// been 1.07× its fp16 time there), but since version 47 the bulk-copy kernel is the faster one
+    /// for bf16 too (version 50: 8192×28672 M = 1 48.8-48.9 against 50.5-50.7 µs; act-order 49.1
+    /// against 57.4-57.9, its gather launch before the clustered kernel).
     fn with_wg_min_rows(mut self) -> Self {
         let split = self.ring_split(WG_ROWS, Ring::Warpgroup);
         let long = split.is_some_and(|s| s.tiles_per_split >= WG_LONG_SPLIT_TILES);
@@ -647,7 +646,6 @@ impl CudaLayer {
             (false, _) => 9,
         };
         self.wg_min_rows = self.device.wg_min_rows.unwrap_or(default);
-        self.wg_min_rows_bf16 = self.device.wg_min_rows.unwrap_or(if long && one_cluster { 1 } else { default });
         self
     }
 
@@ -694,7 +692,7 @@ impl CudaLayer {
         let sym = self.symmetric();
         let mut mask = 0;
         for m in 1..=WG_ROWS {
-            let Some(shape) = self.ring_shape(m, Ring::Warpgroup, None) else { continue };
+            let Some(shape) = self.ring_shape(m, Ring::Warpgroup) else { continue };
             if !(2..=8).contains(&shape.splits) {
                 continue;
             }
@@ -720,11 +718,10 @@ impl CudaLayer {
         }
         self.wg_cluster_rows = mask;
         // A layer set to take the warpgroup kernel from 1 row for its cluster reduction
-        // (with_wg_min_rows: 8 bit, or bf16) keeps the bulk-copy kernel at M = 1 where the clusters
-        // do not fit.
+        // (with_wg_min_rows: 8 bit) keeps the bulk-copy kernel at M = 1 where the clusters do not
+        // fit.
         if self.device.wg_min_rows.is_none() && mask & 2 == 0 {
             self.wg_min_rows = self.wg_min_rows.max(2);
-            self.wg_min_rows_bf16 = self.wg_min_rows_bf16.max(2);
         }
         Ok(self)
     }
@@ -743,11 +740,10 @@ impl CudaLayer {
         matches!(self.weights, Weights::Mma { .. })
     }
 
-    /// Whether a call of `m` rows with activations of type `dtype` may take the warpgroup kernel
-    /// (sm_90a; an A of whole 16-byte rows).
+    /// Whether a call of `m` rows may take the warpgroup kernel (sm_90a; an A of whole 16-byte rows).
     #[doc(hidden)]
-    pub fn takes_warpgroup(&self, m: usize, dtype: ActDType) -> bool {
-        self.ring_shape(m, Ring::Warpgroup, Some(dtype)).is_some()
+    pub fn takes_warpgroup(&self, m: usize) -> bool {
+        self.ring_shape(m, Ring::Warpgroup).is_some()
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned, so the warpgroup kernel takes it) adds
@@ -762,7 +758,7 @@ impl CudaLayer {
     #[doc(hidden)]
     pub fn describe_call(&self, m: usize) -> String {
         let sym = self.symmetric();
-        match self.ring_shapes(m, Some(ActDType::F16)).next() {
+        match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
                 "{ring:?} kernel, {} splits of {} tiles, {} stages{}{}{}",
                 s.splits,
@@ -780,8 +776,8 @@ impl CudaLayer {
     /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel with its shared
     /// memory padded to the full ring's ([`CudaLayer::pads_bulk`]).
     #[doc(hidden)]
-    pub fn pads_bulk_at(&self, m: usize, dtype: ActDType) -> bool {
-        self.ring_shapes(m, Some(dtype)).next().is_some_and(|s| s.ring == Some(Ring::Bulk) && self.pads_bulk(&s))
+    pub fn pads_bulk_at(&self, m: usize) -> bool {
+        self.ring_shapes(m).next().is_some_and(|s| s.ring == Some(Ring::Bulk) && self.pads_bulk(&s))
     }
 
     /// Whether an act-order call of `m` rows with A 16-byte aligned gathers it row by row through
@@ -843,17 +839,10 @@ impl CudaLayer {
     /// K a multiple of 8 so rows of A are whole 16-byte pieces). The bulk-copy kernel at 8 bit only
     /// for blocks of at least 32 K tiles: on 4096×4096 (11 per block) it ran 6-15% slower than the
     /// register-fed kernel, on the large layers 0-5% faster (docs/perf.md, version 21).
-    /// `dtype`: the call's activation type (`None`: either, for the workspace a call of either
-    /// type may need).
-    fn ring_shape(&self, m: usize, ring: Ring, dtype: Option<ActDType>) -> Option<MmaShape> {
-        let wg_min_rows = match dtype {
-            Some(ActDType::F16) => self.wg_min_rows,
-            Some(ActDType::BF16) => self.wg_min_rows_bf16,
-            None => self.wg_min_rows.min(self.wg_min_rows_bf16),
-        };
+    fn ring_shape(&self, m: usize, ring: Ring) -> Option<MmaShape> {
         let enabled = match ring {
             Ring::Bulk => self.device.bulk && m <= BULK_ROWS,
-            Ring::Warpgroup => self.device.wg && (wg_min_rows..=WG_ROWS).contains(&m),
+            Ring::Warpgroup => self.device.wg && (self.wg_min_rows..=WG_ROWS).contains(&m),
         };
         if enabled { self.ring_split(m, ring) } else { None }
     }
@@ -917,8 +906,8 @@ impl CudaLayer {
 
     /// The ring kernels that may take a call of `m` rows, in order of preference (the first whose
     /// conditions on A the call meets runs; else the register-fed kernel).
-    fn ring_shapes(&self, m: usize, dtype: Option<ActDType>) -> impl Iterator<Item = MmaShape> + '_ {
-        [Ring::Warpgroup, Ring::Bulk].into_iter().filter_map(move |r| self.ring_shape(m, r, dtype))
+    fn ring_shapes(&self, m: usize) -> impl Iterator<Item = MmaShape> + '_ {
+        [Ring::Warpgroup, Ring::Bulk].into_iter().filter_map(move |r| self.ring_shape(m, r))
     }
 
     /// Splits of K whose partial sums go through the workspace (1: none).
@@ -926,9 +915,7 @@ impl CudaLayer {
         match self.weights {
             Weights::Gemv { .. } => self.gemv_shape(m).1,
             // The most of any kernel that may take the call (which one depends on A's alignment).
-            Weights::Mma { .. } => {
-                self.ring_shapes(m, None).map(|s| s.splits).fold(self.mma_shape(m).splits, usize::max)
-            }
+            Weights::Mma { .. } => self.ring_shapes(m).map(|s| s.splits).fold(self.mma_shape(m).splits, usize::max),
         }
     }
 
@@ -938,7 +925,7 @@ impl CudaLayer {
         if self.perm.is_none() || !matches!(self.weights, Weights::Mma { .. }) {
             return 0;
         }
-        let ring_gathers = self.ring_shapes(m, None).any(|s| !self.gathers_in_kernel(m, &s));
+        let ring_gathers = self.ring_shapes(m).any(|s| !self.gathers_in_kernel(m, &s));
         if ring_gathers || !self.gathers_in_kernel(m, &self.mma_shape(m)) {
             (m * self.k * 2).next_multiple_of(256)
         } else {
@@ -965,8 +952,8 @@ impl CudaLayer {
 
     /// Whether an act-order call of `m` rows gathers A inside the GEMM kernel (no gather launch).
     #[doc(hidden)]
-    pub fn gathers_act_order_in_kernel(&self, m: usize, dtype: ActDType) -> bool {
-        let shape = self.ring_shapes(m, Some(dtype)).next().unwrap_or_else(|| self.mma_shape(m));
+    pub fn gathers_act_order_in_kernel(&self, m: usize) -> bool {
+        let shape = self.ring_shapes(m).next().unwrap_or_else(|| self.mma_shape(m));
         self.gathers_in_kernel(m, &shape)
     }
 
@@ -1143,7 +1130,7 @@ impl CudaLayer {
                 // The ring kernels copy rows of A in 16-byte pieces: from the caller's A, or
                 // act-order A gathered to the start of the workspace (unless the kernel gathers it).
                 let shape = self
-                    .ring_shapes(m, Some(dtype))
+                    .ring_shapes(m)
                     .find(|s| match self.perm {
                         Some(_) => self.gathers_in_kernel(m, s) || workspace % 16 == 0,
                         None => a % 16 == 0 && lda % 8 == 0,
