@@ -400,10 +400,10 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
 
 // The most rows the small-batch kernels gather themselves (src/cuda/layer.rs, gathers_in_kernel).
 #define GATHER_ROWS 8
-// The long form of that gather, in the bulk-copy kernel only: one row over at most
-// GATHER_LONG_COLS · 128 inputs per block (the mid-sized layers' blocks at M = 1, which would
-// otherwise launch a gather first; at M = 2 it was slower than that launch where K is 8192 or
-// more: docs/perf.md version 48).
+// The long form of that gather, in the bulk-copy kernel only: up to GATHER_LONG_ROWS rows over at
+// most GATHER_LONG_COLS · 128 inputs per block (the mid-sized layers' blocks at small M, which would
+// otherwise launch a gather first: docs/perf.md versions 48 and 52; the library says how many rows).
+#define GATHER_LONG_ROWS 2
 #define GATHER_LONG_COLS 6
 // GATHER_PERM_LATE=1 (a GPTQ_NVRTC_DEFINES variant, for comparisons): the bulk-copy kernel loads
 // perm after its weight copies have gone out, as before version 51.
@@ -704,7 +704,7 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 #define BULK_MAX_STAGES 16
 #define BULK_GATHER_OFFSET 384  // after 2·16 mbarriers and a 16-byte zero row
 #define BULK_GATHER_LDS 264     // halves per gathered row (256 inputs + 8: distinct banks)
-#define BULK_GATHER_LONG_LDS 776  // the long form's row (GATHER_LONG_COLS · 128 + 8)
+#define BULK_GATHER_LONG_LDS 776  // the long form's rows (GATHER_LONG_COLS · 128 + 8; 2 fit the space)
 #define BULK_RING_OFFSET (384 + 4352)
 #define BULK_THREADS (MMA_THREADS + 32)
 
@@ -860,7 +860,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     // Act-order: the permuted columns each consumer thread gathers (the layer's own data), loaded
     // before the producer's first weight copies go out: issued after them, the loads waited behind
     // a ring-full of weights and delayed the gather (docs/perf.md, version 51).
-    const bool long_gather = tiles_per_split * 16 > 256;  // (the library sends such blocks one row)
+    const bool long_gather = tiles_per_split * 16 > 256;  // (the library sends such blocks <= 2 rows)
     const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
     int col[GATHER_LONG_COLS];
     if (perm && warp < 4 && !GATHER_PERM_LATE) {
@@ -916,12 +916,13 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const u32 a_off = perm ? r * glds * 2 + 16 * ((lane / 8) % 2) : r * St::A_ROW + 16 * ((lane / 8) % 2);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
     if (perm) {
-        // Act-order: rows of A gathered through perm over the block's <= 256 inputs (<= 768 for one
-        // row), zero past K; one round of independent loads.
+        // Act-order: rows of A gathered through perm over the block's <= 256 inputs (<= 768 for up
+        // to 2 rows), zero past K; one round of independent loads.
         if (long_gather) {
             if (GATHER_PERM_LATE) gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
             pdl_wait();  // A is written by the previous kernel
-            gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
+            if (rows == 1) gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
+            else gather_rows_upto<GATHER_LONG_ROWS, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
         } else {
             if (GATHER_PERM_LATE) gather_columns<2>(perm, kb, klen, K, col);
             pdl_wait();

@@ -45,9 +45,13 @@ const BULK_PAD_MIN_TILES: usize = 32;
 /// The most rows the small-batch kernels gather act-order A for themselves (kernels/gptq_mma.cu,
 /// GATHER_ROWS).
 const KERNEL_GATHER_ROWS: usize = 8;
-/// The bulk-copy kernel's long in-kernel gather: one row over at most this many inputs per block
-/// (kernels/gptq_mma.cu, GATHER_LONG_COLS · 128).
+/// The bulk-copy kernel's long in-kernel gather: up to [`KERNEL_GATHER_LONG_ROWS`] rows over at
+/// most [`KERNEL_GATHER_LONG_INPUTS`] inputs per block (kernels/gptq_mma.cu, GATHER_LONG_ROWS and
+/// GATHER_LONG_COLS · 128), where the rows' expected distinct 32-byte sectors of A stay within
+/// [`KERNEL_GATHER_LONG_SECTORS`] ([`long_gather_sectors`]).
+const KERNEL_GATHER_LONG_ROWS: usize = 2;
 const KERNEL_GATHER_LONG_INPUTS: usize = 768;
+const KERNEL_GATHER_LONG_SECTORS: f64 = 600.0;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
 /// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
@@ -64,7 +68,7 @@ const WG_RING_SLACK: usize = 256 + 128 * 32 * 4 + 1024;
 const BULK_RING_OFFSET: usize = 384 + 4352;
 const _: () = assert!(384 + 8 * 264 * 2 <= BULK_RING_OFFSET, "the gathered rows fit before the ring");
 const _: () = assert!(
-    384 + (KERNEL_GATHER_LONG_INPUTS + 8) * 2 <= BULK_RING_OFFSET,
+    384 + 2 * (KERNEL_GATHER_LONG_INPUTS + 8) * 2 <= BULK_RING_OFFSET,
     "the long gather's rows fit before the ring"
 );
 
@@ -215,8 +219,8 @@ pub struct CudaLayer {
     /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
     /// gather A row by row through shared memory (sm_90; not with `GPTQ_CUDA_GATHER_BY_ROW=0`).
     gather_by_row: bool,
-    /// Whether the bulk-copy kernel gathers act-order A itself for one row over up to 768 inputs
-    /// per block ([`CudaLayer::gathers_in_kernel`]; not with `GPTQ_CUDA_LONG_GATHER=0`).
+    /// Whether the bulk-copy kernel may gather act-order A itself over blocks of up to 768 inputs
+    /// ([`CudaLayer::gathers_in_kernel`]; not with `GPTQ_CUDA_LONG_GATHER=0`).
     long_gather: bool,
     /// `GPTQ_CUDA_BULK_PAD=0` / `1`: the bulk-copy kernel's launches never / always ask for the full
     /// ring's shared memory ([`CudaLayer::pads_bulk`]), for comparisons.
@@ -463,6 +467,15 @@ fn max_over_rows(m: usize, step: usize, limit: usize, partial: impl Fn(usize) ->
     let last = m.min(limit) / step;
     let first = (1..=m.min(step)).map(&partial);
     first.chain((2..=last).map(|j| partial(j * step))).chain(std::iter::once(partial(m))).max().unwrap_or(0)
+}
+
+/// The expected number of distinct 32-byte sectors (16 inputs) of one row of A that a block's gather
+/// of `inputs` act-order columns touches, the columns drawn at random from `k` (an act-order
+/// permutation orders inputs by the Hessian's diagonal: unrelated to their position): s·(1 − (1 −
+/// 1/s)^inputs) of the row's s sectors.
+fn long_gather_sectors(inputs: usize, k: usize) -> f64 {
+    let s = k.div_ceil(16) as f64;
+    s * (1.0 - (1.0 - 1.0 / s).powi(inputs as i32))
 }
 
 /// The tensor map through which the warpgroup kernel reads A (kernels/gptq_mma.cu, wg_gemm_small):
@@ -937,16 +950,22 @@ impl CudaLayer {
     /// gptq_mma.cu: mma_gemm_small while it stages A, bulk_gemm_small before its first stage): at
     /// most 8 rows over at most 256 inputs per block, where one round of loads covers the block's A
     /// and a separate gather launch would cost more than the whole staging (4096×4096 at M = 1:
-    /// +18%, docs/perf.md version 13); on the bulk-copy kernel also one row over at most 768 inputs
-    /// (six loads per thread). Measured on the H100 (docs/perf.md, version 48): at M = 1 on
-    /// 4096×14336, 14336×4096 and 8192×8192 (37-43 tiles per block) 0.5-0.7 µs faster than the gather
-    /// launch; at M = 2 0.6 µs faster at K = 4096 but 0.6-1.0 slower at K = 8192 and 14336, so two
-    /// rows keep the launch. Not with `GPTQ_CUDA_LONG_GATHER=0`.
+    /// +18%, docs/perf.md version 13); on the bulk-copy kernel also 1-2 rows over at most 768 inputs
+    /// (six loads per thread and row) where the rows' expected distinct 32-byte sectors of A are at
+    /// most 600: every load of the gather fetches a sector, so the sectors, not the loads, are its
+    /// cost. Measured on the H100 (docs/perf.md, versions 48 and 52), against the gather launch: at
+    /// M = 1 on 4096×14336, 14336×4096 and 8192×8192 (37-43 tiles per block; 230-440 sectors) 0.5-0.7
+    /// µs faster; at M = 2 0.6-0.7 µs faster on 4096×14336 (2 × 230 sectors) but 0.5-1.0 slower on
+    /// 8192×8192 and 14336×4096 (2 × 380 and 2 × 440). Not with `GPTQ_CUDA_LONG_GATHER=0`.
     /// (The warpgroup kernel reads A through a tensor map: always gathered first.)
     fn gathers_in_kernel(&self, m: usize, shape: &MmaShape) -> bool {
         let inputs = shape.tiles_per_split * TILE_K;
         let short = m <= KERNEL_GATHER_ROWS && inputs <= 256;
-        let long = self.long_gather && shape.ring == Some(Ring::Bulk) && m == 1 && inputs <= KERNEL_GATHER_LONG_INPUTS;
+        let long = self.long_gather
+            && shape.ring == Some(Ring::Bulk)
+            && m <= KERNEL_GATHER_LONG_ROWS
+            && inputs <= KERNEL_GATHER_LONG_INPUTS
+            && m as f64 * long_gather_sectors(inputs, self.k) <= KERNEL_GATHER_LONG_SECTORS;
         self.perm.is_some() && shape.mf == 1 && shape.ring != Some(Ring::Warpgroup) && (short || long)
     }
 
@@ -1376,6 +1395,22 @@ mod tests {
 
     /// The workspace query (largest need over 1..=m rows) equals a brute-force maximum, for both
     /// kernels' split rules, and never shrinks as m grows.
+    /// The long in-kernel gather's sector model on the layers it was measured on (docs/perf.md,
+    /// versions 48 and 52): two rows in the kernel at K = 4096 (faster there), launched at K = 8192
+    /// and 14336 (slower in the kernel); one row in the kernel on all three.
+    #[test]
+    fn long_gather_sectors_follow_the_measured_rule() {
+        let sectors = |inputs, k| long_gather_sectors(inputs, k);
+        assert!((sectors(592, 4096) - 230.8).abs() < 0.5, "{}", sectors(592, 4096));
+        assert!((sectors(608, 14336) - 441.6).abs() < 0.5, "{}", sectors(608, 14336));
+        for (inputs, k, two_rows) in [(592, 4096, true), (688, 8192, false), (608, 14336, false)] {
+            assert!(sectors(inputs, k) <= KERNEL_GATHER_LONG_SECTORS, "one row of K = {k}");
+            assert_eq!(2.0 * sectors(inputs, k) <= KERNEL_GATHER_LONG_SECTORS, two_rows, "two rows of K = {k}");
+        }
+        // A block cannot touch more sectors than it has columns, nor than the row has.
+        assert!(sectors(768, 1 << 20) <= 768.0 && sectors(768, 256) <= 16.0);
+    }
+
     #[test]
     fn workspace_bound_covers_every_smaller_batch() {
         let sm = 132;
