@@ -405,11 +405,6 @@ __device__ void mma_gemm(const u16* __restrict__ A, long lda, const uint4* __res
 // otherwise launch a gather first: docs/perf.md versions 48 and 52; the library says how many rows).
 #define GATHER_LONG_ROWS 2
 #define GATHER_LONG_COLS 6
-// GATHER_PERM_LATE=1 (a GPTQ_NVRTC_DEFINES variant, for comparisons): the bulk-copy kernel loads
-// perm after its weight copies have gone out, as before version 51.
-#ifndef GATHER_PERM_LATE
-#define GATHER_PERM_LATE 0
-#endif
 // Act-order in the small-batch kernels (<= 8 rows over <= 256 inputs per block, or the long form:
 // src/cuda/layer.rs, gathers_in_kernel): one round of independent loads instead of a gather launch.
 // First the NC permuted columns this thread gathers (the layer's own data, read before pdl_wait;
@@ -863,7 +858,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     const bool long_gather = tiles_per_split * 16 > 256;  // (the library sends such blocks <= 2 rows)
     const int kb = t_begin * 16, klen = (t_end - t_begin) * 16;
     int col[GATHER_LONG_COLS];
-    if (perm && warp < 4 && !GATHER_PERM_LATE) {
+    if (perm && warp < 4) {
         if (long_gather) gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
         else gather_columns<2>(perm, kb, klen, K, col);
     }
@@ -918,16 +913,10 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     if (perm) {
         // Act-order: rows of A gathered through perm over the block's <= 256 inputs (<= 768 for up
         // to 2 rows), zero past K; one round of independent loads.
-        if (long_gather) {
-            if (GATHER_PERM_LATE) gather_columns<GATHER_LONG_COLS>(perm, kb, klen, K, col);
-            pdl_wait();  // A is written by the previous kernel
-            if (rows == 1) gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
-            else gather_rows_upto<GATHER_LONG_ROWS, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
-        } else {
-            if (GATHER_PERM_LATE) gather_columns<2>(perm, kb, klen, K, col);
-            pdl_wait();
-            gather_rows(A, lda, col, m0, rows, klen, sG, glds);
-        }
+        pdl_wait();  // A is written by the previous kernel
+        if (!long_gather) gather_rows(A, lda, col, m0, rows, klen, sG, glds);
+        else if (rows == 1) gather_rows_upto<1, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
+        else gather_rows_upto<GATHER_LONG_ROWS, GATHER_LONG_COLS>(A, lda, col, m0, rows, klen, sG, glds);
         asm volatile("bar.sync 1, 128;" ::: "memory");  // the consumer warps only
     }
 
