@@ -216,12 +216,18 @@ __device__ void gemv_pair(const u16* __restrict__ A, long lda, const u32* __rest
 
 template <bool BF16>
 __device__ void reduce(const float* __restrict__ partial, int splits, const float* __restrict__ bias,
-                       u16* __restrict__ C, long ldc, int M, int N) {
+                       u16* __restrict__ C, long ldc, int M, int N, int balanced_tiles, int kt) {
     pdl_launch_dependents();
     pdl_wait();  // the GEMM's partial sums are complete
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)M * N) return;
     const int m = (int)(i / N), n = (int)(i % N);
+    if (balanced_tiles > 0) {
+        // Balanced splits (gptq_mma.cu, bulk_gemm_small): the blocks covering column block n / 256's
+        // K tiles [q·kt, (q+1)·kt) of L each wrote slots 0, 1, ... in order.
+        const int q = n / 256, L = balanced_tiles;
+        splits = ((q + 1) * kt - 1) / L - q * kt / L + 1;
+    }
     float v = bias ? bias[n] : 0.f;
     for (int s = 0; s < splits; s++) v += partial[((long)s * M + m) * N + n];
     C[(long)m * ldc + n] = store_act<BF16>(v);
@@ -287,11 +293,14 @@ GEMV(8, 2, true, gptq_gemv_b8_m2_bf16)
 GEMV(8, 4, true, gptq_gemv_b8_m4_bf16)
 GEMV(8, 8, true, gptq_gemv_b8_m8_bf16)
 
-extern "C" __global__ void gptq_reduce_f16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N) {
-    reduce<false>(p, s, b, C, ldc, M, N);
+// `bt`, `kt`: balanced splits' tiles per block and K tiles (bt = 0: uniform splits, `s` of them).
+extern "C" __global__ void gptq_reduce_f16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N,
+                                           int bt, int kt) {
+    reduce<false>(p, s, b, C, ldc, M, N, bt, kt);
 }
-extern "C" __global__ void gptq_reduce_bf16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N) {
-    reduce<true>(p, s, b, C, ldc, M, N);
+extern "C" __global__ void gptq_reduce_bf16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N,
+                                            int bt, int kt) {
+    reduce<true>(p, s, b, C, ldc, M, N, bt, kt);
 }
 extern "C" __global__ void gptq_dequant_b4(const u32* q, const int* gw, const float* s, const float* sz, const int* p, u16* o, int N, int K) {
     dequant<4>(q, gw, s, sz, p, o, N, K);

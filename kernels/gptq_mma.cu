@@ -692,6 +692,11 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 //   rows 2t and 2t+1, so scales and zeros come in the large-batch layout [G][nt][g][s] (`scale`
 //   f16, `zero` = -(1024 + z) f16): one 16-byte read per lane and group. (16 rows in this kernel,
 //   unswapped, measured slower than the register-fed kernel: docs/perf.md.)
+// - Blocks split K uniformly (grid x: column blocks, y: splits of K), or, where that leaves block
+//   slots of the SMs empty (the _balanced kernels; src/cuda/layer.rs, balance), each block takes an
+//   equal run of all column blocks' tiles in storage order, across a column block's end if need
+//   be: a memory-bound grid streams at the rate of its fill (8192×28672: 112 column blocks × 3
+//   splits = 336 blocks in 396 slots ran at 89% of the read floor, 388 balanced blocks at 92%).
 // Shared memory (src/cuda/layer.rs, bulk_smem_bytes, mirrors it): 2·16 mbarriers and a 16-byte zero
 // row (384 bytes), 8 gathered rows of 256 + 8 inputs or one of 768 + 8 (4224 bytes, rounded up), then the stages
 // (BulkStage).
@@ -784,14 +789,14 @@ __device__ __forceinline__ void ring_produce(u32 empty, int stages, int nstages,
 template <int QV, int TPS, bool SYM>
 __device__ __forceinline__ void copy_stage_weights(u32 dst, u32 bar, const uint4* tiles, int t0, int n,
                                                    int group_shift, int NT, const uint4* __restrict__ scale,
-                                                   const uint4* __restrict__ zero) {
+                                                   const uint4* __restrict__ zero, int quad) {
     const int g0 = t0 >> group_shift, g1 = (t0 + n - 1) >> group_shift;
-    const u32 row_bytes = min(4, NT - 4 * (int)blockIdx.x) * 128;
+    const u32 row_bytes = min(4, NT - 4 * quad) * 128;
     const u32 tile_bytes = n * TILE_STRIDE(QV) * 16, slots = dst + TPS * TILE_STRIDE(QV) * 16;
     mbar_expect_tx_only(bar, tile_bytes + (g1 - g0 + 1) * row_bytes * (SYM ? 1 : 2));
     bulk_copy(dst, tiles, tile_bytes, bar);
     for (int g = g0; g <= g1; g++) {
-        const long row = ((long)g * NT + 4 * blockIdx.x) * 8;
+        const long row = ((long)g * NT + 4 * quad) * 8;
         bulk_copy(slots + (g - g0) * 512, scale + row, row_bytes, bar);
         if (!SYM) bulk_copy(slots + (TPS + g - g0) * 512, zero + row, row_bytes, bar);
     }
@@ -834,12 +839,19 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R],
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
 // with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 8 rows over <= 256 inputs per
 // block, or one row over <= 768) the consumers gather A instead and the stages carry none.
-template <int BITS, bool BF, bool SYM>
+// Balanced splits (`balanced_tiles` L > 0; grid x counts blocks, grid y is 1): block b streams the
+// tiles [b·L, (b+1)·L) of all column blocks' tiles in storage order ([quad][kt], one contiguous
+// stream), so the grid fills the SMs' block slots whatever the number of column blocks (112 column
+// blocks × 3 splits of 8192×28672 filled 336 of 396: docs/perf.md, version 55). A block then spans
+// up to two column blocks; at the change it writes the first one's sums, as partial sums of slot
+// b − first block of that column block, which gptq_reduce_* adds. The host makes L and KT whole
+// stages, so no stage straddles two column blocks, and sends no `perm`.
+template <int BITS, bool BF, bool SYM, bool BALANCED>
 __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4* __restrict__ qw,
                                 const uint4* __restrict__ scale, const uint4* __restrict__ zero,
                                 const int* __restrict__ perm, float* __restrict__ partial,
                                 const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
-                                int tiles_per_split, int group_shift, int stages) {
+                                int tiles_per_split, int group_shift, int balanced_tiles, int stages) {
     using St = BulkStage<BITS, SYM>;
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
     extern __shared__ __align__(128) unsigned char smem[];
@@ -847,9 +859,25 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     unsigned char* ring = smem + BULK_RING_OFFSET;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
-    const int t_begin = blockIdx.y * tiles_per_split;
-    const int t_end = min(t_begin + tiles_per_split, KT);
-    const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
+    // (A kernel of its own: the uniform one keeps 89-95 registers, 4 blocks per SM on short blocks.)
+    const int L = BALANCED ? balanced_tiles : 0;  // (the host keeps all column blocks' tiles below 2^31)
+    const int f_begin = blockIdx.x * L, f_end = min(f_begin + L, (NT + 3) / 4 * KT);
+    const int t_begin = L ? 0 : blockIdx.y * tiles_per_split;
+    const int t_end = L ? 0 : min(t_begin + tiles_per_split, KT);
+    const int nstages = L ? (f_end - f_begin + TPS - 1) / TPS : (max(t_end - t_begin, 0) + TPS - 1) / TPS;
+    // Stage i: its column block, first K tile and tile count.
+    auto stage_at = [&](int i, int& quad, int& t0, int& n) {
+        if (L) {
+            const int f0 = f_begin + i * TPS;
+            quad = f0 / KT;
+            t0 = f0 - quad * KT;
+            n = min(TPS, f_end - f0);
+        } else {
+            quad = blockIdx.x;
+            t0 = t_begin + i * TPS;
+            n = min(TPS, t_end - t0);
+        }
+    };
     const int m0 = blockIdx.z * 8, rows = min(8, M - m0);
     u16* sG = reinterpret_cast<u16*>(smem + BULK_GATHER_OFFSET);  // gathered act-order rows
     // Act-order: the permuted columns each consumer thread gathers (the layer's own data), loaded
@@ -871,15 +899,19 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
 
     if (warp == 4) {  // producer
         if (lane != 0) return;
-        // The block's four column tiles over [t_begin, t_end): contiguous (column_words).
-        const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
         auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
-            const int s = i % stages, t0 = t_begin + i * TPS;
-            copy_stage_weights<QV, TPS, SYM>(smem_u32(ring + s * St::BYTES), full + 8 * s, src + (long)i * STAGE_U4, t0,
-                                             min(TPS, t_end - t0), group_shift, NT, scale, zero);
+            int quad, t0, n;
+            stage_at(i, quad, t0, n);
+            // The four column tiles of the quad are contiguous along K (column_words).
+            const uint4* src = qw + ((long)quad * KT + t0) * TILE_STRIDE(QV);
+            const int s = i % stages;
+            copy_stage_weights<QV, TPS, SYM>(smem_u32(ring + s * St::BYTES), full + 8 * s, src, t0, n, group_shift, NT,
+                                             scale, zero, quad);
         };
         auto activations = [&](int i) {  // stage i's rows of A, then the one arrival
-            const int s = i % stages, t0 = t_begin + i * TPS, n = min(TPS, t_end - t0);
+            int quad, t0, n;
+            stage_at(i, quad, t0, n);
+            const int s = i % stages;
             if (perm) {  // the consumers gather A themselves
                 mbar_arrive(full + 8 * s);
                 return;
@@ -901,8 +933,6 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         return;
     }
 
-    const int nt = blockIdx.x * 4 + warp;
-    const bool active = nt < NT;
     // ldmatrix.x2 row addresses in a stage's A rows (or the gathered rows): lanes 0-7 rows 0-7 at
     // k 0, 8-15 at k 8; rows past M read the zero row.
     const int r = lane % 8;
@@ -928,85 +958,115 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         for (int i = 0; i < 4; i++) tot[j][i] = 0.f;
     uint4 sc, zv = make_uint4(0, 0, 0, 0);
     int cur = -1;  // the group whose sums acc and sum hold
-
+    // Writes the totals of column block `quad` to C (one uniform split) or as partial sums.
+    auto emit = [&](int quad) {
+        pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
+        const int nt = quad * 4 + warp, g = lane / 4, tq = lane % 4;
+        if (nt >= NT) return;
+        const int slot = L ? blockIdx.x - quad * KT / L : blockIdx.y;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
+                if (m < M && n < N) {
+                    if (!L && gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
+                    else partial[((long)slot * M + m) * N + n] = tot[j][i];
+                }
+            }
+    };
+    // The block's stages by column block (one but with balanced splits): column block `seg`, its
+    // tiles [t_lo, t_hi), stages [i_lo, i_hi).
+    int seg = L ? f_begin / KT : blockIdx.x;
+    int t_lo = L ? f_begin - seg * KT : t_begin;
+    int i_lo = 0;
 #pragma unroll 1
-    for (int i = 0; i < nstages; i++) {
-        const int s = i % stages, t0 = t_begin + i * TPS;
-        mbar_wait(full + 8 * s, (i / stages) & 1);
-        if (active) {
-            const unsigned char* st = ring + s * St::BYTES;
-            const uint4* stage = reinterpret_cast<const uint4*>(st);
-            uint4 q[TPS][QV];
+    while (true) {
+        const int t_hi = L ? min(KT, f_end - seg * KT) : t_end;
+        const int i_hi = L ? min(nstages, i_lo + (t_hi - t_lo + TPS - 1) / TPS) : nstages;
+        const bool active = seg * 4 + warp < NT;
+#pragma unroll 1
+        for (int i = i_lo; i < i_hi; i++) {
+            const int s = i % stages, t0 = t_lo + (i - i_lo) * TPS, n = min(TPS, t_hi - t0);
+            mbar_wait(full + 8 * s, (i / stages) & 1);
+            if (active) {
+                const unsigned char* st = ring + s * St::BYTES;
+                const uint4* stage = reinterpret_cast<const uint4*>(st);
+                uint4 q[TPS][QV];
 #pragma unroll
-            for (int p = 0; p < TPS; p++)
+                for (int p = 0; p < TPS; p++)
 #pragma unroll
-                for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
-            // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
-            const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
-            const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
-                                    : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
-            const int g0 = t0 >> group_shift;
+                    for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
+                // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
+                const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
+                const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
+                                        : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
+                const int g0 = t0 >> group_shift;
 #pragma unroll
-            for (int p = 0; p < TPS; p++) {
-                const int tile = t0 + p;
-                if (tile >= t_end) break;
-                const int G = tile >> group_shift;
-                if (G != cur) {
-                    if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
-                    cur = G;
-                    const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
-                    sc = slot[32 * j];
-                    if (!SYM) zv = slot[32 * (TPS + j)];
-                    // The group's sums start from zeroed registers: choosing between an mma with C = 0
-                    // and one that adds, per product, made ptxas issue both, predicated (version 47).
+                for (int p = 0; p < TPS; p++) {
+                    if (p >= n) break;
+                    const int G = (t0 + p) >> group_shift;
+                    if (G != cur) {
+                        if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
+                        cur = G;
+                        const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
+                        sc = slot[32 * j];
+                        if (!SYM) zv = slot[32 * (TPS + j)];
+                        // The group's sums start from zeroed registers: choosing between an mma with C = 0
+                        // and one that adds, per product, made ptxas issue both, predicated (version 47).
 #pragma unroll
-                    for (int c = 0; c < 4; c++)
+                        for (int c = 0; c < 4; c++)
 #pragma unroll
-                        for (int i = 0; i < 4; i++) acc[c][i] = 0.f;
+                            for (int i = 0; i < 4; i++) acc[c][i] = 0.f;
 #pragma unroll
-                    for (int i = 0; i < 4; i++) sum[i] = 0.f;
+                        for (int i = 0; i < 4; i++) sum[i] = 0.f;
+                    }
+                    u32 b[8][2];
+                    int_tile<BITS, BF>(q[p], b);
+                    const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
+                    u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
+                    ldmatrix_x2(at, a_addr);
+                    const u32 one4[4] = {ones, ones, ones, ones};
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
+                        mma16816<BF>(acc[j], w, at[0], at[1]);
+                    }
+                    mma16816<BF>(sum, one4, at[0], at[1]);
                 }
-                u32 b[8][2];
-                int_tile<BITS, BF>(q[p], b);
-                const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
-                u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
-                ldmatrix_x2(at, a_addr);
-                const u32 one4[4] = {ones, ones, ones, ones};
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
-                    mma16816<BF>(acc[j], w, at[0], at[1]);
-                }
-                mma16816<BF>(sum, one4, at[0], at[1]);
             }
+            __syncwarp();  // every lane's reads of the stage are done
+            if (lane == 0) mbar_arrive(empty + 8 * s);
         }
-        __syncwarp();  // every lane's reads of the stage are done
-        if (lane == 0) mbar_arrive(empty + 8 * s);
+        if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
+        emit(seg);
+        if (i_hi >= nstages) break;
+        // (balanced splits) on to the next column block, from its first tile
+        cur = -1;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) tot[j][e] = 0.f;
+        seg++, t_lo = 0, i_lo = i_hi;
     }
-    if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
-    pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-    if (!active) return;
-    const int g = lane / 4, tq = lane % 4;
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
-            if (m < M && n < N) {
-                if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
-                else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
-            }
-        }
 }
-// gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym}: 4 consumer warps and a producer, 3 blocks per SM. Same
-// parameters as the register kernels (chunk is unused).
-#define BULK_SMALL(BITS, BF, SYM, NAME)                                                                    \
-    extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                    \
-        const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,    \
-        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,     \
-        int chunk, int stages) {                                                                           \
-        bulk_gemm_small<BITS, BF, SYM>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps, \
-                                       gshift, stages);                                                    \
+// gptq_bulk_b{BITS}_{f16|bf16}_{sym|asym}[_balanced]: 4 consumer warps and a producer, 3 blocks per
+// SM. Same parameters as the register kernels, but for balanced splits' tiles per block (the
+// _balanced kernels) where those take the chunk of A.
+#define BULK_SMALL(BITS, BF, SYM, NAME)                                                                          \
+    extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                          \
+        const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,          \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,           \
+        int balanced_tiles, int stages) {                                                                        \
+        bulk_gemm_small<BITS, BF, SYM, false>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps, \
+                                              gshift, balanced_tiles, stages);                                   \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME##_balanced(                               \
+        const u16* A, long lda, const uint4* qw, const uint4* scale, const uint4* zero, const int* perm,          \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,           \
+        int balanced_tiles, int stages) {                                                                        \
+        bulk_gemm_small<BITS, BF, SYM, true>(A, lda, qw, scale, zero, perm, partial, bias, C, ldc, M, N, K, tps,  \
+                                             gshift, balanced_tiles, stages);                                    \
     }
 BULK_SMALL(4, false, true, gptq_bulk_b4_f16_sym)
 BULK_SMALL(4, false, false, gptq_bulk_b4_f16_asym)
@@ -1234,7 +1294,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
                 const int s = i % stages, t0 = t_begin + i * TPS;
                 copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s,
                                                  src + (long)i * STAGE_U4, t0, min(TPS, t_end - t0), group_shift,
-                                                 NT, scale, nzero);
+                                                 NT, scale, nzero, blockIdx.x);
             };
             auto activations = [&](int i) {  // stage i's box of A (the whole box counts, zeros included)
                 const int s = i % stages;

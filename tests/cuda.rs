@@ -492,6 +492,41 @@ fn act_order_in_kernel_gathers_do_not_depend_on_the_alignment_of_a() {
     }
 }
 
+/// The bulk-copy kernel's balanced splits (blocks over all column blocks' tiles in storage order,
+/// each spanning up to two column blocks, their sums added by the reduction from per-column-block
+/// slots) match the CPU path: 4096×28672 (112 column blocks of 256 K tiles, which uniform splits
+/// of 85 tiles fill into 336 of the H100's 396 block slots), 4 and 8 bit, symmetric and asymmetric,
+/// act-order (its gather launch first), M = 1 to 8, fp16 and bf16; with `GPTQ_CUDA_BALANCED=0`
+/// the same cases run uniform splits.
+#[test]
+fn balanced_splits_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(31);
+    let dev = gptq::cuda::init(0).unwrap();
+    let overrides = ["BALANCED", "BLOCKS_PER_SM", "BULK_STAGES", "BULK", "WG_MIN_ROWS", "BULK_PAD"]
+        .iter()
+        .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
+    for (i, &(bits, sym, act)) in [(4u32, true, false), (4, false, false), (8, true, false), (4, true, true)].iter().enumerate() {
+        let (k, n) = (4096, 28672);
+        let cpu = random_layer(300 + i as u64, bits, Some(128), k, n, act, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        let what = format!("{bits} bit sym {sym} act {act} {k}x{n}");
+        if dev.bulk && dev.sm_count == 132 && !overrides {
+            for m in [1, 2, 5, 8] {
+                assert!(l.runs_balanced(m), "{what}: balanced splits at M = {m}");
+            }
+            assert!(!l.runs_balanced(9), "{what}: 9 rows take the warpgroup kernel");
+        }
+        let ms: &[usize] = if bits == 4 && sym && !act { &[1, 2, 3, 5, 8] } else { &[1, 8] };
+        assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
+        eprintln!("{what}: M {ms:?} match ({})", l.describe_call(1));
+    }
+}
+
 /// Small batches whose blocks stage A in several chunks (the register-fed kernel, GPTQ_CUDA_BULK=0;
 /// the bulk-copy kernel copies A with every stage), with K ending inside a tile (the inputs past K
 /// read zeros) and asymmetric zeros.

@@ -98,6 +98,11 @@ pub enum Ring {
     Warpgroup,
 }
 
+/// The bulk-copy kernel's balanced-split form (kernels/gptq_mma.cu, bulk_gemm_small).
+pub(crate) fn balanced_kernel_name(bits: u32, act: &str, sym: bool) -> String {
+    format!("{}_balanced", Ring::Bulk.kernel_name(bits, act, sym))
+}
+
 impl Ring {
     /// The kernel's name for `bits`, activation type `act` and symmetry.
     pub(crate) fn kernel_name(self, bits: u32, act: &str, sym: bool) -> String {
@@ -106,6 +111,11 @@ impl Ring {
             Ring::Bulk => format!("gptq_bulk_b{bits}_{act}_{sym}"),
             Ring::Warpgroup => format!("gptq_wg_b{bits}_{act}_{sym}"),
         }
+    }
+
+    /// The kernel taking `shape` (the bulk-copy kernel's balanced-split form where it says so).
+    fn shape_kernel_name(self, bits: u32, act: &str, sym: bool, shape: &MmaShape) -> String {
+        if shape.balanced.is_some() { balanced_kernel_name(bits, act, sym) } else { self.kernel_name(bits, act, sym) }
     }
 
     /// Rows of A one block takes.
@@ -225,6 +235,9 @@ pub struct CudaLayer {
     /// `GPTQ_CUDA_BULK_PAD=0` / `1`: the bulk-copy kernel's launches never / always ask for the full
     /// ring's shared memory ([`CudaLayer::pads_bulk`]), for comparisons.
     bulk_pad: Option<bool>,
+    /// Whether the bulk-copy kernel may take balanced splits ([`CudaLayer::balance`]; not with
+    /// `GPTQ_CUDA_BALANCED=0`).
+    balanced: bool,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -391,6 +404,21 @@ struct MmaShape {
     ring: Option<Ring>,
     /// The warpgroup kernel at two blocks per SM with its deep ring ([`Device::deep_ring_stages`]).
     deep: bool,
+    /// The bulk-copy kernel's balanced splits ([`balanced_split`]): this many blocks of
+    /// `tiles_per_split` tiles over all column blocks' tiles in storage order; `splits` is then the
+    /// most blocks that cover one column block (partial-sum slots).
+    balanced: Option<usize>,
+}
+
+/// Balanced splits for the bulk-copy kernel (kernels/gptq_mma.cu, bulk_gemm_small): about `slots`
+/// blocks share the `quads · kt` tiles of all column blocks in storage order, each a whole number of
+/// `stage` tiles. Returns (tiles per block, blocks, most blocks covering one column block).
+fn balanced_split(quads: usize, kt: usize, stage: usize, slots: usize) -> (usize, usize, usize) {
+    let total = quads * kt;
+    let per = total.div_ceil(slots.max(1)).next_multiple_of(stage);
+    let blocks = total.div_ceil(per);
+    let most = (0..quads).map(|q| ((q + 1) * kt - 1) / per - q * kt / per + 1).max().unwrap_or(1);
+    (per, blocks, most)
 }
 
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
@@ -436,7 +464,8 @@ fn mma_shape(
     let rows = m.min(16 * mf);
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
-    MmaShape { mf, wk, splits: kt.div_ceil(tiles_per_split), tiles_per_split, chunk, ring: None, deep: false }
+    let splits = kt.div_ceil(tiles_per_split);
+    MmaShape { mf, wk, splits, tiles_per_split, chunk, ring: None, deep: false, balanced: None }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -627,6 +656,7 @@ impl CudaLayer {
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
             long_gather: std::env::var("GPTQ_CUDA_LONG_GATHER").map_or(true, |v| v != "0"),
             bulk_pad: std::env::var("GPTQ_CUDA_BULK_PAD").ok().map(|v| v == "1"),
+            balanced: std::env::var("GPTQ_CUDA_BALANCED").map_or(true, |v| v != "0"),
             device,
         }
         .with_wg_min_rows()
@@ -773,8 +803,11 @@ impl CudaLayer {
         let sym = self.symmetric();
         match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
-                "{ring:?} kernel, {} splits of {} tiles, {} stages{}{}{}",
-                s.splits,
+                "{ring:?} kernel, {} of {} tiles, {} stages{}{}{}",
+                match s.balanced {
+                    Some(blocks) => format!("{blocks} balanced blocks (at most {} per column block)", s.splits),
+                    None => format!("{} splits", s.splits),
+                },
                 s.tiles_per_split,
                 self.stages(&s, sym),
                 if s.deep { ", deep ring" } else { "" },
@@ -784,6 +817,13 @@ impl CudaLayer {
             _ if self.uses_tensor_cores() => format!("register-fed kernel, {} splits", self.mma_shape(m).splits),
             _ => format!("CUDA-core kernel, {} splits", self.gemv_shape(m).1),
         }
+    }
+
+    /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel's balanced
+    /// splits ([`CudaLayer::balance`]).
+    #[doc(hidden)]
+    pub fn runs_balanced(&self, m: usize) -> bool {
+        self.ring_shapes(m).next().is_some_and(|s| s.balanced.is_some())
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel with its shared
@@ -875,9 +915,36 @@ impl CudaLayer {
                 let resident = |_| self.resident_ring[ring as usize];
                 let sm = self.device.sm_count as usize;
                 let s = mma_shape(m, self.k, self.n, self.bits, sm, self.blocks_per_sm, resident);
-                (self.bits == 4 || s.tiles_per_split >= 32).then_some(MmaShape { ring: Some(ring), ..s })
+                let s = MmaShape { ring: Some(ring), ..s };
+                (self.bits == 4 || s.tiles_per_split >= 32).then(|| self.balance(s))
             }
         }
+    }
+
+    /// The bulk-copy kernel's `uniform` shape, or its balanced splits ([`balanced_split`]) where
+    /// the uniform grid leaves more than 5% of the SMs' block slots (three per SM, long blocks)
+    /// empty, the balanced blocks are at least [`BULK_PAD_MIN_TILES`] long and cross column
+    /// blocks, and K is whole stages; not with `GPTQ_CUDA_BALANCED=0`. Measured on the H100
+    /// (docs/perf.md, version 55): the uniform grid of 8192×N at M = 1 reached 94% of the read
+    /// floor with 396 blocks in 396 slots, 91% with 360, 89% with 336 (N = 28672), 87% with 312.
+    fn balance(&self, uniform: MmaShape) -> MmaShape {
+        let kt = self.k.div_ceil(TILE_K);
+        let quads = self.n.div_ceil(TILE_N * 4);
+        let stage = if self.bits == 4 { 4 } else { 2 };
+        // (The balanced kernels keep more registers: their own residency counts too.)
+        let sym = self.symmetric();
+        let fit = ["f16", "bf16"].iter().map(|a| self.device.resident_blocks(&balanced_kernel_name(self.bits, a, sym)));
+        let per_sm = fit.fold(3.min(self.resident_ring[Ring::Bulk as usize]), usize::min);
+        let slots = per_sm * self.device.sm_count as usize;
+        if !self.balanced || uniform.mf != 1 || kt % stage != 0 || quads * kt >= 1 << 30 {
+            return uniform;
+        }
+        let (per, blocks, most) = balanced_split(quads, kt, stage, slots);
+        let sparse = 20 * quads * uniform.splits < 19 * slots;
+        if !sparse || per < BULK_PAD_MIN_TILES || most < 2 || blocks <= quads * uniform.splits {
+            return uniform;
+        }
+        MmaShape { splits: most, tiles_per_split: per, balanced: Some(blocks), ..uniform }
     }
 
     /// The warpgroup kernel's split of K at the blocks per SM that fit (two with the `deep` ring).
@@ -966,7 +1033,11 @@ impl CudaLayer {
             && m <= KERNEL_GATHER_LONG_ROWS
             && inputs <= KERNEL_GATHER_LONG_INPUTS
             && m as f64 * long_gather_sectors(inputs, self.k) <= KERNEL_GATHER_LONG_SECTORS;
-        self.perm.is_some() && shape.mf == 1 && shape.ring != Some(Ring::Warpgroup) && (short || long)
+        self.perm.is_some()
+            && shape.mf == 1
+            && shape.ring != Some(Ring::Warpgroup)
+            && shape.balanced.is_none()
+            && (short || long)
     }
 
     /// Whether an act-order call of `m` rows gathers A inside the GEMM kernel (no gather launch).
@@ -1134,6 +1205,8 @@ impl CudaLayer {
         let (lda64, ldc64) = (lda as i64, ldc as i64);
         let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
         let bias = self.bias.as_ref().map_or(0, |b| b.ptr);
+        // Balanced splits' tiles per block (the reduction finds each column block's slots), or 0.
+        let mut balanced_tiles = 0usize;
         let splits = match &self.weights {
             Weights::Mma {
                 qweight,
@@ -1161,7 +1234,7 @@ impl CudaLayer {
                 let sym = nzero_f16.is_none();
                 let bf = dtype == ActDType::BF16;
                 let f = match ring {
-                    Some(r) => self.device.function(&r.kernel_name(self.bits, suffix, sym))?,
+                    Some(r) => self.device.function(&r.shape_kernel_name(self.bits, suffix, sym, &shape))?,
                     None => self.device.function(&mma_kernel_name(self.bits, mf, suffix, sym))?,
                 };
                 let (threads, smem) = match ring {
@@ -1183,6 +1256,9 @@ impl CudaLayer {
                 } else {
                     (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
                 };
+                // (The bulk-copy kernel takes balanced splits' tiles per block where the others take
+                // the chunk of A.)
+                let chunk = if shape.balanced.is_some() { tps } else { chunk };
                 let (tpsi, shifti, chunki) = (tps as i32, *group_shift as i32, chunk as i32);
                 // The ring kernels' depth (an extra argument the register kernels ignore).
                 let stagesi = stages as i32;
@@ -1197,7 +1273,10 @@ impl CudaLayer {
                 let partial = workspace + gather as u64;
                 let cols = TILE_N * (4 / wk);
                 let block_rows = ring.map_or(16 * mf, Ring::rows);
-                let grid = (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32);
+                let grid = match shape.balanced {
+                    Some(blocks) => (blocks as u32, 1, m.div_ceil(block_rows) as u32),
+                    None => (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32),
+                };
                 let what = "launching the tensor-core GEMM kernel";
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 if ring == Some(Ring::Warpgroup) {
@@ -1247,6 +1326,7 @@ impl CudaLayer {
                     // SAFETY: argument types and order match the kernel's signature; extents were checked above.
                     unsafe { launch_smem(f, grid, threads, smem as u32, stream, &mut args, what, self.device.pdl)? };
                 }
+                balanced_tiles = if shape.balanced.is_some() { tps } else { 0 };
                 splits
             }
             Weights::Gemv { qweight, gword, scale, szero, zero, pair_math } => {
@@ -1286,7 +1366,8 @@ impl CudaLayer {
         }
         let si = splits as i32;
         let partial = workspace + self.gather_bytes(m) as u64;
-        let mut rargs = args![partial, si, bias, c, ldc64, mi, ni];
+        let (bti, kti) = (balanced_tiles as i32, self.k.div_ceil(TILE_K) as i32);
+        let mut rargs = args![partial, si, bias, c, ldc64, mi, ni, bti, kti];
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         // After the tensor-core kernel (which lets dependents launch early) the reduction may start
@@ -1409,6 +1490,43 @@ mod tests {
         }
         // A block cannot touch more sectors than it has columns, nor than the row has.
         assert!(sectors(768, 1 << 20) <= 768.0 && sectors(768, 256) <= 16.0);
+    }
+
+    /// Balanced splits cover every tile of every column block exactly once, in whole stages, in
+    /// about the slots asked for; `most` is the largest number of blocks meeting one column block,
+    /// which is what the kernel's slot numbering (block − first block of the column block) needs.
+    #[test]
+    fn balanced_splits_cover_every_tile_once() {
+        for &(quads, kt, stage, slots) in
+            &[(112usize, 512usize, 4usize, 396usize), (112, 256, 4, 396), (3, 1000, 4, 396), (500, 64, 2, 264), (1, 8, 4, 8)]
+        {
+            let (per, blocks, most) = balanced_split(quads, kt, stage, slots);
+            assert_eq!(per % stage, 0);
+            assert!(blocks <= slots && (blocks - 1) * per < quads * kt && blocks * per >= quads * kt);
+            let mut seen = vec![0u8; quads * kt];
+            let mut worst = 0;
+            for q in 0..quads {
+                let first = q * kt / per;
+                let mut count = 0;
+                for b in 0..blocks {
+                    let (lo, hi) = (b * per, ((b + 1) * per).min(quads * kt));
+                    if lo < (q + 1) * kt && hi > q * kt {
+                        assert_eq!(b - first, count, "slot of block {b} in column block {q}");
+                        count += 1;
+                    }
+                }
+                worst = worst.max(count);
+            }
+            for b in 0..blocks {
+                for f in b * per..((b + 1) * per).min(quads * kt) {
+                    seen[f] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "{quads} {kt}: every tile once");
+            assert_eq!(most, worst, "{quads} {kt}");
+        }
+        // 8192×28672 at 4 bit on 132 SMs: 388 blocks of 148 tiles instead of 336 of 171.
+        assert_eq!(balanced_split(112, 512, 4, 396), (148, 388, 5));
     }
 
     #[test]
