@@ -1263,11 +1263,14 @@ __device__ __forceinline__ void wgmma_tile(float (&acc)[4][8], float (&sum)[8], 
 // A (the caller's, or act-order A gathered by the library) is read through `amap`: K inputs × M rows,
 // row stride a multiple of 16 bytes (src/cuda/layer.rs). Scales and zero offsets as bulk_gemm_small
 // takes them (f16, per-lane order).
-template <int BITS, bool BF, bool SYM>
+// BALANCED (the _balanced kernels): balanced splits as bulk_gemm_small takes them, `balanced_tiles`
+// tiles per block over all column blocks' tiles in storage order; tile positions below are then
+// flattened ([quad][kt]) and a column block's sums go out as partial sums when it ends.
+template <int BITS, bool BF, bool SYM, bool BALANCED>
 __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, const uint4* __restrict__ scale,
                               const uint4* __restrict__ nzero, float* __restrict__ partial,
                               const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
-                              int tiles_per_split, int group_shift, int stages) {
+                              int tiles_per_split, int group_shift, int balanced_tiles, int stages) {
     using St = WgStage<BITS, SYM>;
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
     extern __shared__ __align__(1024) unsigned char smem[];
@@ -1276,8 +1279,10 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const unsigned char* ring = smem + (ring_s - full);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
-    const int t_begin = blockIdx.y * tiles_per_split;
-    const int t_end = min(t_begin + tiles_per_split, KT);
+    // The block's tiles [t_begin, t_end): of column block blockIdx.x, or flattened (BALANCED).
+    const int L = BALANCED ? balanced_tiles : 0;
+    const int t_begin = BALANCED ? blockIdx.x * L : blockIdx.y * tiles_per_split;
+    const int t_end = BALANCED ? min(t_begin + L, (NT + 3) / 4 * KT) : min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
     const int m0 = blockIdx.z * WG_ROWS;
     if (threadIdx.x == 0) ring_barriers_init(full, empty, stages, MMA_THREADS);
@@ -1289,18 +1294,28 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const u32 ranks = cluster_size();
     if (warp == 4) {  // producer
         if (lane == 0) {
-            const uint4* src = qw + ((long)blockIdx.x * KT + t_begin) * TILE_STRIDE(QV);
+            // Stage i's column block and first K tile in it (whole stages never straddle two).
+            auto place = [&](int i, int& quad, int& t0) {
+                const int f0 = t_begin + i * TPS;
+                quad = BALANCED ? f0 / KT : blockIdx.x;
+                t0 = BALANCED ? f0 - quad * KT : f0;
+            };
             auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
-                const int s = i % stages, t0 = t_begin + i * TPS;
+                int quad, t0;
+                place(i, quad, t0);
+                const int s = i % stages, n = min(TPS, t_end - (t_begin + i * TPS));
+                // The quad's four column tiles are contiguous along K (column_words).
                 copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s,
-                                                 src + (long)i * STAGE_U4, t0, min(TPS, t_end - t0), group_shift,
-                                                 NT, scale, nzero, blockIdx.x);
+                                                 qw + ((long)quad * KT + t0) * TILE_STRIDE(QV), t0, n, group_shift,
+                                                 NT, scale, nzero, quad);
             };
             auto activations = [&](int i) {  // stage i's box of A (the whole box counts, zeros included)
+                int quad, t0;
+                place(i, quad, t0);
                 const int s = i % stages;
                 const u32 bar = full + 8 * s;
                 mbar_expect_tx(bar, St::A_BYTES);
-                tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
+                tma_load_2d(ring_s + s * St::BYTES, &amap, t0 * 16, m0, bar);
             };
             ring_produce(empty, stages, nstages, weights, activations);
         }
@@ -1312,8 +1327,10 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         return;
     }
 
-    const int nt = blockIdx.x * 4 + warp;
-    const bool active = nt < NT;  // inactive warps still take part in every wgmma, with zero weights
+    // sq: the current stage's column block, its first tile at `base` (flattened; 0 otherwise); seg:
+    // the column block whose sums tot_s holds. Warps past N's last column tile are inactive but
+    // still take part in every wgmma, with zero weights.
+    int sq = BALANCED ? t_begin / KT : blockIdx.x, seg = sq, base = BALANCED ? sq * KT : 0;
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
     // Symmetric codes are formed signed: no row sums (int_tile). WG_SIGNED=0 (GPTQ_NVRTC_DEFINES)
@@ -1349,6 +1366,29 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
     };
 
+    // This thread's float4 k holds rows m0 + 8·(k%2) + 2tq + {0, 1} (x/z, y/w) of columns
+    // nt·64 + 16·(k/2) + g + {0, 8} (x/y, z/w): to C, or to the partial sums of `slot`.
+    auto store = [&](int k, const float4& v, bool direct, int nt, int slot) {
+        const int g = lane / 4, tq = lane % 4;
+        const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int m = m0 + 8 * (k % 2) + 2 * tq + c % 2, n = nt * 64 + 16 * (k / 2) + g + 8 * (c / 2);
+            if (m < M && n < N) {
+                if (direct) C[(long)m * ldc + n] = store_act<BF>(e[c] + (bias ? bias[n] : 0.f));
+                else partial[((long)slot * M + m) * N + n] = e[c];
+            }
+        }
+    };
+    // (BALANCED) column block `quad`'s sums as its partial sums of slot blockIdx.x − its first block.
+    auto emit = [&](int quad) {
+        pdl_wait();  // nothing is written before it
+        const int nt = quad * 4 + warp;
+        if (nt >= NT) return;
+#pragma unroll
+        for (int k = 0; k < 8; k++) store(k, tot_s[MMA_THREADS * k], false, nt, blockIdx.x - quad * KT / L);
+    };
+
     // Per tile t: fence, 5 wgmma, commit; wait_group 1 (tile t-1 done: its codes' registers and its
     // stage are free); then tile t+1's codes are formed from q while t's wgmma run, and q takes tile
     // t+2's words. A group's fold waits for all (wait_group 0), once per group. The stage index and
@@ -1364,6 +1404,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
 #pragma unroll 1
     for (int i = 0; i < nstages; i++) {
         const int t0 = t_begin + i * TPS;
+        if (BALANCED && t0 >= base + KT) sq++, base += KT;  // (a stage starts the next column block)
         const int sn = s + 1 == stages ? 0 : s + 1;     // stage i+1's slot
         const u32 parity_n = sn == 0 ? parity ^ 1 : parity;  // and parity
         const unsigned long long desc0 = wg_desc<St::A_ROW>(ring_s + s * St::BYTES);  // the stage's A
@@ -1379,16 +1420,22 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
                 if (!FAST && tile >= t_end) break;  // uniform over the block
                 bool fresh = false;
                 if (!FAST || p == 0) {
-                    const int G = tile >> group_shift;
-                    fresh = G != cur;
+                    const int G = (tile - base) >> group_shift;
+                    fresh = G != cur || (BALANCED && sq != seg);
                     if (fresh) {
                         if (cur >= 0) {
                             wg_wait<0>();
                             fold();
+                            if (BALANCED && sq != seg) {  // column block seg is done
+                                emit(seg);
+#pragma unroll
+                                for (int k = 0; k < 8; k++) tot_s[MMA_THREADS * k] = make_float4(0.f, 0.f, 0.f, 0.f);
+                            }
                         }
                         cur = G;
-                        const int j = G - (t0 >> group_shift);  // the group's slot in this stage (32 uint4 each)
-                        if (active) {
+                        seg = sq;
+                        const int j = G - ((t0 - base) >> group_shift);  // the group's slot in this stage (32 uint4 each)
+                        if (seg * 4 + warp < NT) {
                             sc = slot[32 * j];
                             if (!SYM) zv = slot[32 * (TPS + j)];
                         }
@@ -1415,28 +1462,21 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
                 }
             }
         };
-        if (t0 + TPS + 2 <= t_end && (t0 >> group_shift) == ((t0 + TPS - 1) >> group_shift)) stage(Flag<true>());
+        if (t0 + TPS + 2 <= t_end && ((t0 - base) >> group_shift) == ((t0 - base + TPS - 1) >> group_shift))
+            stage(Flag<true>());
         else stage(Flag<false>());
         s = sn;
         parity = parity_n;
     }
     wg_wait<0>();
     if (cur >= 0) fold();
+    if (BALANCED) {
+        emit(seg);
+        return;
+    }
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-    const int g = lane / 4, tq = lane % 4;
-    // This thread's float4 k holds rows m0 + 8·(k%2) + 2tq + {0, 1} (x/z, y/w) of columns
-    // nt·64 + 16·(k/2) + g + {0, 8} (x/y, z/w).
-    auto store = [&](int k, const float4& v, bool direct) {
-        const float e[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            const int m = m0 + 8 * (k % 2) + 2 * tq + c % 2, n = nt * 64 + 16 * (k / 2) + g + 8 * (c / 2);
-            if (m < M && n < N) {
-                if (direct) C[(long)m * ldc + n] = store_act<BF>(e[c] + (bias ? bias[n] : 0.f));
-                else partial[((long)blockIdx.y * M + m) * N + n] = e[c];
-            }
-        }
-    };
+    const int nt = blockIdx.x * 4 + warp;
+    const bool active = nt < NT;
     if (ranks > 1) {
         // Rank r adds the float4s k = r, r + ranks, ... of every block (in rank order: the same sum
         // on every run) and writes them; the second barrier keeps each block's shared memory alive
@@ -1450,23 +1490,31 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
                 const float4 v = ld_cluster_f32x4(local, r);
                 sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
             }
-            if (active) store(k, sum, true);
+            if (active) store(k, sum, true, nt, 0);
         }
         cluster_sync();
         return;
     }
     if (!active) return;
 #pragma unroll
-    for (int k = 0; k < 8; k++) store(k, tot_s[MMA_THREADS * k], gridDim.y == 1);
+    for (int k = 0; k < 8; k++) store(k, tot_s[MMA_THREADS * k], gridDim.y == 1, nt, blockIdx.y);
 }
-// gptq_wg_b{BITS}_{f16|bf16}_{sym|asym}: a warpgroup of consumers and a producer warp, 3 blocks per SM.
+// gptq_wg_b{BITS}_{f16|bf16}_{sym|asym}[_balanced]: a warpgroup of consumers and a producer warp, 3
+// blocks per SM; `balanced_tiles` is read by the _balanced kernels only.
 #define WG_SMALL(BITS, BF, SYM, NAME)                                                                        \
     extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME(                                      \
         const __grid_constant__ TmaMap amap, const uint4* qw, const uint4* scale, const uint4* nzero,        \
         float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,       \
-        int stages) {                                                                                        \
-        wg_gemm_small<BITS, BF, SYM>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, K, tps, gshift,    \
-                                     stages);                                                                \
+        int balanced_tiles, int stages) {                                                                    \
+        wg_gemm_small<BITS, BF, SYM, false>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, K, tps,     \
+                                            gshift, balanced_tiles, stages);                                 \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(BULK_THREADS, 3) NAME##_balanced(                           \
+        const __grid_constant__ TmaMap amap, const uint4* qw, const uint4* scale, const uint4* nzero,        \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,       \
+        int balanced_tiles, int stages) {                                                                    \
+        wg_gemm_small<BITS, BF, SYM, true>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, K, tps,      \
+                                           gshift, balanced_tiles, stages);                                  \
     }
 WG_SMALL(4, false, true, gptq_wg_b4_f16_sym)
 WG_SMALL(4, false, false, gptq_wg_b4_f16_asym)

@@ -354,8 +354,19 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         }
         if (k, n) == (8192, 28672) {
             assert!(!l.runs_deep_ring(16), "{what}: 3 splits at three blocks per SM need no deep ring");
-            assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
-            assert_eq!(l.reduces_in_clusters(5), clusters_wanted, "{what}: cluster reduction at M = 5");
+            // 4 bit: 112 column blocks × 3 splits fill 336 of the H100's 396 block slots, so 1-2 rows
+            // take balanced splits (M = 2: the warpgroup kernel's, through the workspace); from 3 rows
+            // the 3 splits add in clusters.
+            let rule = !overrides && std::env::var_os("GPTQ_CUDA_BALANCED").is_none();
+            let balanced = bits == 4 && dev.wg && dev.sm_count == 132 && rule;
+            if rule {
+                assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
+                assert_eq!(l.reduces_in_clusters(5), clusters_wanted, "{what}: cluster reduction at M = 5");
+            }
+            if balanced {
+                assert!(l.runs_balanced(1) && l.runs_balanced(2), "{what}: balanced splits at M = 1-2");
+                assert!(!l.runs_balanced(3) && !l.runs_balanced(16), "{what}: uniform splits at M = 3-16");
+            }
             if bits == 8 && wg {
                 assert_eq!(l.reduces_in_clusters(1), clusters_wanted, "{what}: cluster reduction at M = 1");
             }

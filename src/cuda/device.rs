@@ -213,9 +213,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                 for &r in &rings {
                     let bytes = d.full_ring_bytes(r, bits, sym);
                     kernels.push((r.kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
-                    if r == layer::Ring::Bulk {
-                        kernels.push((layer::balanced_kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
-                    }
+                    kernels.push((r.balanced_kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
                 }
                 for (name, threads, bytes) in kernels {
                     let f = d.function(&name)?;

@@ -98,11 +98,6 @@ pub enum Ring {
     Warpgroup,
 }
 
-/// The bulk-copy kernel's balanced-split form (kernels/gptq_mma.cu, bulk_gemm_small).
-pub(crate) fn balanced_kernel_name(bits: u32, act: &str, sym: bool) -> String {
-    format!("{}_balanced", Ring::Bulk.kernel_name(bits, act, sym))
-}
-
 impl Ring {
     /// The kernel's name for `bits`, activation type `act` and symmetry.
     pub(crate) fn kernel_name(self, bits: u32, act: &str, sym: bool) -> String {
@@ -113,9 +108,18 @@ impl Ring {
         }
     }
 
-    /// The kernel taking `shape` (the bulk-copy kernel's balanced-split form where it says so).
+    /// The kernel's balanced-split form (kernels/gptq_mma.cu, bulk_gemm_small and wg_gemm_small).
+    pub(crate) fn balanced_kernel_name(self, bits: u32, act: &str, sym: bool) -> String {
+        format!("{}_balanced", self.kernel_name(bits, act, sym))
+    }
+
+    /// The kernel taking `shape` (the balanced-split form where it says so).
     fn shape_kernel_name(self, bits: u32, act: &str, sym: bool, shape: &MmaShape) -> String {
-        if shape.balanced.is_some() { balanced_kernel_name(bits, act, sym) } else { self.kernel_name(bits, act, sym) }
+        if shape.balanced.is_some() {
+            self.balanced_kernel_name(bits, act, sym)
+        } else {
+            self.kernel_name(bits, act, sym)
+        }
     }
 
     /// Rows of A one block takes.
@@ -235,9 +239,9 @@ pub struct CudaLayer {
     /// `GPTQ_CUDA_BULK_PAD=0` / `1`: the bulk-copy kernel's launches never / always ask for the full
     /// ring's shared memory ([`CudaLayer::pads_bulk`]), for comparisons.
     bulk_pad: Option<bool>,
-    /// Whether the bulk-copy kernel may take balanced splits ([`CudaLayer::balance`]; not with
-    /// `GPTQ_CUDA_BALANCED=0`).
-    balanced: bool,
+    /// Where the ring kernels take balanced splits ([`CudaLayer::balance`]; `GPTQ_CUDA_BALANCED=0`:
+    /// nowhere, `2`: the warpgroup kernel wherever the bulk-copy kernel would, for comparisons).
+    balanced: Balanced,
 }
 
 // SAFETY: device pointers are plain integers; the memory is only freed in Drop.
@@ -409,6 +413,20 @@ struct MmaShape {
     /// most blocks that cover one column block (partial-sum slots).
     balanced: Option<usize>,
 }
+
+/// Where a layer's ring kernels take balanced splits ([`CudaLayer::balance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Balanced {
+    Off,
+    Rule,
+    Always,
+}
+
+/// The most rows the warpgroup kernel takes balanced splits for ([`CudaLayer::balance`]). Measured
+/// on the H100 (docs/perf.md, version 56), 8192×28672: at M = 2 fp16 the same as 3 splits adding in
+/// clusters (47.9-48.0 µs), bf16 faster (50.4 → 48.2); from M = 4 fp16 slower (M = 4 48.1 → 48.8,
+/// M = 8 48.4 → 51.2, M = 16 48.5 → 55.2: the partial sums of 5 slots per column block).
+const WG_BALANCED_ROWS: usize = 2;
 
 /// Balanced splits for the bulk-copy kernel (kernels/gptq_mma.cu, bulk_gemm_small): about `slots`
 /// blocks share the `quads · kt` tiles of all column blocks in storage order, each a whole number of
@@ -656,7 +674,11 @@ impl CudaLayer {
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
             long_gather: std::env::var("GPTQ_CUDA_LONG_GATHER").map_or(true, |v| v != "0"),
             bulk_pad: std::env::var("GPTQ_CUDA_BULK_PAD").ok().map(|v| v == "1"),
-            balanced: std::env::var("GPTQ_CUDA_BALANCED").map_or(true, |v| v != "0"),
+            balanced: match std::env::var("GPTQ_CUDA_BALANCED").as_deref() {
+                Ok("0") => Balanced::Off,
+                Ok("2") => Balanced::Always,
+                _ => Balanced::Rule,
+            },
             device,
         }
         .with_wg_min_rows()
@@ -736,7 +758,7 @@ impl CudaLayer {
         let mut mask = 0;
         for m in 1..=WG_ROWS {
             let Some(shape) = self.ring_shape(m, Ring::Warpgroup) else { continue };
-            if !(2..=8).contains(&shape.splits) {
+            if !(2..=8).contains(&shape.splits) || shape.balanced.is_some() {
                 continue;
             }
             let stages = self.stages(&shape, sym);
@@ -819,8 +841,8 @@ impl CudaLayer {
         }
     }
 
-    /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel's balanced
-    /// splits ([`CudaLayer::balance`]).
+    /// Whether a call of `m` rows (with A 16-byte aligned) runs a ring kernel's balanced splits
+    /// ([`CudaLayer::balance`]).
     #[doc(hidden)]
     pub fn runs_balanced(&self, m: usize) -> bool {
         self.ring_shapes(m).next().is_some_and(|s| s.balanced.is_some())
@@ -910,13 +932,13 @@ impl CudaLayer {
             Ring::Warpgroup if m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0 => {
                 self.wg_split(true).map(|s| MmaShape { deep: true, ..s })
             }
-            Ring::Warpgroup => self.wg_split(false),
+            Ring::Warpgroup => self.wg_split(false).map(|s| self.balance(s, m)),
             Ring::Bulk => {
                 let resident = |_| self.resident_ring[ring as usize];
                 let sm = self.device.sm_count as usize;
                 let s = mma_shape(m, self.k, self.n, self.bits, sm, self.blocks_per_sm, resident);
                 let s = MmaShape { ring: Some(ring), ..s };
-                (self.bits == 4 || s.tiles_per_split >= 32).then(|| self.balance(s))
+                (self.bits == 4 || s.tiles_per_split >= 32).then(|| self.balance(s, m))
             }
         }
     }
@@ -927,16 +949,30 @@ impl CudaLayer {
     /// blocks, and K is whole stages; not with `GPTQ_CUDA_BALANCED=0`. Measured on the H100
     /// (docs/perf.md, version 55): the uniform grid of 8192×N at M = 1 reached 94% of the read
     /// floor with 396 blocks in 396 slots, 91% with 360, 89% with 336 (N = 28672), 87% with 312.
-    fn balance(&self, uniform: MmaShape) -> MmaShape {
+    fn balance(&self, uniform: MmaShape, m: usize) -> MmaShape {
+        let Some(ring) = uniform.ring else { return uniform };
         let kt = self.k.div_ceil(TILE_K);
         let quads = self.n.div_ceil(TILE_N * 4);
         let stage = if self.bits == 4 { 4 } else { 2 };
         // (The balanced kernels keep more registers: their own residency counts too.)
         let sym = self.symmetric();
-        let fit = ["f16", "bf16"].iter().map(|a| self.device.resident_blocks(&balanced_kernel_name(self.bits, a, sym)));
-        let per_sm = fit.fold(3.min(self.resident_ring[Ring::Bulk as usize]), usize::min);
+        let fit =
+            ["f16", "bf16"].iter().map(|a| self.device.resident_blocks(&ring.balanced_kernel_name(self.bits, a, sym)));
+        let per_sm = fit.fold(3.min(self.resident_ring[ring as usize]), usize::min);
         let slots = per_sm * self.device.sm_count as usize;
-        if !self.balanced || uniform.mf != 1 || kt % stage != 0 || quads * kt >= 1 << 30 {
+        // The warpgroup kernel's balanced form: 4-bit symmetric layers (the asymmetric kernels
+        // spill), up to [`WG_BALANCED_ROWS`] rows (its partial sums replace a cluster reduction).
+        let wg_ok = match self.balanced {
+            Balanced::Off => false,
+            Balanced::Rule => self.bits == 4 && sym && m <= WG_BALANCED_ROWS,
+            Balanced::Always => true,
+        };
+        if self.balanced == Balanced::Off
+            || (ring == Ring::Warpgroup && !wg_ok)
+            || uniform.mf != 1
+            || kt % stage != 0
+            || quads * kt >= 1 << 30
+        {
             return uniform;
         }
         let (per, blocks, most) = balanced_split(quads, kt, stage, slots);
@@ -1282,9 +1318,26 @@ impl CudaLayer {
                 if ring == Some(Ring::Warpgroup) {
                     let box_k = if self.bits == 4 { 64 } else { 32 };
                     let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k)?;
-                    let mut args =
-                        args![amap, qweight.ptr, scale, nz, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, stagesi];
-                    let cluster_y = if self.wg_cluster_rows & (1 << m) != 0 { splits as u32 } else { 1 };
+                    // (balanced splits' tiles per block: the chunk argument's place in the others)
+                    let mut args = args![
+                        amap,
+                        qweight.ptr,
+                        scale,
+                        nz,
+                        partial,
+                        bias,
+                        c,
+                        ldc64,
+                        mi,
+                        ni,
+                        ki,
+                        tpsi,
+                        shifti,
+                        chunki,
+                        stagesi
+                    ];
+                    let clusters = self.wg_cluster_rows & (1 << m) != 0 && shape.balanced.is_none();
+                    let cluster_y = if clusters { splits as u32 } else { 1 };
                     // SAFETY: argument types and order match the kernel's signature (the tensor map
                     // first, copied by value); extents were checked above; clusters span grid y.
                     unsafe {
@@ -1497,9 +1550,13 @@ mod tests {
     /// which is what the kernel's slot numbering (block − first block of the column block) needs.
     #[test]
     fn balanced_splits_cover_every_tile_once() {
-        for &(quads, kt, stage, slots) in
-            &[(112usize, 512usize, 4usize, 396usize), (112, 256, 4, 396), (3, 1000, 4, 396), (500, 64, 2, 264), (1, 8, 4, 8)]
-        {
+        for &(quads, kt, stage, slots) in &[
+            (112usize, 512usize, 4usize, 396usize),
+            (112, 256, 4, 396),
+            (3, 1000, 4, 396),
+            (500, 64, 2, 264),
+            (1, 8, 4, 8),
+        ] {
             let (per, blocks, most) = balanced_split(quads, kt, stage, slots);
             assert_eq!(per % stage, 0);
             assert!(blocks <= slots && (blocks - 1) * per < quads * kt && blocks * per >= quads * kt);
