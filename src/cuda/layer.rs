@@ -1236,7 +1236,7 @@ impl CudaLayer {
         }
         self.stream_check(stream)?;
         let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
-        let reduce = self.device.function(&format!("gptq_reduce_{suffix}"))?;
+
         let (mi, ni, ki) = (m as i32, self.n as i32, self.k as i32);
         let (lda64, ldc64) = (lda as i64, ldc as i64);
         let perm = self.perm.as_ref().map_or(0, |p| p.ptr);
@@ -1420,7 +1420,18 @@ impl CudaLayer {
         let si = splits as i32;
         let partial = workspace + self.gather_bytes(m) as u64;
         let (bti, kti) = (balanced_tiles as i32, self.k.div_ceil(TILE_K) as i32);
-        let mut rargs = args![partial, si, bias, c, ldc64, mi, ni, bti, kti];
+        // Balanced splits have a reduction of their own (the uniform one stays branch-free).
+        let (reduce, mut rargs) = if balanced_tiles > 0 {
+            (
+                self.device.function(&format!("gptq_reduce_{suffix}_balanced"))?,
+                args![partial, bias, c, ldc64, mi, ni, bti, kti].to_vec(),
+            )
+        } else {
+            (
+                self.device.function(&format!("gptq_reduce_{suffix}"))?,
+                args![partial, si, bias, c, ldc64, mi, ni].to_vec(),
+            )
+        };
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         // After the tensor-core kernel (which lets dependents launch early) the reduction may start
