@@ -956,70 +956,62 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
     for (int j = 0; j < 4; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) tot[j][i] = 0.f;
-    if constexpr (!BALANCED) {
-        // Uniform splits: the column block blockIdx.x over [t_begin, t_end).
-        const int nt = blockIdx.x * 4 + warp;
-        const bool active = nt < NT;
-        uint4 sc, zv = make_uint4(0, 0, 0, 0);
-        int cur = -1;  // the group whose sums acc and sum hold
-
-#pragma unroll 1
-        for (int i = 0; i < nstages; i++) {
-            const int s = i % stages, t0 = t_begin + i * TPS;
-            mbar_wait(full + 8 * s, (i / stages) & 1);
-            if (active) {
-                const unsigned char* st = ring + s * St::BYTES;
-                const uint4* stage = reinterpret_cast<const uint4*>(st);
-                uint4 q[TPS][QV];
+    uint4 sc, zv = make_uint4(0, 0, 0, 0);
+    int cur = -1;  // the group whose sums acc and sum hold
+    // Ring stage s holds tiles t0.. t0 + n - 1 of this block's current column block: their products
+    // into the group's sums acc and sum, each group folded into tot as it ends.
+    auto consume = [&](int s, int t0, int n) {
+        const unsigned char* st = ring + s * St::BYTES;
+        const uint4* stage = reinterpret_cast<const uint4*>(st);
+        uint4 q[TPS][QV];
 #pragma unroll
-                for (int p = 0; p < TPS; p++)
+        for (int p = 0; p < TPS; p++)
 #pragma unroll
-                    for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
-                // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
-                const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
-                const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
-                                        : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
-                const int g0 = t0 >> group_shift;
+            for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
+        // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
+        const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
+        const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
+                                : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
+        const int g0 = t0 >> group_shift;
 #pragma unroll
-                for (int p = 0; p < TPS; p++) {
-                    const int tile = t0 + p;
-                    if (tile >= t_end) break;
-                    const int G = tile >> group_shift;
-                    if (G != cur) {
-                        if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
-                        cur = G;
-                        const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
-                        sc = slot[32 * j];
-                        if (!SYM) zv = slot[32 * (TPS + j)];
-                        // The group's sums start from zeroed registers: choosing between an mma with C = 0
-                        // and one that adds, per product, made ptxas issue both, predicated (version 47).
+        for (int p = 0; p < TPS; p++) {
+            if (p >= n) break;
+            const int G = (t0 + p) >> group_shift;
+            if (G != cur) {
+                if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
+                cur = G;
+                const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
+                sc = slot[32 * j];
+                if (!SYM) zv = slot[32 * (TPS + j)];
+                // The group's sums start from zeroed registers: choosing between an mma with C = 0
+                // and one that adds, per product, made ptxas issue both, predicated (version 47).
 #pragma unroll
-                        for (int c = 0; c < 4; c++)
+                for (int c = 0; c < 4; c++)
 #pragma unroll
-                            for (int i = 0; i < 4; i++) acc[c][i] = 0.f;
+                    for (int i = 0; i < 4; i++) acc[c][i] = 0.f;
 #pragma unroll
-                        for (int i = 0; i < 4; i++) sum[i] = 0.f;
-                    }
-                    u32 b[8][2];
-                    int_tile<BITS, BF>(q[p], b);
-                    const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
-                    u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
-                    ldmatrix_x2(at, a_addr);
-                    const u32 one4[4] = {ones, ones, ones, ones};
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
-                        mma16816<BF>(acc[j], w, at[0], at[1]);
-                    }
-                    mma16816<BF>(sum, one4, at[0], at[1]);
-                }
+                for (int i = 0; i < 4; i++) sum[i] = 0.f;
             }
-            __syncwarp();  // every lane's reads of the stage are done
-            if (lane == 0) mbar_arrive(empty + 8 * s);
+            u32 b[8][2];
+            int_tile<BITS, BF>(q[p], b);
+            const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
+            u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
+            ldmatrix_x2(at, a_addr);
+            const u32 one4[4] = {ones, ones, ones, ones};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
+                mma16816<BF>(acc[j], w, at[0], at[1]);
+            }
+            mma16816<BF>(sum, one4, at[0], at[1]);
         }
+    };
+    // The last group's fold, then column tile nt's totals to C (direct) or as the partial sums of
+    // `slot`; nothing is written before pdl_wait (already passed unless this block had no K tiles).
+    auto finish = [&](int nt, bool direct, int slot) {
         if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
-        pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-        if (!active) return;
+        pdl_wait();
+        if (nt >= NT) return;
         const int g = lane / 4, tq = lane % 4;
 #pragma unroll
         for (int j = 0; j < 4; j++)
@@ -1027,97 +1019,43 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
             for (int i = 0; i < 4; i++) {
                 const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
                 if (m < M && n < N) {
-                    if (gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
-                    else partial[((long)blockIdx.y * M + m) * N + n] = tot[j][i];
+                    if (direct) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
+                    else partial[((long)slot * M + m) * N + n] = tot[j][i];
                 }
             }
+    };
+    if constexpr (!BALANCED) {
+        // Uniform splits: the column block blockIdx.x over [t_begin, t_end).
+        const int nt = blockIdx.x * 4 + warp;
+#pragma unroll 1
+        for (int i = 0; i < nstages; i++) {
+            const int s = i % stages, t0 = t_begin + i * TPS;
+            mbar_wait(full + 8 * s, (i / stages) & 1);
+            if (nt < NT) consume(s, t0, min(TPS, t_end - t0));
+            __syncwarp();  // every lane's reads of the stage are done
+            if (lane == 0) mbar_arrive(empty + 8 * s);
+        }
+        finish(nt, gridDim.y == 1, blockIdx.y);
     } else {
-        uint4 sc, zv = make_uint4(0, 0, 0, 0);
-        int cur = -1;  // the group whose sums acc and sum hold
-        // Writes the totals of column block `quad` to C (one uniform split) or as partial sums.
-        auto emit = [&](int quad) {
-            pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-            const int nt = quad * 4 + warp, g = lane / 4, tq = lane % 4;
-            if (nt >= NT) return;
-            const int slot = L ? blockIdx.x - quad * KT / L : blockIdx.y;
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int m = m0 + 2 * tq + (i % 2), n = nt * 64 + 16 * j + g + 8 * (i / 2);
-                    if (m < M && n < N) {
-                        if (!L && gridDim.y == 1) C[(long)m * ldc + n] = store_act<BF>(tot[j][i] + (bias ? bias[n] : 0.f));
-                        else partial[((long)slot * M + m) * N + n] = tot[j][i];
-                    }
-                }
-        };
-        // The block's stages by column block (one but with balanced splits): column block `seg`, its
-        // tiles [t_lo, t_hi), stages [i_lo, i_hi).
-        int seg = L ? f_begin / KT : blockIdx.x;
-        int t_lo = L ? f_begin - seg * KT : t_begin;
-        int i_lo = 0;
+        // The block's stages by column block: column block `seg`, its tiles [t_lo, t_hi), stages
+        // [i_lo, i_hi); each column block's totals go out as the partial sums of slot blockIdx.x −
+        // the first block of that column block.
+        int seg = f_begin / KT, t_lo = f_begin - seg * KT, i_lo = 0;
 #pragma unroll 1
         while (true) {
-            const int t_hi = L ? min(KT, f_end - seg * KT) : t_end;
-            const int i_hi = L ? min(nstages, i_lo + (t_hi - t_lo + TPS - 1) / TPS) : nstages;
-            const bool active = seg * 4 + warp < NT;
+            const int t_hi = min(KT, f_end - seg * KT);
+            const int i_hi = min(nstages, i_lo + (t_hi - t_lo + TPS - 1) / TPS);
 #pragma unroll 1
             for (int i = i_lo; i < i_hi; i++) {
-                const int s = i % stages, t0 = t_lo + (i - i_lo) * TPS, n = min(TPS, t_hi - t0);
+                const int s = i % stages, t0 = t_lo + (i - i_lo) * TPS;
                 mbar_wait(full + 8 * s, (i / stages) & 1);
-                if (active) {
-                    const unsigned char* st = ring + s * St::BYTES;
-                    const uint4* stage = reinterpret_cast<const uint4*>(st);
-                    uint4 q[TPS][QV];
-#pragma unroll
-                    for (int p = 0; p < TPS; p++)
-#pragma unroll
-                        for (int v = 0; v < QV; v++) q[p][v] = stage[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
-                    // This lane's scales (zeros) in slot j: column tile `warp` of the quad's row.
-                    const uint4* slot = stage + STAGE_U4 + warp * 8 + lane / 4;
-                    const u32 a_base = perm ? smem_u32(sG) + a_off + (t0 - t_begin) * 32
-                                            : smem_u32(st + St::TILE_BYTES + St::SLOT_BYTES) + a_off;
-                    const int g0 = t0 >> group_shift;
-#pragma unroll
-                    for (int p = 0; p < TPS; p++) {
-                        if (p >= n) break;
-                        const int G = (t0 + p) >> group_shift;
-                        if (G != cur) {
-                            if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
-                            cur = G;
-                            const int j = G - g0;  // the group's slot in this stage (32 uint4 per slot)
-                            sc = slot[32 * j];
-                            if (!SYM) zv = slot[32 * (TPS + j)];
-                            // The group's sums start from zeroed registers: choosing between an mma with C = 0
-                            // and one that adds, per product, made ptxas issue both, predicated (version 47).
-#pragma unroll
-                            for (int c = 0; c < 4; c++)
-#pragma unroll
-                                for (int i = 0; i < 4; i++) acc[c][i] = 0.f;
-#pragma unroll
-                            for (int i = 0; i < 4; i++) sum[i] = 0.f;
-                        }
-                        u32 b[8][2];
-                        int_tile<BITS, BF>(q[p], b);
-                        const u32 a_addr = a_real ? a_base + p * 32 : zero_row;
-                        u32 at[2];  // A^T as the B operand: rows 0-7 at k 2t.. and k 2t+8..
-                        ldmatrix_x2(at, a_addr);
-                        const u32 one4[4] = {ones, ones, ones, ones};
-#pragma unroll
-                        for (int j = 0; j < 4; j++) {
-                            const u32 w[4] = {b[2 * j][0], b[2 * j + 1][0], b[2 * j][1], b[2 * j + 1][1]};
-                            mma16816<BF>(acc[j], w, at[0], at[1]);
-                        }
-                        mma16816<BF>(sum, one4, at[0], at[1]);
-                    }
-                }
-                __syncwarp();  // every lane's reads of the stage are done
+                if (seg * 4 + warp < NT) consume(s, t0, min(TPS, t_hi - t0));
+                __syncwarp();
                 if (lane == 0) mbar_arrive(empty + 8 * s);
             }
-            if (cur >= 0) fold_group_swapped<BITS, BF, SYM, 1>(acc, sum, tot, sc, zv);
-            emit(seg);
+            finish(seg * 4 + warp, false, blockIdx.x - seg * KT / L);
             if (i_hi >= nstages) break;
-            // (balanced splits) on to the next column block, from its first tile
+            // on to the next column block, from its first tile
             cur = -1;
 #pragma unroll
             for (int j = 0; j < 4; j++)
