@@ -1124,7 +1124,9 @@ BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 //   (layer.rs, with_cluster_rows), the splits add their folded totals through distributed shared
 //   memory, each rank a share of them in rank order, and write C: no partial sums in the
 //   workspace and no reduction launch, which cost 8192×28672 at M = 16 a tenth of its time
-//   (version 32). Otherwise partial sums go to the workspace for gptq_reduce_*.
+//   (version 32). Otherwise partial sums go to the workspace for gptq_reduce_*; so do the
+//   _balanced kernels' (balanced splits as bulk_gemm_small takes them: src/cuda/layer.rs, balance,
+//   uses them at 2 rows on 4-bit symmetric layers, where the 3 splits' clusters left slots empty).
 // Shared memory: 2·16 mbarriers, the folded totals (128 threads × 32 floats, float4 k of thread i at
 // [128 k + i], conflict-free), then the ring at the next 1024-byte boundary (the swizzle atom), each
 // stage (WgStage, mirrored by src/cuda/layer.rs wg_stage_bytes) A first, so every stage's A is
