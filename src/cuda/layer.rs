@@ -218,6 +218,8 @@ pub struct CudaLayer {
     resident: [usize; 3],
     /// The same for the ring kernels ([`Ring`] order; where the device uses them).
     resident_ring: [usize; 2],
+    /// The same for their balanced-split forms ([`CudaLayer::balance`]).
+    resident_balanced: [usize; 2],
     /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel),
     /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
@@ -651,6 +653,8 @@ impl CudaLayer {
         };
         let resident = [1, 2, 4].map(|mf| resident_of(&|act| mma_kernel_name(d.bits, mf, act, sym)));
         let resident_ring = [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.kernel_name(d.bits, act, sym)));
+        let resident_balanced =
+            [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.balanced_kernel_name(d.bits, act, sym)));
         CudaLayer {
             bits: d.bits,
             k,
@@ -664,6 +668,7 @@ impl CudaLayer {
                 .filter(|&v| v > 0),
             resident,
             resident_ring,
+            resident_balanced,
             wg_min_rows: 9,
             wg_cluster_rows: 0,
             wg_deep_rows: 0,
@@ -955,16 +960,13 @@ impl CudaLayer {
         let quads = self.n.div_ceil(TILE_N * 4);
         let stage = if self.bits == 4 { 4 } else { 2 };
         // (The balanced kernels keep more registers: their own residency counts too.)
-        let sym = self.symmetric();
-        let fit =
-            ["f16", "bf16"].iter().map(|a| self.device.resident_blocks(&ring.balanced_kernel_name(self.bits, a, sym)));
-        let per_sm = fit.fold(3.min(self.resident_ring[ring as usize]), usize::min);
+        let per_sm = 3.min(self.resident_ring[ring as usize]).min(self.resident_balanced[ring as usize]);
         let slots = per_sm * self.device.sm_count as usize;
         // The warpgroup kernel's balanced form: 4-bit symmetric layers (the asymmetric kernels
         // spill), up to [`WG_BALANCED_ROWS`] rows (its partial sums replace a cluster reduction).
         let wg_ok = match self.balanced {
             Balanced::Off => false,
-            Balanced::Rule => self.bits == 4 && sym && m <= WG_BALANCED_ROWS,
+            Balanced::Rule => self.bits == 4 && self.symmetric() && m <= WG_BALANCED_ROWS,
             Balanced::Always => true,
         };
         if self.balanced == Balanced::Off
