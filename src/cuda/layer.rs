@@ -977,9 +977,12 @@ impl CudaLayer {
         {
             return uniform;
         }
+        // (Checked before balanced_split's walk over the column blocks: most layers fill their slots.)
+        if 20 * quads * uniform.splits >= 19 * slots {
+            return uniform;
+        }
         let (per, blocks, most) = balanced_split(quads, kt, stage, slots);
-        let sparse = 20 * quads * uniform.splits < 19 * slots;
-        if !sparse || per < BULK_PAD_MIN_TILES || most < 2 || blocks <= quads * uniform.splits {
+        if per < BULK_PAD_MIN_TILES || most < 2 || blocks <= quads * uniform.splits {
             return uniform;
         }
         MmaShape { splits: most, tiles_per_split: per, balanced: Some(blocks), ..uniform }
