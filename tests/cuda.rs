@@ -378,6 +378,14 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             assert_eq!(l.takes_warpgroup(1), one_row, "{what}: the warpgroup kernel at M = 1");
             assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
             assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
+            // 17-64 rows (8 bit: 17-32) as blocks of 16 side by side, where those fit the H100's
+            // 396 block slots unsplit (8192×28672 at 64 rows: 112 column blocks × 4 do not).
+            if dev.sm_count == 132 && std::env::var_os("GPTQ_CUDA_WG_MAX_ROWS").is_none() && !overrides {
+                assert!(l.takes_warpgroup(17) && l.takes_warpgroup(32), "{what}: the warpgroup kernel at M = 17-32");
+                assert!(!l.takes_warpgroup(65), "{what}: the register-fed kernel from M = 65");
+                let fits = (k, n) != (8192, 28672) && bits == 4;
+                assert_eq!(l.takes_warpgroup(64), fits, "{what}: the warpgroup kernel at M = 64");
+            }
         }
         eprintln!("{what}: M {ms:?} pass (clusters at M = 16: {})", l.reduces_in_clusters(16));
     }

@@ -54,6 +54,12 @@ const KERNEL_GATHER_LONG_INPUTS: usize = 768;
 const KERNEL_GATHER_LONG_SECTORS: f64 = 600.0;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
+/// The most rows the warpgroup kernel takes ([`CudaLayer::wg_max_rows`]): blocks of 16 rows side
+/// by side, reading each column block's weights from HBM once and from L2 after. At 8 bit 32:
+/// at 64 rows it measured 1.1-1.2× faster than the register-fed kernel on three of the profile
+/// layers but 1.1-1.3× slower on 4096×14336, 28672×8192 and 8192×28672 (docs/perf.md, version 59).
+const WG_MAX_ROWS: usize = 64;
+const WG_MAX_ROWS_8BIT: usize = 32;
 /// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
 /// ([`CudaLayer::wg_min_rows`]).
 const WG_LONG_SPLIT_TILES: usize = 128;
@@ -223,6 +229,9 @@ pub struct CudaLayer {
     /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel),
     /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
+    /// The most rows it takes (more take the register-fed kernel): [`WG_MAX_ROWS`] (8 bit:
+    /// [`WG_MAX_ROWS_8BIT`]), or `GPTQ_CUDA_WG_MAX_ROWS` (16 to 64) for comparisons.
+    wg_max_rows: usize,
     /// Bit m set: a call of m rows on the warpgroup kernel launches the K splits of each column
     /// block as one thread-block cluster that adds them in shared memory (no workspace, no
     /// reduction launch), because every cluster of the grid fits on the device at once.
@@ -670,6 +679,12 @@ impl CudaLayer {
             resident_ring,
             resident_balanced,
             wg_min_rows: 9,
+            wg_max_rows: std::env::var("GPTQ_CUDA_WG_MAX_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(if d.bits == 8 { WG_MAX_ROWS_8BIT } else { WG_MAX_ROWS }, |v: usize| {
+                    v.clamp(WG_ROWS, WG_MAX_ROWS)
+                }),
             wg_cluster_rows: 0,
             wg_deep_rows: 0,
             deep_splits: std::env::var("GPTQ_CUDA_DEEP_SPLITS")
@@ -742,7 +757,7 @@ impl CudaLayer {
         if normal.splits <= 8 || (normal.tiles_per_split < WG_LONG_SPLIT_TILES && !any_split) {
             return self;
         }
-        if self.wg_split(true).is_some_and(|s| (2..=8).contains(&s.splits)) {
+        if self.wg_split(true, 1).is_some_and(|s| (2..=8).contains(&s.splits)) {
             for m in WG_DEEP_MIN_ROWS.max(self.wg_min_rows)..=WG_ROWS {
                 self.wg_deep_rows |= 1 << m;
             }
@@ -922,7 +937,9 @@ impl CudaLayer {
     fn ring_shape(&self, m: usize, ring: Ring) -> Option<MmaShape> {
         let enabled = match ring {
             Ring::Bulk => self.device.bulk && m <= BULK_ROWS,
-            Ring::Warpgroup => self.device.wg && (self.wg_min_rows..=WG_ROWS).contains(&m),
+            Ring::Warpgroup => {
+                self.device.wg && (self.wg_min_rows..=self.wg_max_rows).contains(&m) && self.wg_rows_fit(m)
+            }
         };
         if enabled { self.ring_split(m, ring) } else { None }
     }
@@ -935,9 +952,9 @@ impl CudaLayer {
         }
         match ring {
             Ring::Warpgroup if m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0 => {
-                self.wg_split(true).map(|s| MmaShape { deep: true, ..s })
+                self.wg_split(true, 1).map(|s| MmaShape { deep: true, ..s })
             }
-            Ring::Warpgroup => self.wg_split(false).map(|s| self.balance(s, m)),
+            Ring::Warpgroup => self.wg_split(false, m.div_ceil(WG_ROWS)).map(|s| self.balance(s, m)),
             Ring::Bulk => {
                 let resident = |_| self.resident_ring[ring as usize];
                 let sm = self.device.sm_count as usize;
@@ -994,10 +1011,25 @@ impl CudaLayer {
     /// with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
     /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
     /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
-    fn wg_split(&self, deep: bool) -> Option<MmaShape> {
+    /// Whether the warpgroup kernel's blocks of 16 rows for `m` rows fit on the device at once
+    /// unsplit (always for up to 16 rows): beyond 16 rows it runs only where they do. Measured on
+    /// the H100 (docs/perf.md, version 59) against the register-fed kernel: 17-48 rows 1.1-1.8×
+    /// faster on every profile layer; 64 rows 1.1-1.8× on four of them, 4096×14336 the same, and
+    /// 8192×28672 (448 blocks for 396 slots, so two waves) 1.09× faster at 4 bit but 1.3× slower at
+    /// 8 bit: that layer keeps the register-fed kernel there.
+    fn wg_rows_fit(&self, m: usize) -> bool {
+        let per_sm = 3.min(self.resident_ring[Ring::Warpgroup as usize]);
+        let blocks = self.n.div_ceil(TILE_N * 4) * m.div_ceil(WG_ROWS);
+        m <= WG_ROWS || blocks <= per_sm * self.device.sm_count as usize
+    }
+
+    /// With `row_blocks` blocks of 16 rows per column block (17 to 64 rows), the split of 16 rows on
+    /// that many times the column blocks.
+    fn wg_split(&self, deep: bool, row_blocks: usize) -> Option<MmaShape> {
         let resident = if deep { 2 } else { self.resident_ring[Ring::Warpgroup as usize] };
         let sm = self.device.sm_count as usize;
-        let s = mma_shape(WG_ROWS, self.k, self.n, self.bits, sm, self.blocks_per_sm, |_| resident);
+        let cols = self.n.next_multiple_of(TILE_N * 4) * row_blocks;
+        let s = mma_shape(WG_ROWS, self.k, cols, self.bits, sm, self.blocks_per_sm, |_| resident);
         let stage_tiles = if self.bits == 4 { 4 } else { 2 };
         let kt = self.k.div_ceil(TILE_K);
         let forced = self.deep_splits.filter(|_| deep);
@@ -1314,9 +1346,14 @@ impl CudaLayer {
                 let partial = workspace + gather as u64;
                 let cols = TILE_N * (4 / wk);
                 let block_rows = ring.map_or(16 * mf, Ring::rows);
+                let row_blocks = m.div_ceil(block_rows) as u32;
                 let grid = match shape.balanced {
-                    Some(blocks) => (blocks as u32, 1, m.div_ceil(block_rows) as u32),
-                    None => (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32),
+                    Some(blocks) => (blocks as u32, 1, row_blocks),
+                    // The warpgroup kernel's row blocks interleave along x (kernels/gptq_mma.cu).
+                    None if ring == Some(Ring::Warpgroup) => {
+                        (self.n.div_ceil(cols) as u32 * row_blocks, splits as u32, 1)
+                    }
+                    None => (self.n.div_ceil(cols) as u32, splits as u32, row_blocks),
                 };
                 let what = "launching the tensor-core GEMM kernel";
                 let _ctx = CtxGuard::push(self.device.ctx)?;
@@ -1341,7 +1378,7 @@ impl CudaLayer {
                         chunki,
                         stagesi
                     ];
-                    let clusters = self.wg_cluster_rows & (1 << m) != 0 && shape.balanced.is_none();
+                    let clusters = self.reduces_in_clusters(m) && shape.balanced.is_none();
                     let cluster_y = if clusters { splits as u32 } else { 1 };
                     // SAFETY: argument types and order match the kernel's signature (the tensor map
                     // first, copied by value); extents were checked above; clusters span grid y.
