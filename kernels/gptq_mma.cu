@@ -1093,7 +1093,8 @@ BULK_SMALL(8, true, true, gptq_bulk_b8_bf16_sym)
 BULK_SMALL(8, true, false, gptq_bulk_b8_bf16_asym)
 
 // ---- 9 to 64 rows on sm_90a (from 2 on layers with long K splits, src/cuda/layer.rs
-// with_wg_min_rows; blocks of 16 rows): the bulk-copy ring feeding warpgroup mma (wgmma) ----
+// with_wg_min_rows; blocks of 16 rows along grid z): the bulk-copy ring feeding warpgroup mma
+// (wgmma) ----
 //
 // At 16 rows, mma.sync is the limit: every weight meets 16 rows, so the tile's mma count doubles
 // (8, or 9 with the row sums, per warp and tile), and both the register kernel (63-67% of the read
@@ -1296,17 +1297,12 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     const unsigned char* ring = smem + (ring_s - full);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
-    // Row blocks of 16 rows are interleaved along grid x (block x: column block x / RB, rows from
-    // 16·(x % RB)), so that the RB blocks reading one column block's weights run side by side and
-    // all but the first find them in L2 (M = 17-64; RB = 1 below, and with BALANCED).
-    const int RB = BALANCED ? 1 : (M + WG_ROWS - 1) / WG_ROWS;
-    const int qb = blockIdx.x / RB;
-    // The block's tiles [t_begin, t_end): of column block qb, or flattened (BALANCED).
+    // The block's tiles [t_begin, t_end): of column block blockIdx.x, or flattened (BALANCED).
     const int L = BALANCED ? balanced_tiles : 0;
     const int t_begin = BALANCED ? blockIdx.x * L : blockIdx.y * tiles_per_split;
     const int t_end = BALANCED ? min(t_begin + L, (NT + 3) / 4 * KT) : min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
-    const int m0 = (blockIdx.x - qb * RB + blockIdx.z) * WG_ROWS;  // (grid z: BALANCED's row blocks)
+    const int m0 = blockIdx.z * WG_ROWS;
     if (threadIdx.x == 0) ring_barriers_init(full, empty, stages, MMA_THREADS);
     __syncthreads();
     pdl_launch_dependents();
@@ -1319,7 +1315,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
             // Stage i's column block and first K tile in it (whole stages never straddle two).
             auto place = [&](int i, int& quad, int& t0) {
                 const int f0 = t_begin + i * TPS;
-                quad = BALANCED ? f0 / KT : qb;
+                quad = BALANCED ? f0 / KT : blockIdx.x;
                 t0 = BALANCED ? f0 - quad * KT : f0;
             };
             auto weights = [&](int i) {  // stage i's tiles, scales and zeros (counted, not arrived)
@@ -1352,7 +1348,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
     // sq: the current stage's column block, its first tile at `base` (flattened; 0 otherwise); seg:
     // the column block whose sums tot_s holds. Warps past N's last column tile are inactive but
     // still take part in every wgmma, with zero weights.
-    int sq = BALANCED ? t_begin / KT : qb, seg = sq, base = BALANCED ? sq * KT : 0;
+    int sq = BALANCED ? t_begin / KT : blockIdx.x, seg = sq, base = BALANCED ? sq * KT : 0;
     const uint4 zero4 = make_uint4(0, 0, 0, 0);
     const u32 ones = BF ? 0x3F803F80u : 0x3C003C00u;
     // Symmetric codes are formed signed: no row sums (int_tile). WG_SIGNED=0 (GPTQ_NVRTC_DEFINES)
@@ -1497,7 +1493,7 @@ __device__ void wg_gemm_small(const TmaMap& amap, const uint4* __restrict__ qw, 
         return;
     }
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
-    const int nt = qb * 4 + warp;
+    const int nt = blockIdx.x * 4 + warp;
     const bool active = nt < NT;
     if (ranks > 1) {
         // Rank r adds the float4s k = r, r + ranks, ... of every block (in rank order: the same sum

@@ -54,8 +54,8 @@ const KERNEL_GATHER_LONG_INPUTS: usize = 768;
 const KERNEL_GATHER_LONG_SECTORS: f64 = 600.0;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
-/// The most rows the warpgroup kernel takes ([`CudaLayer::wg_max_rows`]): blocks of 16 rows side
-/// by side, reading each column block's weights from HBM once and from L2 after. At 8 bit 32:
+/// The most rows the warpgroup kernel takes ([`CudaLayer::wg_max_rows`]), in blocks of 16 rows
+/// (grid z), each reading its column block's weights. At 8 bit 32:
 /// at 64 rows it measured 1.1-1.2× faster than the register-fed kernel on three of the profile
 /// layers but 1.1-1.3× slower on 4096×14336, 28672×8192 and 8192×28672 (docs/perf.md, version 59).
 const WG_MAX_ROWS: usize = 64;
@@ -1346,14 +1346,9 @@ impl CudaLayer {
                 let partial = workspace + gather as u64;
                 let cols = TILE_N * (4 / wk);
                 let block_rows = ring.map_or(16 * mf, Ring::rows);
-                let row_blocks = m.div_ceil(block_rows) as u32;
                 let grid = match shape.balanced {
-                    Some(blocks) => (blocks as u32, 1, row_blocks),
-                    // The warpgroup kernel's row blocks interleave along x (kernels/gptq_mma.cu).
-                    None if ring == Some(Ring::Warpgroup) => {
-                        (self.n.div_ceil(cols) as u32 * row_blocks, splits as u32, 1)
-                    }
-                    None => (self.n.div_ceil(cols) as u32, splits as u32, row_blocks),
+                    Some(blocks) => (blocks as u32, 1, m.div_ceil(block_rows) as u32),
+                    None => (self.n.div_ceil(cols) as u32, splits as u32, m.div_ceil(block_rows) as u32),
                 };
                 let what = "launching the tensor-core GEMM kernel";
                 let _ctx = CtxGuard::push(self.device.ctx)?;
