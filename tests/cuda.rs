@@ -511,6 +511,41 @@ fn act_order_in_kernel_gathers_do_not_depend_on_the_alignment_of_a() {
     }
 }
 
+/// 17-64 rows on the warpgroup kernel as blocks of 16 rows (grid z) match the CPU path: 2048×28672
+/// (112 column blocks), where 17-32 rows leave K unsplit on the normal ring (224 blocks for the
+/// H100's 396 slots) and so take the deep ring (two blocks per SM), 48 rows the normal ring
+/// unsplit (336 blocks), 64 rows the register-fed kernel (448 blocks do not fit at once);
+/// symmetric and asymmetric, fp16 and bf16.
+#[test]
+fn wide_batches_on_the_warpgroup_kernel_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(37);
+    let dev = gptq::cuda::init(0).unwrap();
+    let overrides = ["WG_MAX_ROWS", "WG_MIN_ROWS", "BLOCKS_PER_SM", "NO_DEEP_RING", "WG"]
+        .iter()
+        .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
+    for (i, sym) in [true, false].into_iter().enumerate() {
+        let (k, n) = (2048, 28672);
+        let cpu = random_layer(400 + i as u64, 4, Some(128), k, n, false, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        let what = format!("4 bit sym {sym} {k}x{n}");
+        if dev.wg && dev.sm_count == 132 && !overrides {
+            for m in [17, 24, 32] {
+                assert!(l.takes_warpgroup(m) && l.runs_deep_ring(m), "{what}: the deep ring at M = {m}");
+            }
+            assert!(l.takes_warpgroup(48) && !l.runs_deep_ring(48), "{what}: the normal ring at M = 48");
+            assert!(!l.takes_warpgroup(64), "{what}: the register-fed kernel at M = 64");
+        }
+        let ms: &[usize] = if sym { &[17, 24, 31, 32, 48, 64] } else { &[17, 32, 48] };
+        assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
+        eprintln!("{what}: M {ms:?} match (M = 32: {})", l.describe_call(32));
+    }
+}
+
 /// The bulk-copy kernel's balanced splits (blocks over all column blocks' tiles in storage order,
 /// each spanning up to two column blocks, their sums added by the reduction from per-column-block
 /// slots) match the CPU path: 4096×28672 (112 column blocks of 256 K tiles, which uniform splits

@@ -883,10 +883,10 @@ impl CudaLayer {
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs the warpgroup kernel at two blocks
-    /// per SM with its deep ring ([`CudaLayer::wg_deep_rows`]).
+    /// per SM with its deep ring ([`CudaLayer::wg_deep_rows`], [`CudaLayer::deep_when_unsplit`]).
     #[doc(hidden)]
     pub fn runs_deep_ring(&self, m: usize) -> bool {
-        m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0
+        self.ring_shape(m, Ring::Warpgroup).is_some_and(|s| s.deep)
     }
 
     /// Device address and size of the buffers every GEMM must read (packed weights, scales, zero
@@ -954,7 +954,16 @@ impl CudaLayer {
             Ring::Warpgroup if m <= WG_ROWS && self.wg_deep_rows & (1 << m) != 0 => {
                 self.wg_split(true, 1).map(|s| MmaShape { deep: true, ..s })
             }
-            Ring::Warpgroup => self.wg_split(false, m.div_ceil(WG_ROWS)).map(|s| self.balance(s, m)),
+            Ring::Warpgroup if m > WG_ROWS => {
+                let rows = m.div_ceil(WG_ROWS);
+                let normal = self.wg_split(false, rows)?;
+                if self.deep_when_unsplit(&normal, rows) {
+                    self.wg_split(true, rows).map(|s| MmaShape { deep: true, ..s })
+                } else {
+                    Some(self.balance(normal, m))
+                }
+            }
+            Ring::Warpgroup => self.wg_split(false, 1).map(|s| self.balance(s, m)),
             Ring::Bulk => {
                 let resident = |_| self.resident_ring[ring as usize];
                 let sm = self.device.sm_count as usize;
@@ -1011,6 +1020,22 @@ impl CudaLayer {
     /// with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
     /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
     /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
+    /// Whether 17-64 rows on the warpgroup kernel take its deep ring (two blocks per SM, 7 stages)
+    /// where its normal ring would not split K (`normal`, `row_blocks` blocks of 16 rows per column
+    /// block), so its blocks fill few of the three slots per SM, but they fit two per SM: 4-bit
+    /// layers; not with `GPTQ_CUDA_NO_DEEP_RING` or `GPTQ_CUDA_BLOCKS_PER_SM`. Measured on the H100
+    /// (docs/perf.md, version 60): 8192×28672 at 17-32 rows (224 blocks) 115 → 92 µs; where the
+    /// normal ring splits K the deep ring was 3-40% slower.
+    fn deep_when_unsplit(&self, normal: &MmaShape, row_blocks: usize) -> bool {
+        let blocks = self.n.div_ceil(TILE_N * 4) * row_blocks;
+        self.bits == 4
+            && normal.splits == 1
+            && blocks <= 2 * self.device.sm_count as usize
+            && self.blocks_per_sm.is_none()
+            && std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_none()
+            && self.device.deep_ring_stages(self.bits, self.symmetric()).is_some()
+    }
+
     /// Whether the warpgroup kernel's blocks of 16 rows for `m` rows fit on the device at once
     /// unsplit (always for up to 16 rows): beyond 16 rows it runs only where they do. Measured on
     /// the H100 (docs/perf.md, version 59) against the register-fed kernel: 17-48 rows 1.1-1.8×
