@@ -55,10 +55,11 @@ const KERNEL_GATHER_LONG_SECTORS: f64 = 600.0;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
 /// The most rows the warpgroup kernel takes ([`CudaLayer::wg_max_rows`]), in blocks of 16 rows
-/// (grid z), each reading its column block's weights. At 8 bit 32:
-/// at 64 rows it measured 1.1-1.2× faster than the register-fed kernel on three of the profile
-/// layers but 1.1-1.3× slower on 4096×14336, 28672×8192 and 8192×28672 (docs/perf.md, version 59).
+/// (grid z), each reading its column block's weights.
 const WG_MAX_ROWS: usize = 64;
+/// The same at 8 bit: at 64 rows the warpgroup kernel measured 1.1-1.5× faster than the
+/// register-fed kernel on three of the profile layers but 1.1-1.3× slower on 4096×14336,
+/// 28672×8192 and 8192×28672 (docs/perf.md, version 59).
 const WG_MAX_ROWS_8BIT: usize = 32;
 /// K tiles (of 16 inputs) per split from which the warpgroup kernel also takes 2 to 8 rows
 /// ([`CudaLayer::wg_min_rows`]).
@@ -1014,12 +1015,6 @@ impl CudaLayer {
         MmaShape { splits: most, tiles_per_split: per, balanced: Some(blocks), ..uniform }
     }
 
-    /// The warpgroup kernel's split of K at the blocks per SM that fit (two with the `deep` ring).
-    /// The kernel computes 16 rows whatever m is: its split is that of 16 rows for every m (fewer
-    /// rows allowed more splits, whose partial sums cost more than they gained: 4096×4096 at M = 9
-    /// with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
-    /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
-    /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
     /// Whether 17-64 rows on the warpgroup kernel take its deep ring (two blocks per SM, 7 stages)
     /// where its normal ring would not split K (`normal`, `row_blocks` blocks of 16 rows per column
     /// block), so its blocks fill few of the three slots per SM, but they fit two per SM: 4-bit
@@ -1048,8 +1043,14 @@ impl CudaLayer {
         m <= WG_ROWS || blocks <= per_sm * self.device.sm_count as usize
     }
 
-    /// With `row_blocks` blocks of 16 rows per column block (17 to 64 rows), the split of 16 rows on
-    /// that many times the column blocks.
+    /// The warpgroup kernel's split of K at the blocks per SM that fit (two with the `deep` ring).
+    /// The kernel computes 16 rows per block whatever m is: up to 16 rows its split is that of 16
+    /// rows for every m (fewer rows allowed more splits, whose partial sums cost more than they gained: 4096×4096 at M = 9
+    /// with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
+    /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
+    /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
+    /// With `row_blocks` blocks of 16 rows per column block (17 to 64 rows), the split of 16 rows
+    /// over that many times the column blocks.
     fn wg_split(&self, deep: bool, row_blocks: usize) -> Option<MmaShape> {
         let resident = if deep { 2 } else { self.resident_ring[Ring::Warpgroup as usize] };
         let sm = self.device.sm_count as usize;
