@@ -242,6 +242,8 @@ pub struct CudaLayer {
     wg_deep_rows: u32,
     /// `GPTQ_CUDA_DEEP_SPLITS` (2 to 8): the deep ring's K splits, for comparisons.
     deep_splits: Option<usize>,
+    /// `GPTQ_CUDA_NO_DEEP_RING`: no deep ring at all (read once here, not on every call).
+    no_deep_ring: bool,
     /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
     /// gather A row by row through shared memory (sm_90; not with `GPTQ_CUDA_GATHER_BY_ROW=0`).
     gather_by_row: bool,
@@ -688,6 +690,7 @@ impl CudaLayer {
                 }),
             wg_cluster_rows: 0,
             wg_deep_rows: 0,
+            no_deep_ring: std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_some(),
             deep_splits: std::env::var("GPTQ_CUDA_DEEP_SPLITS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -743,7 +746,7 @@ impl CudaLayer {
     /// version 37): 28672×8192 (12 splits → 8) at M = 16 49.7 against 51.2 µs, M = 12 49.1 against
     /// 50.0-50.4, M = 8 48.2 against 48.6; M = 2-4 no better (their partial sums are few).
     fn with_deep_rows(mut self) -> Self {
-        let off = std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_some();
+        let off = self.no_deep_ring;
         let sym = self.symmetric();
         if !self.device.wg
             || off
@@ -1027,7 +1030,7 @@ impl CudaLayer {
             && normal.splits == 1
             && blocks <= 2 * self.device.sm_count as usize
             && self.blocks_per_sm.is_none()
-            && std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_none()
+            && !self.no_deep_ring
             && self.device.deep_ring_stages(self.bits, self.symmetric()).is_some()
     }
 
