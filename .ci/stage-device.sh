@@ -43,7 +43,7 @@ if [ -n "${STAGE_NVRTC_LIB:-}" ]; then
     LD_LIBRARY_PATH="$STAGE_NVRTC_LIB" GPTQ_CACHE_DIR="$D/cache" target/release/examples/precompile 90 ptx80
 fi
 # The kernels as NVRTC sees them, for a register/spill report with nvcc on the device machine.
-cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu > "$D"/kernels.cu
+cat kernels/common.cuh kernels/gptq_gemv.cu kernels/gptq_mma.cu kernels/gptq_dense.cu > "$D"/kernels.cu
 # A small sharded act-order checkpoint for the interop check (Python safetensors + transformers there).
 cargo run --release --quiet --example interop_fixture -- "$D"/interop
 # STAGE_NVRTC12=1: also CUDA 12.0's NVRTC (NVIDIA's wheel, compressed) and stage/nvrtc12.sh, which

@@ -1635,17 +1635,14 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gather_a_bulk(const u16* 
 }
 #endif
 
-// out [N, K] fp16 in the original input order from the tile layout; one thread per (tile, lane),
-// f32 math as the CPU path: s · (code - zero). Scales and offsets are the f16 arrays.
-template <int BITS>
-__device__ void mma_dequant(const uint4* __restrict__ qw, const uint4* __restrict__ scale,
-                            const uint4* __restrict__ nzero, const int* __restrict__ perm, u16* __restrict__ out,
-                            int N, int K, int tiles_per_group) {
+// Tile (nt, kt)'s values for `lane` (= 4g + t), in f32 as the CPU path computes them,
+// s · (code - zero): f(s, i, v) for each, v at column 8s + g of the tile and input i < 16 of it
+// (2t, 2t+1, 2t+8, 2t+9). Scales and offsets are the f16 arrays.
+template <int BITS, class F>
+__device__ __forceinline__ void dequant_lane(const uint4* __restrict__ qw, const uint4* __restrict__ scale,
+                                             const uint4* __restrict__ nzero, int nt, int kt, int KT, int NT,
+                                             int tiles_per_group, int lane, F&& f) {
     constexpr int QV = BITS / 4;
-    const int KT = (K + 15) / 16, NT = (N + 63) / 64;
-    const long tid = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (tid >= (long)NT * KT * 32) return;
-    const int lane = (int)(tid % 32), kt = (int)((tid / 32) % KT), nt = (int)(tid / 32 / KT);
     const int g = lane / 4, tq = lane % 4;
     const uint4* src = column_words(qw, nt, KT, QV, lane) + (long)kt * TILE_STRIDE(QV);
     const long si = ((long)(kt / tiles_per_group) * NT + nt) * 8 + g;
@@ -1666,15 +1663,28 @@ __device__ void mma_dequant(const uint4* __restrict__ qw, const uint4* __restric
                 // 8 bit: byte e -> subtile c, register e&1, half e/2.
                 const int s = BITS == 4 ? 2 * c + (e & 1) : c;
                 const int r = BITS == 4 ? (e & 3) >> 1 : e & 1, hi = BITS == 4 ? e >> 2 : e >> 1;
-                const int k = kt * 16 + 2 * tq + 8 * r + hi, n = nt * 64 + 8 * s + g;
-                if (k >= K || n >= N) continue;
                 const u32 code = (w[c4] >> (BITS * e)) & ((1u << BITS) - 1u);
                 const float sc = h2f((u16)(sw[s / 2] >> (16 * (s % 2))));
                 const float zero = -h2f((u16)(zw[s / 2] >> (16 * (s % 2)))) - 1024.f;
-                out[(long)n * K + (perm ? perm[k] : k)] = f2h(sc * ((float)code - zero));
+                f(s, 2 * tq + 8 * r + hi, sc * ((float)code - zero));
             }
         }
     }
+}
+
+// out [N, K] fp16 in the original input order from the tile layout; one thread per (tile, lane).
+template <int BITS>
+__device__ void mma_dequant(const uint4* __restrict__ qw, const uint4* __restrict__ scale,
+                            const uint4* __restrict__ nzero, const int* __restrict__ perm, u16* __restrict__ out,
+                            int N, int K, int tiles_per_group) {
+    const int KT = (K + 15) / 16, NT = (N + 63) / 64;
+    const long tid = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= (long)NT * KT * 32) return;
+    const int lane = (int)(tid % 32), kt = (int)((tid / 32) % KT), nt = (int)(tid / 32 / KT);
+    dequant_lane<BITS>(qw, scale, nzero, nt, kt, KT, NT, tiles_per_group, lane, [&](int s, int i, float v) {
+        const int k = kt * 16 + i, n = nt * 64 + 8 * s + lane / 4;
+        if (k < K && n < N) out[(long)n * K + (perm ? perm[k] : k)] = f2h(v);
+    });
 }
 extern "C" __global__ void gptq_mma_dequant_b4(const uint4* q, const uint4* s, const uint4* z, const int* p, u16* o, int N, int K, int tpg) {
     mma_dequant<4>(q, s, z, p, o, N, K, tpg);

@@ -511,6 +511,77 @@ fn act_order_in_kernel_gathers_do_not_depend_on_the_alignment_of_a() {
     }
 }
 
+/// Runs `m` rows with 16-byte aligned strides (lda = k + 8, ldc = n rounded up to 8, + 8) and a
+/// workspace of `ws` bytes; returns the relative error against the CPU path.
+fn check_aligned(l: &CudaLayer, cpu: &QuantizedLayer, m: usize, bf: bool, ws: usize, stream: cu::CUstream, rng: &mut Rng) -> f64 {
+    let (k, n) = (cpu.desc().in_features, cpu.desc().out_features);
+    let (lda, ldc) = (k + 8, n.next_multiple_of(8) + 8);
+    let bits: Vec<u16> =
+        (0..m * lda).map(|_| rng.uniform()).map(|v| if bf { bf16::from_f32(v).to_bits() } else { f16::from_f32(v).to_bits() }).collect();
+    let a_dev = gpu::Buf::from(&bits);
+    let c_dev = gpu::Buf::new(m * ldc * 2);
+    c_dev.fill16(if bf { 0x7FC0 } else { POISON });
+    let ws_dev = gpu::Buf::new(ws);
+    let dtype = if bf { ActDType::BF16 } else { ActDType::F16 };
+    unsafe { l.gemm(a_dev.0, dtype, m, lda, c_dev.0, ldc, ws_dev.0, ws, stream) }.unwrap();
+    gpu::sync(stream);
+    relative_error(cpu, &bits, m, lda, &c_dev.read(m * ldc), ldc, bf)
+}
+
+/// Large batches (from 129 rows) with aligned operands dequantize the weights into the
+/// workspace and run cuBLASLt: 4 and 8 bit (2 bit widened to 4), symmetric and asymmetric, groups
+/// 32/64/128/none, act-order (A gathered first), K ending inside a tile, odd N, with the bias in
+/// cuBLASLt's epilogue, and an act-order 8192×28672 layer; fp16 and bf16. The same calls (but on
+/// the large layer) with only the quantized kernels' workspace run those kernels instead, and match
+/// too.
+#[test]
+fn large_batches_dequantize_and_run_cublaslt() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    if !gptq::cuda::init(0).unwrap().has_cublaslt() {
+        eprintln!("NOTICE: cuBLASLt not found (or GPTQ_CUDA_DENSE=0): the dense path is not tested");
+        return;
+    }
+    let stream = gpu::stream();
+    let mut rng = Rng(61);
+    // (bits, group, act-order, sym, K, N); the model-sized layer at the first M only, dense only.
+    let cases: &[(u32, Option<usize>, bool, bool, usize, usize)] = &[
+        (4, Some(128), false, true, 4096, 4096),
+        (4, Some(32), true, false, 1024, 1000),
+        (4, Some(128), true, false, 3080, 1032),
+        (4, None, false, false, 768, 520),
+        (8, Some(128), true, true, 2048, 1032),
+        (8, Some(64), false, false, 1024, 328),
+        (2, Some(128), false, true, 2048, 1024),
+        (4, Some(128), true, true, 8192, 28672),
+    ];
+    let min = gptq::cuda::init(0).unwrap().dense_min_rows;
+    for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
+        let cpu = random_layer(100 + i as u64, bits, gs, k, n, act, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        let what = format!("bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}");
+        assert!(l.runs_dense(min) && (min == 1 || !l.runs_dense(min - 1)), "{what}: the dense path from {min} rows");
+        let big = n * k > 1 << 26;
+        let ms = if big { vec![min] } else { vec![min, min + 44, 1000] };
+        for &m in &ms {
+            let full = l.workspace_size(m).unwrap();
+            let quantized = l.quantized_workspace_size(m);
+            assert!(full > quantized + (n * k * 2), "{what} m {m}: workspace {full} holds no dense weights");
+            for bf in [false, true] {
+                let e = check_aligned(&l, &cpu, m, bf, full, stream, &mut rng);
+                assert!(e < bound(bf), "{what} m {m} bf16 {bf} dense: rel err {e:e}");
+                if !big {
+                    let e = check_aligned(&l, &cpu, m, bf, quantized, stream, &mut rng);
+                    assert!(e < bound(bf), "{what} m {m} bf16 {bf} quantized kernels: rel err {e:e}");
+                }
+            }
+        }
+        eprintln!("{what}: M {ms:?} match");
+    }
+}
+
 /// 17-64 rows on the warpgroup kernel as blocks of 16 rows (grid z) match the CPU path: 2048×28672
 /// (112 column blocks), where 17-32 rows leave K unsplit on the normal ring (224 blocks for the
 /// H100's 396 slots) and so take the deep ring (two blocks per SM), 48 rows the normal ring
@@ -717,6 +788,11 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     // 64-row blocks, on sm_90 after the row-by-row gather through shared memory).
     for m in [3usize, 5, 12, 48] {
         graph_and_streams(cl, m, 4096, 4096);
+    }
+    // 256 rows: the dense path (gather, dequantization, cuBLASLt) under capture and on two streams.
+    if gptq::cuda::init(0).unwrap().has_cublaslt() {
+        assert!(CudaLayer::new(&h.1, 0).unwrap().runs_dense(256));
+        graph_and_streams(cl, 256, 4096, 4096);
     }
     {
         // Without act-order, 6 rows: on sm_90 the bulk-copy kernel copies A's rows into its ring

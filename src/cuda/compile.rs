@@ -14,6 +14,8 @@ const SOURCE: &str = concat!(
     include_str!("../../kernels/gptq_gemv.cu"),
     "\n",
     include_str!("../../kernels/gptq_mma.cu"),
+    "\n",
+    include_str!("../../kernels/gptq_dense.cu"),
 );
 
 /// Environment variable overriding the cubin cache directory.

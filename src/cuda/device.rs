@@ -1,6 +1,6 @@
 //! Driver loading, devices and their primary contexts, and the per-device kernel module.
 
-use super::{check, compile, layer};
+use super::{check, compile, dense, layer};
 use crate::error::{Error, Result};
 use cudarc::driver::sys as cu;
 use once_cell::sync::OnceCell;
@@ -68,6 +68,11 @@ pub struct Device {
     smem_per_sm: usize,
     smem_reserved: usize,
     module: cu::CUmodule,
+    /// cuBLASLt for large batches (`None` where it is not installed or `GPTQ_CUDA_DENSE=0`).
+    pub(crate) lt: Option<dense::Lt>,
+    /// The fewest rows a call needs to take the dense path (dequantize, then cuBLASLt):
+    /// [`DENSE_MIN_ROWS`], or `GPTQ_CUDA_DENSE_MIN_ROWS`.
+    pub dense_min_rows: usize,
     functions: Mutex<HashMap<String, usize>>,
     /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
     /// measured at init so launches never queue a second wave by accident.
@@ -124,6 +129,12 @@ fn parse_kernel_arch(v: &str, arch: (u32, u32)) -> Result<(u32, u32)> {
         ))),
     }
 }
+
+/// The fewest rows that take the dense path by default. The register-fed kernel runs blocks of 64
+/// rows; with a third block per column block (129 rows on; measured at 160-224) it ran at
+/// 0.26-0.46× cuBLAS fp16 on the six profile layers and the dense path at 0.46-0.58×, faster on
+/// every one (1.2-1.8× there, 1.5-3.1× from 256 rows). At 128 rows the kernel was faster on four of the six (docs/perf.md, version 61).
+pub const DENSE_MIN_ROWS: usize = 129;
 
 static DEVICES: OnceCell<Mutex<HashMap<usize, Arc<Device>>>> = OnceCell::new();
 
@@ -196,6 +207,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         smem_per_sm,
         smem_reserved,
         module,
+        lt: dense::Lt::load(),
+        dense_min_rows: env("GPTQ_CUDA_DENSE_MIN_ROWS").unwrap_or(DENSE_MIN_ROWS).max(1),
         functions: Mutex::new(HashMap::new()),
         resident: HashMap::new(),
     };
@@ -297,6 +310,11 @@ impl Device {
     /// Blocks of tensor-core kernel `name` resident on one SM at once (1 if unknown).
     pub(crate) fn resident_blocks(&self, name: &str) -> usize {
         self.resident.get(name).copied().unwrap_or(1)
+    }
+
+    /// Whether cuBLASLt was loaded for the dense path of large batches.
+    pub fn has_cublaslt(&self) -> bool {
+        self.lt.is_some()
     }
 
     /// A kernel of the module by its `extern "C"` name.

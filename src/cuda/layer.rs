@@ -1,6 +1,6 @@
 //! A layer prepared for one GPU, and the stream-ordered GEMM and dequantization on it.
 
-use super::check;
+use super::{check, dense};
 use super::device::{CtxGuard, Device, init};
 use super::tiles::{TILE_K, TILE_N, mma_tiles};
 use crate::error::{Error, Result};
@@ -217,6 +217,9 @@ pub struct CudaLayer {
     weights: Weights,
     perm: Option<DevBuf>,
     bias: Option<DevBuf>,
+    /// The bias as fp16 and as bf16, for cuBLASLt's epilogue on the dense path (its default bias
+    /// type is the output's).
+    bias_act: Option<[DevBuf; 2]>,
     /// Blocks per SM the tensor-core launch aims for, when overridden for benchmarks.
     blocks_per_sm: Option<usize>,
     /// Blocks of this layer's tensor-core kernels (1, 2 and 4 fragments) resident on one SM, the
@@ -673,6 +676,13 @@ impl CudaLayer {
             n,
             weights,
             perm: perm.map(|p| upload(&p, "permutation")).transpose()?,
+            bias_act: match &bias {
+                Some(b) => Some([
+                    upload(&b.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>(), "bias")?,
+                    upload(&b.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect::<Vec<u16>>(), "bias")?,
+                ]),
+                None => None,
+            },
             bias: bias.map(|b| upload(&b, "bias")).transpose()?,
             blocks_per_sm: std::env::var("GPTQ_CUDA_BLOCKS_PER_SM")
                 .ok()
@@ -847,6 +857,9 @@ impl CudaLayer {
     #[doc(hidden)]
     pub fn describe_call(&self, m: usize) -> String {
         let sym = self.symmetric();
+        if self.dense_rows(m) {
+            return "dequantized into the workspace, then cuBLASLt".into();
+        }
         match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
                 "{ring:?} kernel, {} of {} tiles, {} stages{}{}{}",
@@ -1237,7 +1250,119 @@ impl CudaLayer {
             // Splits depend on every m below 8 rows per block × 4 blocks per SM, then stay fixed.
             Weights::Gemv { .. } => max_over_rows(m, 1, 8 * 4 * sm, |r| self.partial_bytes(r)),
         };
-        Ok(self.gather_bytes(m) + partial)
+        Ok((self.gather_bytes(m) + partial).max(self.dense_bytes(m)))
+    }
+
+    /// Whether calls of `m` rows may take the dense path: 4- and 8-bit layers (the tile layout),
+    /// from [`Device::dense_min_rows`](super::Device::dense_min_rows) rows, with cuBLASLt loaded and
+    /// K a multiple of 8 (the dequantized rows are written in 16-byte pieces).
+    fn dense_rows(&self, m: usize) -> bool {
+        matches!(self.weights, Weights::Mma { .. })
+            && self.device.lt.is_some()
+            && m >= self.device.dense_min_rows
+            && self.k % 8 == 0
+    }
+
+    /// Workspace bytes of the dense path for `m` rows (0 where it does not apply): 256 for aligning
+    /// its start, the dequantized weights `[n, k]`, cuBLASLt's workspace, then act-order A gathered
+    /// (`m·k` halves).
+    fn dense_bytes(&self, m: usize) -> usize {
+        if !self.dense_rows(m) {
+            return 0;
+        }
+        let gather = if self.perm.is_some() { m * self.k * 2 } else { 0 };
+        256 + (self.n * self.k * 2).next_multiple_of(256) + dense::LT_WORKSPACE_BYTES + gather
+    }
+
+    /// Whether a `gemm` call of `m` rows with these operands takes the dense path: where it applies
+    /// ([`CudaLayer::dense_rows`]), A and C are 16-byte aligned with row strides of whole 16-byte
+    /// pieces (what cuBLASLt's fastest kernels take), and the workspace holds
+    /// [`workspace_size`](Self::workspace_size)`(m)`; otherwise the quantized kernels, which need less.
+    fn takes_dense(&self, m: usize, a: u64, lda: usize, c: u64, ldc: usize, workspace: u64, bytes: usize) -> bool {
+        self.dense_rows(m)
+            && a % 16 == 0
+            && c % 16 == 0
+            && lda % 8 == 0
+            && ldc % 8 == 0
+            && workspace != 0
+            && bytes >= self.dense_bytes(m)
+    }
+
+    /// Workspace bytes the quantized kernels need for exactly `m` rows: a call with less than
+    /// [`workspace_size`](Self::workspace_size) but at least this runs them instead of the dense path.
+    #[doc(hidden)]
+    pub fn quantized_workspace_size(&self, m: usize) -> usize {
+        self.workspace_need(m)
+    }
+
+    /// Whether a call of `m` rows with aligned operands and a workspace of
+    /// [`workspace_size`](Self::workspace_size)`(m)` bytes dequantizes and runs cuBLASLt.
+    #[doc(hidden)]
+    pub fn runs_dense(&self, m: usize) -> bool {
+        self.dense_rows(m)
+    }
+
+    /// The dense path: act-order A gathered, the weights dequantized to `[n, k]` in the workspace
+    /// (kernels/gptq_dense.cu), then one cuBLASLt GEMM with the bias in its epilogue.
+    ///
+    /// # Safety
+    /// As [`gemm`](Self::gemm); [`CudaLayer::takes_dense`] holds.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_dense(
+        &self,
+        a: u64,
+        dtype: ActDType,
+        m: usize,
+        lda: usize,
+        c: u64,
+        ldc: usize,
+        workspace: u64,
+        stream: cu::CUstream,
+    ) -> Result<()> {
+        let (Weights::Mma { qweight, scale_f16, nzero_f16, tiles_per_group, .. }, Some(lt)) =
+            (&self.weights, self.device.lt.as_ref())
+        else {
+            return Err(Error::Unsupported("the dense path needs the tile layout and cuBLASLt".into()));
+        };
+        let bf = dtype == ActDType::BF16;
+        let w = workspace.next_multiple_of(256);
+        let lt_ws = w + (self.n * self.k * 2).next_multiple_of(256) as u64;
+        let gathered = lt_ws + dense::LT_WORKSPACE_BYTES as u64;
+        let (a_in, lda_in) = if self.perm.is_some() {
+            // SAFETY: the caller's contract; the workspace holds m·k halves there (dense_bytes).
+            unsafe { self.gather_act_order(a, lda, m, gathered, stream)? };
+            (gathered, self.k)
+        } else {
+            (a, lda)
+        };
+        let suffix = if bf { "bf16" } else { "f16" };
+        let f = self.device.function(&format!("gptq_dense_dequant_b{}_{suffix}", self.bits))?;
+        let nz = nzero_f16.as_ref().map_or(0, |z| z.ptr);
+        let (ni, ki, tpg) = (self.n as i32, self.k as i32, (*tiles_per_group).min(i32::MAX as usize) as i32);
+        let mut args = args![qweight.ptr, scale_f16.ptr, nz, w, ni, ki, tpg];
+        let grid = (self.k.div_ceil(TILE_K).div_ceil(8) as u32, self.n.div_ceil(TILE_N) as u32, 1);
+        let _ctx = CtxGuard::push(self.device.ctx)?;
+        // SAFETY: argument types and order match the kernel's signature; the workspace holds n·k
+        // halves from `w` (dense_bytes).
+        unsafe { launch(f, grid, 256, stream, &mut args, "launching the dense dequantization kernel")? };
+        let bias = self.bias_act.as_ref().map_or(0, |b| b[bf as usize].ptr);
+        let g = dense::DenseGemm {
+            bf16: bf,
+            m,
+            n: self.n,
+            k: self.k,
+            a: a_in,
+            lda: lda_in,
+            w,
+            c,
+            ldc,
+            bias,
+            workspace: lt_ws,
+            workspace_bytes: dense::LT_WORKSPACE_BYTES,
+        };
+        // SAFETY: the caller's contract for A and C; W, the bias and cuBLASLt's workspace are the
+        // layer's and the workspace's; the layer's context is current.
+        unsafe { lt.matmul_tn(&g, stream.cast()) }
     }
 
     fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
@@ -1293,6 +1418,11 @@ impl CudaLayer {
                 "m = {m} exceeds the {} rows one call can take; split the call",
                 self.max_rows()
             )));
+        }
+        if self.takes_dense(m, a, lda, c, ldc, workspace, workspace_bytes) {
+            self.stream_check(stream)?;
+            // SAFETY: the caller's contract; takes_dense holds.
+            return unsafe { self.gemm_dense(a, dtype, m, lda, c, ldc, workspace, stream) };
         }
         let need = self.workspace_need(m);
         if workspace_bytes < need || (need > 0 && workspace == 0) {
