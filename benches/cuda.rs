@@ -138,7 +138,7 @@ fn main() {
         },
         if dev.wg {
             format!(
-                "on from {} to 64 rows (32 at 8 bit; {} stages at 4 bit, 3 for short blocks, deep ring {})",
+                "on from {} to 128 rows (32 at 8 bit; {} stages at 4 bit, 3 for short blocks, deep ring {})",
                 dev.wg_min_rows
                     .map_or("9 (2 on long K splits, 1 at 8 bit in one cluster)".to_string(), |r| r.to_string()),
                 dev.ring_stages(Ring::Warpgroup, 4, true, usize::MAX),
@@ -219,7 +219,7 @@ fn main() {
                 }
             });
             for &m in ms {
-                if bits == 8 && m > 64 {
+                if bits == 8 && m > 64 && !profile {
                     continue;
                 }
                 let a = upload_random_f16(m * k, &mut rng, 2.0);

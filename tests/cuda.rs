@@ -378,13 +378,18 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             assert_eq!(l.takes_warpgroup(1), one_row, "{what}: the warpgroup kernel at M = 1");
             assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
             assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
-            // 17-64 rows (8 bit: 17-32) as blocks of 16 side by side, where those fit the H100's
-            // 396 block slots unsplit (8192×28672 at 64 rows: 112 column blocks × 4 do not).
+            // 17-128 rows (8 bit: 17-32) as blocks of 16 side by side, where those fit the H100's
+            // 396 block slots unsplit (8192×28672 at 64 rows: 112 column blocks × 4 do not), above
+            // 96 rows only where no block's run of K exceeds 1024 tiles (28672×8192: one of 1792).
             if dev.sm_count == 132 && std::env::var_os("GPTQ_CUDA_WG_MAX_ROWS").is_none() && !overrides {
                 assert!(l.takes_warpgroup(17) && l.takes_warpgroup(32), "{what}: the warpgroup kernel at M = 17-32");
-                assert!(!l.takes_warpgroup(65), "{what}: the register-fed kernel from M = 65");
+                assert!(!l.takes_warpgroup(129), "{what}: no warpgroup kernel from M = 129");
                 let fits = (k, n) != (8192, 28672) && bits == 4;
                 assert_eq!(l.takes_warpgroup(64), fits, "{what}: the warpgroup kernel at M = 64");
+                assert_eq!(l.takes_warpgroup(96), fits, "{what}: the warpgroup kernel at M = 96");
+                if (k, n, bits) == (28672, 8192, 4) {
+                    assert!(!l.takes_warpgroup(112), "{what}: the register-fed kernel at M = 112");
+                }
             }
         }
         eprintln!("{what}: M {ms:?} pass (clusters at M = 16: {})", l.reduces_in_clusters(16));
@@ -582,11 +587,12 @@ fn large_batches_dequantize_and_run_cublaslt() {
     }
 }
 
-/// 17-64 rows on the warpgroup kernel as blocks of 16 rows (grid z) match the CPU path: 2048×28672
+/// 17-128 rows on the warpgroup kernel as blocks of 16 rows (grid z) match the CPU path: 2048×28672
 /// (112 column blocks), where 17-32 rows leave K unsplit on the normal ring (224 blocks for the
 /// H100's 396 slots) and so take the deep ring (two blocks per SM), 48 rows the normal ring
-/// unsplit (336 blocks), 64 rows the register-fed kernel (448 blocks do not fit at once);
-/// symmetric and asymmetric, fp16 and bf16.
+/// unsplit (336 blocks), 64 rows the register-fed kernel (448 blocks do not fit at once); and
+/// 2048×4096 (16 column blocks), whose 65-128 rows run 5-8 row blocks with K split; symmetric
+/// and asymmetric, fp16 and bf16.
 #[test]
 fn wide_batches_on_the_warpgroup_kernel_match_the_cpu_path() {
     if !gpu_available() {
@@ -614,6 +620,18 @@ fn wide_batches_on_the_warpgroup_kernel_match_the_cpu_path() {
         let ms: &[usize] = if sym { &[17, 24, 31, 32, 48, 64] } else { &[17, 32, 48] };
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
         eprintln!("{what}: M {ms:?} match (M = 32: {})", l.describe_call(32));
+        let (k, n) = (2048, 4096);
+        let cpu = random_layer(410 + i as u64, 4, Some(128), k, n, false, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        let what = format!("4 bit sym {sym} {k}x{n}");
+        let ms = [65, 80, 97, 112, 127, 128];
+        if dev.wg && dev.sm_count == 132 && !overrides {
+            for m in ms {
+                assert!(l.takes_warpgroup(m), "{what}: the warpgroup kernel at M = {m}");
+            }
+        }
+        assert_matches(Target::Rust(&l), &cpu, &ms, stream, &mut rng, &what);
+        eprintln!("{what}: M {ms:?} match (M = 128: {})", l.describe_call(128));
     }
 }
 

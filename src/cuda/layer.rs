@@ -55,8 +55,17 @@ const KERNEL_GATHER_LONG_SECTORS: f64 = 600.0;
 /// Rows of A one warpgroup-mma block takes.
 const WG_ROWS: usize = 16;
 /// The most rows the warpgroup kernel takes ([`CudaLayer::wg_max_rows`]), in blocks of 16 rows
-/// (grid z), each reading its column block's weights.
-const WG_MAX_ROWS: usize = 64;
+/// (grid z), each reading its column block's weights. Measured on the H100 against the
+/// register-fed kernel (docs/perf.md, version 62): at 65-96 rows 1.2-2.4× faster on all nine
+/// layers measured where the blocks fit at once, at 112-128 1.1-2.3× on all but 28672×8192 (see
+/// [`WG_WIDE_MAX_TILES`]).
+const WG_MAX_ROWS: usize = 128;
+/// Above this many rows the warpgroup kernel runs only where each block's run of K is at most
+/// [`WG_WIDE_MAX_TILES`] tiles.
+const WG_WIDE_ROWS: usize = 96;
+/// 28672×8192 at 112-128 rows (one split of 1792 tiles per block, 224-256 blocks) ran 1.0-1.05×
+/// slower than the register-fed kernel's four splits; 8192×8192 (one of 512) 1.1× faster.
+const WG_WIDE_MAX_TILES: usize = 1024;
 /// The same at 8 bit: at 64 rows the warpgroup kernel measured 1.1-1.5× faster than the
 /// register-fed kernel on three of the profile layers but 1.1-1.3× slower on 4096×14336,
 /// 28672×8192 and 8192×28672 (docs/perf.md, version 59).
@@ -234,7 +243,7 @@ pub struct CudaLayer {
     /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
     /// The most rows it takes (more take the register-fed kernel): [`WG_MAX_ROWS`] (8 bit:
-    /// [`WG_MAX_ROWS_8BIT`]), or `GPTQ_CUDA_WG_MAX_ROWS` (16 to 64) for comparisons.
+    /// [`WG_MAX_ROWS_8BIT`]), or `GPTQ_CUDA_WG_MAX_ROWS` (16 to 128) for comparisons.
     wg_max_rows: usize,
     /// Bit m set: a call of m rows on the warpgroup kernel launches the K splits of each column
     /// block as one thread-block cluster that adds them in shared memory (no workspace, no
@@ -974,11 +983,12 @@ impl CudaLayer {
             Ring::Warpgroup if m > WG_ROWS => {
                 let rows = m.div_ceil(WG_ROWS);
                 let normal = self.wg_split(false, rows)?;
-                if self.deep_when_unsplit(&normal, rows) {
-                    self.wg_split(true, rows).map(|s| MmaShape { deep: true, ..s })
+                let shape = if self.deep_when_unsplit(&normal, rows) {
+                    self.wg_split(true, rows).map(|s| MmaShape { deep: true, ..s })?
                 } else {
-                    Some(self.balance(normal, m))
-                }
+                    self.balance(normal, m)
+                };
+                (m <= WG_WIDE_ROWS || shape.tiles_per_split <= WG_WIDE_MAX_TILES).then_some(shape)
             }
             Ring::Warpgroup => self.wg_split(false, 1).map(|s| self.balance(s, m)),
             Ring::Bulk => {
@@ -1031,7 +1041,7 @@ impl CudaLayer {
         MmaShape { splits: most, tiles_per_split: per, balanced: Some(blocks), ..uniform }
     }
 
-    /// Whether 17-64 rows on the warpgroup kernel take its deep ring (two blocks per SM, 7 stages)
+    /// Whether 17-128 rows on the warpgroup kernel take its deep ring (two blocks per SM, 7 stages)
     /// where its normal ring would not split K (`normal`, `row_blocks` blocks of 16 rows per column
     /// block), so its blocks fill few of the three slots per SM, but they fit two per SM: 4-bit
     /// layers; not with `GPTQ_CUDA_NO_DEEP_RING` or `GPTQ_CUDA_BLOCKS_PER_SM`. Measured on the H100
@@ -1065,7 +1075,7 @@ impl CudaLayer {
     /// with 22 splits 10.0 µs, at M = 12 with 16 8.6; version 33). Whole stages per split (4 tiles at 4 bit, 2 at 8),
     /// so that with groups of at least a stage no stage straddles a group and the kernel takes its
     /// straight-line stage body (kernels/gptq_mma.cu, wg_gemm_small; docs/perf.md, version 30).
-    /// With `row_blocks` blocks of 16 rows per column block (17 to 64 rows), the split of 16 rows
+    /// With `row_blocks` blocks of 16 rows per column block (17 to 128 rows), the split of 16 rows
     /// over that many times the column blocks.
     fn wg_split(&self, deep: bool, row_blocks: usize) -> Option<MmaShape> {
         let resident = if deep { 2 } else { self.resident_ring[Ring::Warpgroup as usize] };
