@@ -117,6 +117,7 @@ impl Drop for Descs {
     }
 }
 
+#[derive(Clone, Copy)]
 /// One dense GEMM's operands: `C[m, n] = A[m, k] · W[n, k]ᵀ (+ bias[n])`, all row major in 16-bit
 /// floats of one type; device addresses.
 pub(crate) struct DenseGemm {
@@ -136,19 +137,25 @@ pub(crate) struct DenseGemm {
     pub workspace_bytes: usize,
 }
 
+/// A dense GEMM ready to enqueue: its descriptors and the algorithm cuBLASLt's heuristic chose.
+pub(crate) struct Plan<'a> {
+    lt: &'a Lt,
+    g: DenseGemm,
+    d: Descs,
+    algo: lt::cublasLtMatmulAlgo_t,
+}
+
 impl Lt {
-    /// Enqueues `g` on `stream` (f32 accumulation). cuBLASLt is column major, so this is
+    /// Describes `g` to cuBLASLt (f32 accumulation) and asks its heuristic for a kernel; `None`
+    /// where it has none for these shapes and alignments (the caller then runs the quantized
+    /// kernels), before anything is enqueued. cuBLASLt is column major, so this is
     /// `Cᵀ[n, m] = W[k, n]ᵀ · Aᵀ[k, m]`: W's rows are the k-long columns of a transposed operand,
     /// the "TN" GEMM cuBLAS runs fastest.
-    ///
-    /// # Safety
-    /// The addresses are device memory of the current context's device, valid for the extents in
-    /// `g`; `stream` belongs to that context.
-    pub(crate) unsafe fn matmul_tn(&self, g: &DenseGemm, stream: *mut c_void) -> Result<()> {
+    pub(crate) fn plan(&self, g: DenseGemm) -> Result<Option<Plan<'_>>> {
         let t = if g.bf16 { lt::cudaDataType_t::CUDA_R_16BF } else { lt::cudaDataType_t::CUDA_R_16F };
         let mut d = Descs { op: std::ptr::null_mut(), layouts: Vec::new(), pref: std::ptr::null_mut() };
         // SAFETY: plain cuBLASLt calls on descriptors created here; attribute buffers are locals of
-        // the sizes passed; the operands are the caller's contract.
+        // the sizes passed; nothing is enqueued.
         unsafe {
             status(
                 lt::cublasLtMatmulDescCreate(
@@ -184,7 +191,10 @@ impl Lt {
             // (rows, cols, leading dimension) of the column-major views: W as k × n, A as k × m, C as n × m.
             for (rows, cols, ld) in [(g.k, g.n, g.k), (g.k, g.m, g.lda), (g.n, g.m, g.ldc)] {
                 let mut l = std::ptr::null_mut();
-                status(lt::cublasLtMatrixLayoutCreate(&mut l, t, rows as u64, cols as u64, ld as i64), "matrix layout")?;
+                status(
+                    lt::cublasLtMatrixLayoutCreate(&mut l, t, rows as u64, cols as u64, ld as i64),
+                    "matrix layout",
+                )?;
                 d.layouts.push(l);
             }
             status(lt::cublasLtMatmulPreferenceCreate(&mut d.pref), "preference")?;
@@ -225,16 +235,35 @@ impl Lt {
                 lt::cublasLtMatmulAlgoGetHeuristic(self.0, d.op, wl, al, cl, cl, d.pref, 1, &mut result, &mut found),
                 "heuristic",
             )?;
-            if found == 0 {
-                return Err(Error::Unsupported(format!(
-                    "cuBLASLt has no kernel for a {}×{}×{} GEMM",
-                    g.m, g.n, g.k
-                )));
+            if found == 0 || result.state != lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Ok(None);
             }
-            let (one, zero) = (1.0f32, 0.0f32);
+            Ok(Some(Plan { lt: self, g, d, algo: result.algo }))
+        }
+    }
+}
+
+impl Plan<'_> {
+    /// The operands it was planned for.
+    pub(crate) fn gemm(&self) -> &DenseGemm {
+        &self.g
+    }
+
+    /// Enqueues the planned GEMM on `stream`.
+    ///
+    /// # Safety
+    /// The planned addresses are device memory of the current context's device, valid for their
+    /// extents, and W (and A, where the caller gathers it) is written before this on `stream`;
+    /// `stream` belongs to that context.
+    pub(crate) unsafe fn run(&self, stream: *mut c_void) -> Result<()> {
+        let (d, g) = (&self.d, &self.g);
+        let (wl, al, cl) = (d.layouts[0], d.layouts[1], d.layouts[2]);
+        let (one, zero) = (1.0f32, 0.0f32);
+        // SAFETY: the descriptors are live (owned by self); the operands are the caller's contract.
+        unsafe {
             status(
                 lt::cublasLtMatmul(
-                    self.0,
+                    self.lt.0,
                     d.op,
                     (&raw const one).cast(),
                     g.w as *const c_void,
@@ -246,7 +275,7 @@ impl Lt {
                     cl,
                     g.c as *mut c_void,
                     cl,
-                    &result.algo,
+                    &self.algo,
                     g.workspace as *mut c_void,
                     g.workspace_bytes,
                     stream.cast(),

@@ -1,8 +1,8 @@
 //! A layer prepared for one GPU, and the stream-ordered GEMM and dequantization on it.
 
-use super::{check, dense};
 use super::device::{CtxGuard, Device, init};
 use super::tiles::{TILE_K, TILE_N, mma_tiles};
+use super::{check, dense};
 use crate::error::{Error, Result};
 use crate::format::QuantizedLayer;
 use cudarc::driver::sys as cu;
@@ -1288,6 +1288,7 @@ impl CudaLayer {
     /// ([`CudaLayer::dense_rows`]), A and C are 16-byte aligned with row strides of whole 16-byte
     /// pieces (what cuBLASLt's fastest kernels take), and the workspace holds
     /// [`workspace_size`](Self::workspace_size)`(m)`; otherwise the quantized kernels, which need less.
+    #[allow(clippy::too_many_arguments)]
     fn takes_dense(&self, m: usize, a: u64, lda: usize, c: u64, ldc: usize, workspace: u64, bytes: usize) -> bool {
         self.dense_rows(m)
             && a % 16 == 0
@@ -1312,13 +1313,11 @@ impl CudaLayer {
         self.dense_rows(m)
     }
 
-    /// The dense path: act-order A gathered, the weights dequantized to `[n, k]` in the workspace
-    /// (kernels/gptq_dense.cu), then one cuBLASLt GEMM with the bias in its epilogue.
-    ///
-    /// # Safety
-    /// As [`gemm`](Self::gemm); [`CudaLayer::takes_dense`] holds.
+    /// The dense path's cuBLASLt GEMM for these operands (act-order A gathered, the weights
+    /// dequantized to `[n, k]`, cuBLASLt's workspace, each at its place in the workspace), or `None`
+    /// where cuBLASLt has no kernel for them.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_dense(
+    fn plan_dense(
         &self,
         a: u64,
         dtype: ActDType,
@@ -1327,52 +1326,55 @@ impl CudaLayer {
         c: u64,
         ldc: usize,
         workspace: u64,
-        stream: cu::CUstream,
-    ) -> Result<()> {
-        let (Weights::Mma { qweight, scale_f16, nzero_f16, tiles_per_group, .. }, Some(lt)) =
-            (&self.weights, self.device.lt.as_ref())
-        else {
-            return Err(Error::Unsupported("the dense path needs the tile layout and cuBLASLt".into()));
-        };
+    ) -> Result<Option<dense::Plan<'_>>> {
+        let Some(lt) = self.device.lt.as_ref() else { return Ok(None) };
         let bf = dtype == ActDType::BF16;
         let w = workspace.next_multiple_of(256);
         let lt_ws = w + (self.n * self.k * 2).next_multiple_of(256) as u64;
         let gathered = lt_ws + dense::LT_WORKSPACE_BYTES as u64;
-        let (a_in, lda_in) = if self.perm.is_some() {
-            // SAFETY: the caller's contract; the workspace holds m·k halves there (dense_bytes).
-            unsafe { self.gather_act_order(a, lda, m, gathered, stream)? };
-            (gathered, self.k)
-        } else {
-            (a, lda)
+        let (a, lda) = if self.perm.is_some() { (gathered, self.k) } else { (a, lda) };
+        let bias = self.bias_act.as_ref().map_or(0, |b| b[bf as usize].ptr);
+        let (n, k, workspace, workspace_bytes) = (self.n, self.k, lt_ws, dense::LT_WORKSPACE_BYTES);
+        let _ctx = CtxGuard::push(self.device.ctx)?;
+        lt.plan(dense::DenseGemm { bf16: bf, m, n, k, a, lda, w, c, ldc, bias, workspace, workspace_bytes })
+    }
+
+    /// The dense path: act-order A gathered (where `plan` reads it from the workspace), the
+    /// weights dequantized to `[n, k]` in the workspace (kernels/gptq_dense.cu), then the planned
+    /// cuBLASLt GEMM with the bias in its epilogue.
+    ///
+    /// # Safety
+    /// As [`gemm`](Self::gemm); `plan` is [`CudaLayer::plan_dense`]'s for these operands.
+    unsafe fn gemm_dense(
+        &self,
+        plan: &dense::Plan<'_>,
+        a: u64,
+        dtype: ActDType,
+        m: usize,
+        lda: usize,
+        stream: cu::CUstream,
+    ) -> Result<()> {
+        let Weights::Mma { qweight, scale_f16, nzero_f16, tiles_per_group, .. } = &self.weights else {
+            return Err(Error::Unsupported("the dense path needs the tile layout".into()));
         };
-        let suffix = if bf { "bf16" } else { "f16" };
+        let g = plan.gemm();
+        if self.perm.is_some() {
+            // SAFETY: the caller's contract; the workspace holds m·k halves there (dense_bytes).
+            unsafe { self.gather_act_order(a, lda, m, g.a, stream)? };
+        }
+        let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
         let f = self.device.function(&format!("gptq_dense_dequant_b{}_{suffix}", self.bits))?;
         let nz = nzero_f16.as_ref().map_or(0, |z| z.ptr);
         let (ni, ki, tpg) = (self.n as i32, self.k as i32, (*tiles_per_group).min(i32::MAX as usize) as i32);
-        let mut args = args![qweight.ptr, scale_f16.ptr, nz, w, ni, ki, tpg];
+        let mut args = args![qweight.ptr, scale_f16.ptr, nz, g.w, ni, ki, tpg];
         let grid = (self.k.div_ceil(TILE_K).div_ceil(8) as u32, self.n.div_ceil(TILE_N) as u32, 1);
         let _ctx = CtxGuard::push(self.device.ctx)?;
         // SAFETY: argument types and order match the kernel's signature; the workspace holds n·k
-        // halves from `w` (dense_bytes).
+        // halves from `g.w` (dense_bytes).
         unsafe { launch(f, grid, 256, stream, &mut args, "launching the dense dequantization kernel")? };
-        let bias = self.bias_act.as_ref().map_or(0, |b| b[bf as usize].ptr);
-        let g = dense::DenseGemm {
-            bf16: bf,
-            m,
-            n: self.n,
-            k: self.k,
-            a: a_in,
-            lda: lda_in,
-            w,
-            c,
-            ldc,
-            bias,
-            workspace: lt_ws,
-            workspace_bytes: dense::LT_WORKSPACE_BYTES,
-        };
         // SAFETY: the caller's contract for A and C; W, the bias and cuBLASLt's workspace are the
-        // layer's and the workspace's; the layer's context is current.
-        unsafe { lt.matmul_tn(&g, stream.cast()) }
+        // layer's and the workspace's, written above on this stream; the layer's context is current.
+        unsafe { plan.run(stream.cast()) }
     }
 
     fn stream_check(&self, stream: cu::CUstream) -> Result<()> {
@@ -1431,8 +1433,11 @@ impl CudaLayer {
         }
         if self.takes_dense(m, a, lda, c, ldc, workspace, workspace_bytes) {
             self.stream_check(stream)?;
-            // SAFETY: the caller's contract; takes_dense holds.
-            return unsafe { self.gemm_dense(a, dtype, m, lda, c, ldc, workspace, stream) };
+            // (Where cuBLASLt has no kernel for these operands, the quantized kernels run.)
+            if let Some(plan) = self.plan_dense(a, dtype, m, lda, c, ldc, workspace)? {
+                // SAFETY: the caller's contract; takes_dense holds and `plan` is for these operands.
+                return unsafe { self.gemm_dense(&plan, a, dtype, m, lda, stream) };
+            }
         }
         let need = self.workspace_need(m);
         if workspace_bytes < need || (need > 0 && workspace == 0) {
