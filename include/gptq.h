@@ -15,14 +15,6 @@
 
 
 /**
- * The fewest rows that take the dense path by default. The register-fed kernel runs blocks of 64
- * rows; from a third block per column block (129 rows) it ran at 0.26-0.46× cuBLAS fp16 on the six
- * profile layers and the dense path at 0.46-0.57×, faster on every one (1.3-1.8× at 160-224 rows,
- * 1.5-2.9× from 256). At 128 rows the kernel was faster on four of the six (docs/perf.md, version 61).
- */
-#define DENSE_MIN_ROWS 129
-
-/**
  * CUDA's stream type, declared here so the header needs no CUDA header: pass a `cudaStream_t` or
  * `CUstream` (NULL = the legacy default stream).
  */

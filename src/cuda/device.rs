@@ -134,7 +134,7 @@ fn parse_kernel_arch(v: &str, arch: (u32, u32)) -> Result<(u32, u32)> {
 /// rows; with a third block per column block (129 rows on; measured at 160-224) it ran at
 /// 0.26-0.46× cuBLAS fp16 on the six profile layers and the dense path at 0.46-0.58×, faster on
 /// every one (1.2-1.8× there, 1.5-3.1× from 256 rows). At 128 rows the kernel was faster on four of the six (docs/perf.md, version 61).
-pub const DENSE_MIN_ROWS: usize = 129;
+pub(crate) const DENSE_MIN_ROWS: usize = 129;
 
 static DEVICES: OnceCell<Mutex<HashMap<usize, Arc<Device>>>> = OnceCell::new();
 

@@ -13,7 +13,7 @@ mod layer;
 mod tiles;
 
 pub use compile::{CACHE_DIR_ENV, kernels_cubin, kernels_ptx, nvrtc_version};
-pub use device::{DENSE_MIN_ROWS, Device, device_count, init};
+pub use device::{Device, device_count, init};
 pub use layer::{ActDType, CudaLayer, KernelFamily, Ring};
 
 use crate::error::{Error, Result};
