@@ -660,8 +660,8 @@ gptq_status gptq_cuda_layer_new(const struct gptq_layer *layer,
  * Writes to `*bytes` a workspace size enough for every `gptq_cuda_gemm` call on `layer` with 1 to `m`
  * rows (it depends on `m` and the layer only), so one workspace sized for the largest batch serves
  * all smaller ones (how K is split, and so the partial sums, changes with the batch size). 0 when no
- * such call needs one. From 129 rows (`GPTQ_CUDA_DENSE_MIN_ROWS`) on 4- and 8-bit layers with
- * `in_features` a multiple of 8, where cuBLASLt is installed, it includes the dense path's room:
+ * such call needs one. From 129 rows (`GPTQ_CUDA_DENSE_MIN_ROWS`) on the layers that may take the
+ * dense path (see `gptq_cuda_gemm`), it includes that path's room:
  * the dequantized weights (`2 · in_features · out_features` bytes), 32 MiB for cuBLASLt and, with
  * act-order, `2 · m · in_features` bytes (see `gptq_cuda_gemm`).
  *
@@ -685,16 +685,18 @@ gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer,
  * takes up to 4,194,240 rows (524,280 on the CUDA-core kernel); `_SHAPE_MISMATCH` beyond. The stream must belong to
  * the layer's device's primary context (NULL = legacy default stream). The call only enqueues
  * kernels (up to three, or cuBLASLt's): it allocates no device memory, never synchronizes, and can be captured in a CUDA
- * graph. On sm_90+ with a CUDA 12.3+ driver they are launched with programmatic dependent launch
+ * graph. On sm_90+ with a CUDA 12.3+ driver the quantized kernels are launched with programmatic dependent launch
  * (each may begin loading the layer's own weights while the previous kernel on the stream finishes,
  * and waits for that kernel before it reads `a` or writes anything; `GPTQ_CUDA_PDL=0` disables it).
  * On sm_90, calls of up to 8 rows run a kernel that streams weights and `a` into shared memory with
  * bulk copies, and calls of 9 to 16 rows one that copies `a` through a tensor map (encoded on the
- * host per call) and multiplies with warpgroup mma (`GPTQ_CUDA_BULK=0`, `GPTQ_CUDA_WG=0` select the
+ * host per call) and multiplies with warpgroup mma, which also takes 17 to 128 rows (8 bit: 32) as
+ * blocks of 16 where those fit the GPU at once (`GPTQ_CUDA_BULK=0`, `GPTQ_CUDA_WG=0` select the
  * register-fed kernels every architecture runs).
  * Large batches (the dense path): from 129 rows (`GPTQ_CUDA_DENSE_MIN_ROWS`; `GPTQ_CUDA_DENSE=0`
- * turns it off) on 4- and 8-bit layers with `in_features` a multiple of 8, where cuBLASLt (CUDA 12
- * or 13) is installed, with `a` and `c` 16-byte aligned, `lda` and `ldc` multiples of 8, and a
+ * turns it off) on layers of the tensor-core kernels (4 and 8 bit, and 2 and 3 bit, which run as
+ * 4 bit; not layers whose groups put them on the CUDA-core kernel) with `in_features` a multiple
+ * of 8, where cuBLASLt 11 or later is installed (the runs so far used CUDA 13's), with `a` and `c` 16-byte aligned, `lda` and `ldc` multiples of 8, and a
  * workspace of the full `gptq_cuda_workspace_size(layer, m)`, the call dequantizes the weights
  * into the workspace (fp16 or bf16 like `a`) and runs one cuBLASLt GEMM (f32 accumulation, the bias
  * in its epilogue, rounded to `dtype` first): up to 3× faster than the quantized kernels at those

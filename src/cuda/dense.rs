@@ -13,6 +13,7 @@ use std::ffi::c_void;
 /// Every cuBLASLt function this module calls; all must resolve before any is called (cudarc's
 /// dynamic loader panics on a missing symbol).
 const SYMBOLS: &[&str] = &[
+    "cublasLtGetVersion",
     "cublasLtCreate",
     "cublasLtDestroy",
     "cublasLtMatmul",
@@ -41,7 +42,8 @@ unsafe impl Sync for Lt {}
 
 impl Lt {
     /// The handle for the device whose context is current, or `None` where cuBLASLt is not
-    /// installed, lacks a symbol, fails to create a handle, or `GPTQ_CUDA_DENSE=0` turns it off.
+    /// installed, older than 11.0, lacks a symbol, fails to create a handle, or `GPTQ_CUDA_DENSE=0`
+    /// turns it off.
     pub(crate) fn load() -> Option<Lt> {
         if std::env::var("GPTQ_CUDA_DENSE").is_ok_and(|v| v == "0") {
             return None;
@@ -50,7 +52,9 @@ impl Lt {
         // succeeded, so it does not panic.
         let present = unsafe { lt::is_culib_present() }
             && SYMBOLS.iter().all(|s| unsafe { lt::culib().get::<*const c_void>(s.as_bytes()).is_ok() });
-        if !present {
+        // (cuBLASLt 10 had another cublasLtMatmulDescCreate.)
+        // SAFETY: the symbol was checked above.
+        if !present || unsafe { lt::cublasLtGetVersion() } < 11000 {
             return None;
         }
         let mut h = std::ptr::null_mut();
@@ -146,12 +150,16 @@ pub(crate) struct Plan<'a> {
 }
 
 impl Lt {
-    /// Describes `g` to cuBLASLt (f32 accumulation) and asks its heuristic for a kernel; `None`
-    /// where it has none for these shapes and alignments (the caller then runs the quantized
-    /// kernels), before anything is enqueued. cuBLASLt is column major, so this is
+    /// Describes `g` to cuBLASLt (f32 accumulation) and asks its heuristic for a kernel, before
+    /// anything is enqueued; `None` where it has none for these shapes and alignments, or refuses
+    /// a descriptor (the caller then runs the quantized kernels). cuBLASLt is column major, so this is
     /// `Cᵀ[n, m] = W[k, n]ᵀ · Aᵀ[k, m]`: W's rows are the k-long columns of a transposed operand,
     /// the "TN" GEMM cuBLAS runs fastest.
-    pub(crate) fn plan(&self, g: DenseGemm) -> Result<Option<Plan<'_>>> {
+    pub(crate) fn plan(&self, g: DenseGemm) -> Option<Plan<'_>> {
+        self.try_plan(g).ok().flatten()
+    }
+
+    fn try_plan(&self, g: DenseGemm) -> Result<Option<Plan<'_>>> {
         let t = if g.bf16 { lt::cudaDataType_t::CUDA_R_16BF } else { lt::cudaDataType_t::CUDA_R_16F };
         let mut d = Descs { op: std::ptr::null_mut(), layouts: Vec::new(), pref: std::ptr::null_mut() };
         // SAFETY: plain cuBLASLt calls on descriptors created here; attribute buffers are locals of

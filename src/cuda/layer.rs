@@ -1264,13 +1264,15 @@ impl CudaLayer {
     }
 
     /// Whether calls of `m` rows may take the dense path: 4- and 8-bit layers (the tile layout),
-    /// from [`Device::dense_min_rows`](super::Device::dense_min_rows) rows, with cuBLASLt loaded and
-    /// K a multiple of 8 (the dequantized rows are written in 16-byte pieces).
+    /// from [`Device::dense_min_rows`](super::Device::dense_min_rows) rows, with cuBLASLt loaded,
+    /// K a multiple of 8 (the dequantized rows are written in 16-byte pieces) and at most 65535
+    /// column tiles (the dequantization's grid y).
     fn dense_rows(&self, m: usize) -> bool {
         matches!(self.weights, Weights::Mma { .. })
             && self.device.lt.is_some()
             && m >= self.device.dense_min_rows
             && self.k % 8 == 0
+            && self.n.div_ceil(TILE_N) <= 65535
     }
 
     /// Workspace bytes of the dense path for `m` rows (0 where it does not apply): 256 for aligning
@@ -1297,6 +1299,7 @@ impl CudaLayer {
             && ldc % 8 == 0
             && workspace != 0
             && bytes >= self.dense_bytes(m)
+            && bytes >= self.workspace_need(m) // (the quantized kernels' need, should cuBLASLt refuse)
     }
 
     /// Workspace bytes the quantized kernels need for exactly `m` rows: a call with less than
@@ -1336,7 +1339,7 @@ impl CudaLayer {
         let bias = self.bias_act.as_ref().map_or(0, |b| b[bf as usize].ptr);
         let (n, k, workspace, workspace_bytes) = (self.n, self.k, lt_ws, dense::LT_WORKSPACE_BYTES);
         let _ctx = CtxGuard::push(self.device.ctx)?;
-        lt.plan(dense::DenseGemm { bf16: bf, m, n, k, a, lda, w, c, ldc, bias, workspace, workspace_bytes })
+        Ok(lt.plan(dense::DenseGemm { bf16: bf, m, n, k, a, lda, w, c, ldc, bias, workspace, workspace_bytes }))
     }
 
     /// The dense path: act-order A gathered (where `plan` reads it from the workspace), the
