@@ -215,6 +215,20 @@ enum Weights {
     },
 }
 
+/// A `gemm` call's operands (device addresses; strides in elements), as the dense path checks and
+/// plans them.
+#[derive(Clone, Copy)]
+struct Operands {
+    a: u64,
+    dtype: ActDType,
+    m: usize,
+    lda: usize,
+    c: u64,
+    ldc: usize,
+    workspace: u64,
+    workspace_bytes: usize,
+}
+
 /// A layer in device memory, in a kernel's layout: K permuted so every group is contiguous; for the
 /// tensor-core kernel, weights pre-shuffled into mma fragments. Immutable, so one plan may serve many
 /// streams at once.
@@ -1290,16 +1304,15 @@ impl CudaLayer {
     /// ([`CudaLayer::dense_rows`]), A and C are 16-byte aligned with row strides of whole 16-byte
     /// pieces (what cuBLASLt's fastest kernels take), and the workspace holds
     /// [`workspace_size`](Self::workspace_size)`(m)`; otherwise the quantized kernels, which need less.
-    #[allow(clippy::too_many_arguments)]
-    fn takes_dense(&self, m: usize, a: u64, lda: usize, c: u64, ldc: usize, workspace: u64, bytes: usize) -> bool {
-        self.dense_rows(m)
-            && a % 16 == 0
-            && c % 16 == 0
-            && lda % 8 == 0
-            && ldc % 8 == 0
-            && workspace != 0
-            && bytes >= self.dense_bytes(m)
-            && bytes >= self.workspace_need(m) // (the quantized kernels' need, should cuBLASLt refuse)
+    fn takes_dense(&self, o: &Operands) -> bool {
+        self.dense_rows(o.m)
+            && o.a % 16 == 0
+            && o.c % 16 == 0
+            && o.lda % 8 == 0
+            && o.ldc % 8 == 0
+            && o.workspace != 0
+            && o.workspace_bytes >= self.dense_bytes(o.m)
+            && o.workspace_bytes >= self.workspace_need(o.m) // (the quantized kernels' need, should cuBLASLt refuse)
     }
 
     /// Workspace bytes the quantized kernels need for exactly `m` rows: a call with less than
@@ -1319,17 +1332,8 @@ impl CudaLayer {
     /// The dense path's cuBLASLt GEMM for these operands (act-order A gathered, the weights
     /// dequantized to `[n, k]`, cuBLASLt's workspace, each at its place in the workspace), or `None`
     /// where cuBLASLt has no kernel for them.
-    #[allow(clippy::too_many_arguments)]
-    fn plan_dense(
-        &self,
-        a: u64,
-        dtype: ActDType,
-        m: usize,
-        lda: usize,
-        c: u64,
-        ldc: usize,
-        workspace: u64,
-    ) -> Result<Option<dense::Plan<'_>>> {
+    fn plan_dense(&self, o: &Operands) -> Result<Option<dense::Plan<'_>>> {
+        let Operands { a, dtype, m, lda, c, ldc, workspace, .. } = *o;
         let Some(lt) = self.device.lt.as_ref() else { return Ok(None) };
         let bf = dtype == ActDType::BF16;
         let w = workspace.next_multiple_of(256);
@@ -1434,10 +1438,11 @@ impl CudaLayer {
                 self.max_rows()
             )));
         }
-        if self.takes_dense(m, a, lda, c, ldc, workspace, workspace_bytes) {
+        let operands = Operands { a, dtype, m, lda, c, ldc, workspace, workspace_bytes };
+        if self.takes_dense(&operands) {
             self.stream_check(stream)?;
             // (Where cuBLASLt has no kernel for these operands, the quantized kernels run.)
-            if let Some(plan) = self.plan_dense(a, dtype, m, lda, c, ldc, workspace)? {
+            if let Some(plan) = self.plan_dense(&operands)? {
                 // SAFETY: the caller's contract; takes_dense holds and `plan` is for these operands.
                 return unsafe { self.gemm_dense(&plan, a, dtype, m, lda, stream) };
             }
