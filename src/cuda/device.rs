@@ -71,7 +71,7 @@ pub struct Device {
     /// cuBLASLt for large batches (`None` where it is not installed or `GPTQ_CUDA_DENSE=0`).
     pub(crate) lt: Option<dense::Lt>,
     /// The fewest rows a call needs to take the dense path (dequantize, then cuBLASLt):
-    /// [`DENSE_MIN_ROWS`], or `GPTQ_CUDA_DENSE_MIN_ROWS`.
+    /// 129 by default (docs/perf.md, version 61), or `GPTQ_CUDA_DENSE_MIN_ROWS`.
     pub dense_min_rows: usize,
     functions: Mutex<HashMap<String, usize>>,
     /// Blocks of each tensor-core kernel that fit on one SM at once (registers, shared memory),
