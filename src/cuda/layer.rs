@@ -1277,7 +1277,8 @@ impl CudaLayer {
         Ok((self.gather_bytes(m) + partial).max(self.dense_bytes(m)))
     }
 
-    /// Whether calls of `m` rows may take the dense path: 4- and 8-bit layers (the tile layout),
+    /// Whether calls of `m` rows may take the dense path: layers in the tile layout (4 and 8 bit;
+    /// 2 and 3 bit run as 4),
     /// from [`Device::dense_min_rows`](super::Device::dense_min_rows) rows, with cuBLASLt loaded,
     /// K a multiple of 8 (the dequantized rows are written in 16-byte pieces) and at most 65535
     /// column tiles (the dequantization's grid y).
@@ -1351,25 +1352,18 @@ impl CudaLayer {
     /// cuBLASLt GEMM with the bias in its epilogue.
     ///
     /// # Safety
-    /// As [`gemm`](Self::gemm); `plan` is [`CudaLayer::plan_dense`]'s for these operands.
-    unsafe fn gemm_dense(
-        &self,
-        plan: &dense::Plan<'_>,
-        a: u64,
-        dtype: ActDType,
-        m: usize,
-        lda: usize,
-        stream: cu::CUstream,
-    ) -> Result<()> {
+    /// As [`gemm`](Self::gemm); `plan` is [`CudaLayer::plan_dense`]'s for this call, whose A is at
+    /// `a` with row stride `lda`.
+    unsafe fn gemm_dense(&self, plan: &dense::Plan<'_>, a: u64, lda: usize, stream: cu::CUstream) -> Result<()> {
         let Weights::Mma { qweight, scale_f16, nzero_f16, tiles_per_group, .. } = &self.weights else {
             return Err(Error::Unsupported("the dense path needs the tile layout".into()));
         };
         let g = plan.gemm();
         if self.perm.is_some() {
             // SAFETY: the caller's contract; the workspace holds m·k halves there (dense_bytes).
-            unsafe { self.gather_act_order(a, lda, m, g.a, stream)? };
+            unsafe { self.gather_act_order(a, lda, g.m, g.a, stream)? };
         }
-        let suffix = if dtype == ActDType::BF16 { "bf16" } else { "f16" };
+        let suffix = if g.bf16 { "bf16" } else { "f16" };
         let f = self.device.function(&format!("gptq_dense_dequant_b{}_{suffix}", self.bits))?;
         let nz = nzero_f16.as_ref().map_or(0, |z| z.ptr);
         let (ni, ki, tpg) = (self.n as i32, self.k as i32, (*tiles_per_group).min(i32::MAX as usize) as i32);
@@ -1444,7 +1438,7 @@ impl CudaLayer {
             // (Where cuBLASLt has no kernel for these operands, the quantized kernels run.)
             if let Some(plan) = self.plan_dense(&operands)? {
                 // SAFETY: the caller's contract; takes_dense holds and `plan` is for these operands.
-                return unsafe { self.gemm_dense(&plan, a, dtype, m, lda, stream) };
+                return unsafe { self.gemm_dense(&plan, a, lda, stream) };
             }
         }
         let need = self.workspace_need(m);
