@@ -1542,6 +1542,258 @@ WG_SMALL(8, false, true, gptq_wg_b8_f16_sym)
 WG_SMALL(8, false, false, gptq_wg_b8_f16_asym)
 WG_SMALL(8, true, true, gptq_wg_b8_bf16_sym)
 WG_SMALL(8, true, false, gptq_wg_b8_bf16_asym)
+
+// ---- 17 to 256 rows on sm_90a: the bulk-copy ring feeding wgmma with up to 64 rows per block ----
+//
+// wg_gemm_small above decodes a column block's weights once per 16 rows, so at 32-128 rows every
+// weight is decoded (and its block's tile re-read from L2) 2-8 times: 64 rows ran at 0.7-1.2× cuBLAS
+// fp16 where the weights alone would allow ≈ 3× (docs/perf.md, version 63). This kernel keeps the
+// same producer, ring and weight layout, and widens wgmma's N (the rows of A) to R = 32 or 64:
+// - each tile's codes are dequantized in the activation type (dequant_pairs: offset and scale per
+//   code pair, as the register-fed mma_gemm does) instead of folding per group, so the f32
+//   accumulators are the totals and there is nothing to fold: 4 wgmma m64nRk16 per tile, R/2
+//   accumulators each (64 and 128 registers per thread at R = 32 and 64). The dequantization is
+//   paid once per R rows, which is why it is affordable here and not at 16 rows (version 25);
+// - scales and zero offsets come per stage as in wg_gemm_small, but in the activation type (the
+//   large-batch `scale`/`nzero` arrays, same per-lane layout); a tile's group pairs are formed when
+//   its codes are, one tile ahead of its wgmma;
+// - A arrives as one tensor-copy box of R rows × the stage's inputs (128-byte swizzle at 4 bit,
+//   64-byte at 8), zeros past M and K; the shared-memory descriptor is wg_gemm_small's (the 8-row
+//   atoms simply continue for R rows);
+// - R = 64 runs one block per SM (its accumulators need most of the registers) with a ring of up to
+//   16 stages; R = 32 two per SM. Blocks of R rows along grid z, K splits along y through the
+//   workspace (gptq_reduce_*), C written directly when K is not split.
+// Shared memory: 2·16 mbarriers, then the ring at the next 1024-byte boundary; each stage
+// (WideStage, mirrored by src/cuda/layer.rs wide_stage_bytes) A first, then the tiles and the slots.
+template <int BITS, bool SYM, int R> struct WideStage {
+    static constexpr int TPS = BITS == 4 ? 4 : 2;
+    static constexpr int A_ROW = TPS * 16 * 2;
+    static constexpr int A_BYTES = R * A_ROW;
+    static constexpr int TILE_BYTES = TPS * TILE_STRIDE(BITS / 4) * 16;
+    static constexpr int SLOT_BYTES = TPS * 512 * (SYM ? 1 : 2);
+    static constexpr int BYTES = A_BYTES + TILE_BYTES + SLOT_BYTES;
+    static_assert(BYTES % 1024 == 0, "every stage's A starts on a swizzle atom");
+};
+#define WIDE_RING_SLACK (256 + 1024)  // mbarriers, alignment of the ring to 1024
+
+// d[64×R] += a[64×16, registers] · A^T[16×R, shared memory at desc]: one wgmma of the tile's
+// output columns j (a: b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1]). d[i]: row 16·warp + g +
+// 8·((i/2)%2) of the 64 (column 16j + g + 8·((i/2)%2) of the warp's column tile), column (row of A)
+// 8·(i/4) + 2t + i%2.
+#define WGW_MMA(N, T, D, A, DESC, P)                                                              \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\nwgmma.mma_async.sync.aligned.m64n" N "k16.f32." T \
+    "." T " {" D "}, {" A "}, " DESC ", p, 1, 1, 0;\n}\n"
+#define WGW_D32 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
+#define WGW_D64                                                                                              \
+    "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27," \
+    "%28,%29,%30,%31"
+#define WGW_F8(x, o) \
+    "+f"(x[o]), "+f"(x[o + 1]), "+f"(x[o + 2]), "+f"(x[o + 3]), "+f"(x[o + 4]), "+f"(x[o + 5]), "+f"(x[o + 6]), "+f"(x[o + 7])
+#define WGW_IN "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1)
+template <bool BF, int R>
+__device__ __forceinline__ void wgmma_wide(float (&d)[R / 2], u32 a0, u32 a1, u32 a2, u32 a3,
+                                           unsigned long long desc) {
+    static_assert(R == 32 || R == 64, "rows per block");
+    if constexpr (R == 32) {
+        if (BF)
+            asm volatile(WGW_MMA("32", "bf16", WGW_D32, "%16,%17,%18,%19", "%20", "%21")
+                         : WGW_F8(d, 0), WGW_F8(d, 8)
+                         : WGW_IN);
+        else
+            asm volatile(WGW_MMA("32", "f16", WGW_D32, "%16,%17,%18,%19", "%20", "%21")
+                         : WGW_F8(d, 0), WGW_F8(d, 8)
+                         : WGW_IN);
+    } else {
+        if (BF)
+            asm volatile(WGW_MMA("64", "bf16", WGW_D64, "%32,%33,%34,%35", "%36", "%37")
+                         : WGW_F8(d, 0), WGW_F8(d, 8), WGW_F8(d, 16), WGW_F8(d, 24)
+                         : WGW_IN);
+        else
+            asm volatile(WGW_MMA("64", "f16", WGW_D64, "%32,%33,%34,%35", "%36", "%37")
+                         : WGW_F8(d, 0), WGW_F8(d, 8), WGW_F8(d, 16), WGW_F8(d, 24)
+                         : WGW_IN);
+    }
+}
+#undef WGW_MMA
+#undef WGW_D32
+#undef WGW_D64
+#undef WGW_F8
+#undef WGW_IN
+// Keeps the compiler from moving accesses of d across the asynchronous wgmma.
+template <int N> __device__ __forceinline__ void wg_pin_all(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// A through `amap` as wg_gemm_small reads it (K inputs × M rows, boxes of R rows); scales and zero
+// offsets in the activation type (`scale`, `nzero`: [G][nt][g < 8][s < 8], null nzero for
+// symmetric layers).
+template <int BITS, bool BF, bool SYM, int R>
+__device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, const uint4* __restrict__ scale,
+                             const uint4* __restrict__ nzero, float* __restrict__ partial,
+                             const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
+                             int tiles_per_split, int group_shift, int stages) {
+    using St = WideStage<BITS, SYM, R>;
+    constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
+    static_assert(TPS % 2 == 0, "a stage starts on an even tile: the register buffers alternate per tile");
+    extern __shared__ __align__(1024) unsigned char smem[];
+    const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES;
+    const u32 ring_s = (full + 256 + 1023) & ~1023u;  // shared address of stage 0
+    const unsigned char* ring = smem + (ring_s - full);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int KT = (K + 15) / 16, NT = (N + 63) / 64;
+    const int t_begin = blockIdx.y * tiles_per_split, t_end = min(t_begin + tiles_per_split, KT);
+    const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
+    const int m0 = blockIdx.z * R;
+    if (threadIdx.x == 0) ring_barriers_init(full, empty, stages, MMA_THREADS);
+    __syncthreads();
+    pdl_launch_dependents();
+
+    if (warp == 4) {  // producer
+        if (lane == 0) {
+            auto weights = [&](int i) {
+                const int t0 = t_begin + i * TPS, s = i % stages, n = min(TPS, t_end - t0);
+                copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s,
+                                                 qw + ((long)blockIdx.x * KT + t0) * TILE_STRIDE(QV), t0, n,
+                                                 group_shift, NT, scale, nzero, blockIdx.x);
+            };
+            auto activations = [&](int i) {
+                const int s = i % stages;
+                const u32 bar = full + 8 * s;
+                mbar_expect_tx(bar, St::A_BYTES);
+                tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
+            };
+            ring_produce(empty, stages, nstages, weights, activations);
+        }
+        return;
+    }
+
+    // Warps past N's last column tile dequantize zero codes with zero scales: their rows of every
+    // wgmma are zeros, and they write nothing.
+    const bool active = blockIdx.x * 4 + warp < NT;
+    float acc[4][R / 2];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < R / 2; i++) acc[j][i] = 0.f;
+    uint4 nz_sym;  // the symmetric layers' pair offset (mma_gemm's)
+    {
+        const u32 h = BITS == 4 ? (BF ? 0xC308u /* -136 */ : 0xE408u /* -1032 */) : 0xE480u /* -1152 f16 */;
+        nz_sym.x = nz_sym.y = nz_sym.z = nz_sym.w = h | (h << 16);
+    }
+    uint4 q[QV];     // the words of the tile after the one being dequantized
+    u32 b[2][8][2];  // two tiles' dequantized pairs: one read by wgmma in flight, the next being formed
+    u32 scp[8], nzp[8];  // the current group's pairs (group_pairs)
+    int gcur = -1;       // the group they belong to
+    auto load_q = [&](int slot, int p) {
+        const uint4* tiles = reinterpret_cast<const uint4*>(ring + slot * St::BYTES + St::A_BYTES);
+#pragma unroll
+        for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
+    };
+    // Tile `tile` (words in q) into b[buf]; its stage is in ring slot `slot`, starting at tile t0.
+    auto dequant = [&](int tile, int slot, int t0, u32 (&bb)[8][2]) {
+        const int G = tile >> group_shift;
+        if (G != gcur) {
+            gcur = G;
+            uint4 sc = make_uint4(0, 0, 0, 0), nz = nz_sym;
+            if (active) {
+                const uint4* sl = reinterpret_cast<const uint4*>(ring + slot * St::BYTES + St::A_BYTES) + STAGE_U4 +
+                                  warp * 8 + lane / 4;
+                const int j = G - (t0 >> group_shift);  // the group's slot in the stage (32 uint4 each)
+                sc = sl[32 * j];
+                if (!SYM) nz = sl[32 * (TPS + j)];
+            }
+            group_pairs<BITS, BF, SYM>(sc, nz, scp, nzp);
+        }
+        dequant_pairs<BITS, BF>(q, scp, nzp, bb);
+    };
+
+    // Per tile t: fence, 4 wgmma, commit; wait_group 1 (tile t-1 done: its registers and, at a
+    // stage's first tile, the previous stage are free); then tile t+1 is dequantized from q while
+    // t's wgmma run, and q takes tile t+2's words.
+    if (nstages > 0) {
+        mbar_wait(full, 0);
+        load_q(0, 0);
+        dequant(t_begin, 0, t_begin, b[0]);
+        if (t_begin + 1 < t_end) load_q(0, 1);  // TPS >= 2
+    }
+    int s = 0;
+    u32 parity = 0;  // stage i's ring slot and the parity of its full barrier's phase
+#pragma unroll 1
+    for (int i = 0; i < nstages; i++) {
+        const int t0 = t_begin + i * TPS;
+        const int sn = s + 1 == stages ? 0 : s + 1;
+        const u32 parity_n = sn == 0 ? parity ^ 1 : parity;
+        const unsigned long long desc0 = wg_desc<St::A_ROW>(ring_s + s * St::BYTES);
+#pragma unroll
+        for (int p = 0; p < TPS; p++) {
+            const int tile = t0 + p;
+            if (tile >= t_end) break;  // uniform over the block
+            unsigned long long desc = desc0 + 2 * p;  // 32 bytes on (the address field counts 16)
+            u32(&bc)[8][2] = b[p % 2];
+            wg_pin_inputs(bc, desc);
+            wg_fence();
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
+            wg_commit();
+            wg_wait<1>();
+            if (p == 0 && i > 0) mbar_arrive(empty + 8 * (s == 0 ? stages - 1 : s - 1));
+            if (tile + 1 < t_end) {
+                if (p + 1 < TPS) dequant(tile + 1, s, t0, b[(p + 1) % 2]);
+                else dequant(tile + 1, sn, t0 + TPS, b[(p + 1) % 2]);
+                if (tile + 2 < t_end) {
+                    if (p + 2 < TPS) {
+                        load_q(s, p + 2);
+                    } else {
+                        if (p + 2 == TPS) mbar_wait(full + 8 * sn, parity_n);
+                        load_q(sn, p + 2 - TPS);
+                    }
+                }
+            }
+        }
+        s = sn;
+        parity = parity_n;
+    }
+    wg_wait<0>();
+#pragma unroll
+    for (int j = 0; j < 4; j++) wg_pin_all(acc[j]);
+    pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
+    if (!active) return;
+    const int nt = blockIdx.x * 4 + warp, g = lane / 4, tq = lane % 4;
+    const bool direct = gridDim.y == 1;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int i = 0; i < R / 2; i++) {
+            const int m = m0 + 8 * (i / 4) + 2 * tq + i % 2, n = nt * 64 + 16 * j + g + 8 * ((i / 2) % 2);
+            if (m < M && n < N) {
+                if (direct) C[(long)m * ldc + n] = store_act<BF>(acc[j][i] + (bias ? bias[n] : 0.f));
+                else partial[((long)blockIdx.y * M + m) * N + n] = acc[j][i];
+            }
+        }
+}
+// gptq_wgw{R}_b{BITS}_{f16|bf16}_{sym|asym}: a warpgroup of consumers and a producer warp; one block
+// per SM at R = 64, two at R = 32.
+#define WG_WIDE(BITS, BF, SYM, R, NAME)                                                                      \
+    extern "C" __global__ void __launch_bounds__(BULK_THREADS, R == 64 ? 1 : 2) NAME(                        \
+        const __grid_constant__ TmaMap amap, const uint4* qw, const uint4* scale, const uint4* nzero,        \
+        float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,       \
+        int stages) {                                                                                        \
+        wg_gemm_wide<BITS, BF, SYM, R>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, K, tps, gshift,  \
+                                       stages);                                                              \
+    }
+#define WG_WIDE_ALL(R)                                            \
+    WG_WIDE(4, false, true, R, gptq_wgw##R##_b4_f16_sym)          \
+    WG_WIDE(4, false, false, R, gptq_wgw##R##_b4_f16_asym)        \
+    WG_WIDE(4, true, true, R, gptq_wgw##R##_b4_bf16_sym)          \
+    WG_WIDE(4, true, false, R, gptq_wgw##R##_b4_bf16_asym)        \
+    WG_WIDE(8, false, true, R, gptq_wgw##R##_b8_f16_sym)          \
+    WG_WIDE(8, false, false, R, gptq_wgw##R##_b8_f16_asym)        \
+    WG_WIDE(8, true, true, R, gptq_wgw##R##_b8_bf16_sym)          \
+    WG_WIDE(8, true, false, R, gptq_wgw##R##_b8_bf16_asym)
+WG_WIDE_ALL(32)
+WG_WIDE_ALL(64)
 #endif
 #endif
 

@@ -562,7 +562,9 @@ fn large_batches_dequantize_and_run_cublaslt() {
         (2, Some(128), false, true, 2048, 1024),
         (4, Some(128), true, true, 8192, 28672),
     ];
-    let min = gptq::cuda::init(0).unwrap().dense_min_rows;
+    // The dense path starts above the wide warpgroup kernel's rows (sm_90a).
+    let dev = gptq::cuda::init(0).unwrap();
+    let min = dev.dense_min_rows.max(dev.wide_rows.map_or(0, |w| w.1 + 1));
     for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
         let cpu = random_layer(100 + i as u64, bits, gs, k, n, act, sym);
         let l = CudaLayer::new(&cpu, 0).unwrap();
@@ -632,6 +634,58 @@ fn wide_batches_on_the_warpgroup_kernel_match_the_cpu_path() {
         }
         assert_matches(Target::Rust(&l), &cpu, &ms, stream, &mut rng, &what);
         eprintln!("{what}: M {ms:?} match (M = 128: {})", l.describe_call(128));
+    }
+}
+
+/// 17-256 rows with aligned operands on sm_90a take the wide warpgroup kernel (32 rows per block up
+/// to 32 rows, 64 above; row blocks along grid z; K split through the workspace where the blocks
+/// would not fill the SMs) and match the CPU path: 4, 8, 2 and 3 bit, symmetric and asymmetric,
+/// groups 32/64/128/none, act-order (A gathered first), K ending inside a tile, N not a multiple of
+/// 256 (a block's last warps idle), fp16 and bf16; and 8192×28672 at 64 and 256 rows.
+#[test]
+fn wide_kernel_matches_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let dev = gptq::cuda::init(0).unwrap();
+    let Some((lo, hi)) = dev.wide_rows else {
+        eprintln!("NOTICE: no wide warpgroup kernel here (sm_90a only; or GPTQ_CUDA_WIDE=0): not tested");
+        return;
+    };
+    let stream = gpu::stream();
+    let mut rng = Rng(63);
+    // (bits, group, act-order, sym, K, N)
+    let cases: &[(u32, Option<usize>, bool, bool, usize, usize)] = &[
+        (4, Some(128), false, true, 4096, 4096),
+        (4, Some(32), true, false, 1024, 1000),
+        (4, Some(128), true, false, 3080, 1032),
+        (4, None, false, false, 768, 520),
+        (4, Some(64), false, true, 2048, 328),
+        (8, Some(128), true, true, 2048, 1032),
+        (8, Some(64), false, false, 1024, 328),
+        (8, None, false, true, 512, 256),
+        (2, Some(128), false, true, 2048, 1024),
+        (3, Some(32), true, false, 1024, 768),
+        (4, Some(128), false, true, 8192, 28672),
+    ];
+    for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
+        let cpu = random_layer(500 + i as u64, bits, gs, k, n, act, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        let what = format!("bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}");
+        let big = n * k > 1 << 26;
+        let ms: Vec<usize> = if big { vec![64, 256] } else { vec![17, 24, 31, 32, 33, 50, 64, 65, 101, 128, 200, 256] };
+        let ms: Vec<usize> = ms.into_iter().filter(|m| (lo..=hi).contains(m)).collect();
+        for &m in &ms {
+            let rows = if m <= 32 { 32 } else { 64 };
+            assert_eq!(l.wide_rows_per_block(m), Some(rows), "{what}: the wide kernel at M = {m}");
+            let ws = l.workspace_size(m).unwrap();
+            for bf in [false, true] {
+                let e = check_aligned(&l, &cpu, m, bf, ws, stream, &mut rng);
+                assert!(e < bound(bf), "{what} m {m} bf16 {bf}: rel err {e:e} ({})", l.describe_call(m));
+            }
+        }
+        eprintln!("{what}: M {ms:?} match (M = 64: {})", l.describe_call(64));
     }
 }
 
@@ -807,10 +861,17 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     for m in [3usize, 5, 12, 48] {
         graph_and_streams(cl, m, 4096, 4096);
     }
-    // 256 rows: the dense path (gather, dequantization, cuBLASLt) under capture and on two streams.
-    if gptq::cuda::init(0).unwrap().has_cublaslt() {
-        assert!(CudaLayer::new(&h.1, 0).unwrap().runs_dense(256));
-        graph_and_streams(cl, 256, 4096, 4096);
+    // The wide warpgroup kernel (sm_90a) at 96 rows, after the gather: two blocks of 64 rows.
+    let dev = gptq::cuda::init(0).unwrap();
+    if dev.wide_rows.is_some_and(|(lo, hi)| (lo..=hi).contains(&96)) {
+        assert_eq!(CudaLayer::new(&h.1, 0).unwrap().wide_rows_per_block(96), Some(64));
+        graph_and_streams(cl, 96, 4096, 4096);
+    }
+    // The dense path (gather, dequantization, cuBLASLt) under capture and on two streams.
+    let dense_m = dev.dense_min_rows.max(dev.wide_rows.map_or(0, |w| w.1 + 1)).max(256);
+    if dev.has_cublaslt() {
+        assert!(CudaLayer::new(&h.1, 0).unwrap().runs_dense(dense_m));
+        graph_and_streams(cl, dense_m, 4096, 4096);
     }
     {
         // Without act-order, 6 rows: on sm_90 the bulk-copy kernel copies A's rows into its ring

@@ -56,6 +56,12 @@ pub struct Device {
     /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9, or 2 for
     /// long K splits: `CudaLayer::wg_min_rows`).
     pub wg_min_rows: Option<usize>,
+    /// The rows that take the wide warpgroup kernel (32 or 64 rows per block; sm_90a, where `wg`
+    /// holds): [`WIDE_ROWS`] by default, `GPTQ_CUDA_WIDE_ROWS=LO-HI` for comparisons, none with
+    /// `GPTQ_CUDA_WIDE=0`.
+    pub wide_rows: Option<(usize, usize)>,
+    /// `GPTQ_CUDA_WIDE_SPLITS`: the wide kernel's K splits, for comparisons.
+    pub(crate) wide_splits: Option<usize>,
     /// Whether two blocks of every warpgroup kernel with its deep ring fit on one SM (checked at
     /// init; see [`Device::deep_ring_stages`]).
     wg_deep: bool,
@@ -135,6 +141,19 @@ fn parse_kernel_arch(v: &str, arch: (u32, u32)) -> Result<(u32, u32)> {
 /// 0.26-0.46× cuBLAS fp16 on the six profile layers and the dense path at 0.46-0.58×, faster on
 /// every one (1.2-1.8× there, 1.5-3.1× from 256 rows). At 128 rows the kernel was faster on four of the six (docs/perf.md, version 61).
 pub(crate) const DENSE_MIN_ROWS: usize = 129;
+/// The rows the wide warpgroup kernel takes by default ([`Device::wide_rows`]).
+pub(crate) const WIDE_ROWS: (usize, usize) = (17, 128);
+
+/// `GPTQ_CUDA_WIDE_ROWS=LO-HI`, or the default; `None` with `GPTQ_CUDA_WIDE=0`.
+fn wide_rows_setting() -> Option<(usize, usize)> {
+    if std::env::var("GPTQ_CUDA_WIDE").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let Ok(v) = std::env::var("GPTQ_CUDA_WIDE_ROWS") else { return Some(WIDE_ROWS) };
+    let (lo, hi) = v.split_once('-')?;
+    let (lo, hi) = (lo.trim().parse::<usize>().ok()?, hi.trim().parse::<usize>().ok()?);
+    (lo >= 1 && lo <= hi).then_some((lo, hi))
+}
 
 static DEVICES: OnceCell<Mutex<HashMap<usize, Arc<Device>>>> = OnceCell::new();
 
@@ -180,6 +199,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         && driver_version >= 12000
         && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
     let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map(|r| r.clamp(1, 16));
+    let wide_rows = if wg { wide_rows_setting() } else { None };
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
     let smem_reserved = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)? as usize;
@@ -201,6 +221,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         bulk,
         wg,
         wg_min_rows,
+        wide_rows,
+        wide_splits: env("GPTQ_CUDA_WIDE_SPLITS").filter(|&s| s > 0),
         wg_deep: wg,
         bulk_stages_override,
         gather_row_max_k: 0,
@@ -227,6 +249,12 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                     let bytes = d.full_ring_bytes(r, bits, sym);
                     kernels.push((r.kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
                     kernels.push((r.balanced_kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
+                }
+                if wg {
+                    for rows in layer::WIDE_BLOCK_ROWS {
+                        let bytes = d.wide_smem_bytes(bits, sym, rows);
+                        kernels.push((layer::wide_kernel_name(rows, bits, act, sym), layer::BULK_THREADS, bytes));
+                    }
                 }
                 for (name, threads, bytes) in kernels {
                     let f = d.function(&name)?;
@@ -299,6 +327,19 @@ impl Device {
     /// most a launch asks for outside the deep ring (the kernels' attribute is set to it at init).
     pub(crate) fn full_ring_bytes(&self, ring: layer::Ring, bits: u32, sym: bool) -> usize {
         ring.smem_bytes(bits, sym, self.ring_stages(ring, bits, sym, usize::MAX))
+    }
+
+    /// Stages of the wide warpgroup kernel with `rows` rows per block: as many as let its blocks per
+    /// SM ([`layer::wide_blocks_per_sm`]) share one, at most 16.
+    pub(crate) fn wide_stages(&self, bits: u32, sym: bool, rows: usize) -> usize {
+        let per_block = (self.smem_per_sm / layer::wide_blocks_per_sm(rows))
+            .saturating_sub(self.smem_reserved + layer::WIDE_RING_SLACK);
+        (per_block / layer::wide_stage_bytes(bits, sym, rows)).clamp(2, layer::BULK_MAX_STAGES)
+    }
+
+    /// Dynamic shared memory of the wide warpgroup kernel with `rows` rows per block.
+    pub(crate) fn wide_smem_bytes(&self, bits: u32, sym: bool, rows: usize) -> usize {
+        layer::WIDE_RING_SLACK + self.wide_stages(bits, sym, rows) * layer::wide_stage_bytes(bits, sym, rows)
     }
 
     /// Dynamic shared memory of the warpgroup kernel with its deep ring.

@@ -104,6 +104,32 @@ pub(crate) fn wg_stage_bytes(bits: u32, sym: bool) -> usize {
     WG_ROWS * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
 }
 
+/// Rows per block of the wide warpgroup kernel's two forms (kernels/gptq_mma.cu, wg_gemm_wide).
+pub(crate) const WIDE_BLOCK_ROWS: [usize; 2] = [32, 64];
+/// The wide kernel's shared memory before its ring: 256 bytes of mbarriers and the ring's alignment
+/// to 1024 bytes (kernels/gptq_mma.cu, WIDE_RING_SLACK).
+pub(crate) const WIDE_RING_SLACK: usize = 256 + 1024;
+
+/// The wide warpgroup kernel's name for `rows` rows per block.
+pub(crate) fn wide_kernel_name(rows: usize, bits: u32, act: &str, sym: bool) -> String {
+    let sym = if sym { "sym" } else { "asym" };
+    format!("gptq_wgw{rows}_b{bits}_{act}_{sym}")
+}
+
+/// Blocks per SM the wide kernel runs (its launch bounds): its accumulators take 212-224 registers
+/// per thread at 64 rows, 139-154 at 32.
+pub(crate) fn wide_blocks_per_sm(rows: usize) -> usize {
+    if rows == 64 { 1 } else { 2 }
+}
+
+/// Bytes of one stage of the wide kernel (kernels/gptq_mma.cu, WideStage): `rows` rows of A over the
+/// stage's inputs (one swizzle span each), 8 KB of weights, up to `tps` scale (and zero) rows of 512
+/// bytes; a multiple of 1024.
+pub(crate) fn wide_stage_bytes(bits: u32, sym: bool, rows: usize) -> usize {
+    let tps = if bits == 4 { 4 } else { 2 };
+    rows * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
+}
+
 /// The sm_90 small-batch kernels that stream weights, scales and A into a ring of shared-memory
 /// stages (kernels/gptq_mma.cu); other calls take the register-fed kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +279,8 @@ pub struct CudaLayer {
     resident_ring: [usize; 2],
     /// The same for their balanced-split forms ([`CudaLayer::balance`]).
     resident_balanced: [usize; 2],
+    /// The same for the wide kernel's forms ([`WIDE_BLOCK_ROWS`] order).
+    resident_wide: [usize; 2],
     /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel),
     /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
@@ -454,6 +482,15 @@ struct MmaShape {
     balanced: Option<usize>,
 }
 
+/// How a call runs on the wide warpgroup kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WideShape {
+    /// Rows of A per block (32 or 64; blocks of them along grid z).
+    rows: usize,
+    splits: usize,
+    tiles_per_split: usize,
+}
+
 /// Where a layer's ring kernels take balanced splits ([`CudaLayer::balance`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Balanced {
@@ -565,19 +602,27 @@ fn long_gather_sectors(inputs: usize, k: usize) -> f64 {
     s * (1.0 - (1.0 - 1.0 / s).powi(inputs as i32))
 }
 
-/// The tensor map through which the warpgroup kernel reads A (kernels/gptq_mma.cu, wg_gemm_small):
-/// `rows` rows of `k` inputs at `a` (16-byte aligned), row stride `ld` elements (a multiple of 8),
-/// boxes of 16 rows × `box_k` inputs written swizzled as wgmma reads them (128-byte rows: 128-byte
+/// The tensor map through which the warpgroup kernels read A (kernels/gptq_mma.cu, wg_gemm_small and
+/// wg_gemm_wide): `rows` rows of `k` inputs at `a` (16-byte aligned), row stride `ld` elements (a
+/// multiple of 8), boxes of `box_rows` rows × `box_k` inputs written swizzled as wgmma reads them (128-byte rows: 128-byte
 /// swizzle; 64-byte rows: 64-byte), zeros past K and past the last row. Encoding is host-only: it
 /// allocates nothing and touches no stream.
-fn a_tensor_map(a: u64, dtype: ActDType, k: usize, rows: usize, ld: usize, box_k: u32) -> Result<cu::CUtensorMap> {
+fn a_tensor_map(
+    a: u64,
+    dtype: ActDType,
+    k: usize,
+    rows: usize,
+    ld: usize,
+    box_k: u32,
+    box_rows: u32,
+) -> Result<cu::CUtensorMap> {
     use cu::{CUtensorMapDataType as T, CUtensorMapSwizzle as S};
     let elem =
         if dtype == ActDType::BF16 { T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 } else { T::CU_TENSOR_MAP_DATA_TYPE_FLOAT16 };
     let swizzle = if box_k * 2 == 128 { S::CU_TENSOR_MAP_SWIZZLE_128B } else { S::CU_TENSOR_MAP_SWIZZLE_64B };
     let dims = [k as u64, rows as u64];
     let strides = [ld as u64 * 2];
-    let boxes = [box_k, WG_ROWS as u32];
+    let boxes = [box_k, box_rows];
     let unit = [1u32, 1];
     // SAFETY: a zeroed map is a valid value for the driver to overwrite.
     let mut map: cu::CUtensorMap = unsafe { std::mem::zeroed() };
@@ -693,6 +738,7 @@ impl CudaLayer {
         let resident_ring = [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.kernel_name(d.bits, act, sym)));
         let resident_balanced =
             [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.balanced_kernel_name(d.bits, act, sym)));
+        let resident_wide = WIDE_BLOCK_ROWS.map(|rows| resident_of(&|act| wide_kernel_name(rows, d.bits, act, sym)));
         CudaLayer {
             bits: d.bits,
             k,
@@ -714,6 +760,7 @@ impl CudaLayer {
             resident,
             resident_ring,
             resident_balanced,
+            resident_wide,
             wg_min_rows: 9,
             wg_max_rows: std::env::var("GPTQ_CUDA_WG_MAX_ROWS")
                 .ok()
@@ -883,6 +930,13 @@ impl CudaLayer {
         if self.dense_rows(m) {
             return "dequantized into the workspace, then cuBLASLt".into();
         }
+        if let Some(w) = self.wide_shape(m) {
+            let stages = self.device.wide_stages(self.bits, sym, w.rows);
+            return format!(
+                "wide warpgroup kernel, {} rows per block, {} splits of {} tiles, {stages} stages",
+                w.rows, w.splits, w.tiles_per_split
+            );
+        }
         match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
                 "{ring:?} kernel, {} of {} tiles, {} stages{}{}{}",
@@ -899,6 +953,33 @@ impl CudaLayer {
             _ if self.uses_tensor_cores() => format!("register-fed kernel, {} splits", self.mma_shape(m).splits),
             _ => format!("CUDA-core kernel, {} splits", self.gemv_shape(m).1),
         }
+    }
+
+    /// Rows per block of the wide warpgroup kernel where a call of `m` rows (with A 16-byte aligned)
+    /// takes it ([`CudaLayer::wide_shape`]).
+    #[doc(hidden)]
+    pub fn wide_rows_per_block(&self, m: usize) -> Option<usize> {
+        self.wide_shape(m).map(|w| w.rows)
+    }
+
+    /// The wide warpgroup kernel's launch for `m` rows, where the device takes it for that many
+    /// ([`Device::wide_rows`](super::Device::wide_rows)) and the layer allows it (the tile layout, K
+    /// a multiple of 8): 32 rows per block up to 32 rows (two blocks per SM), else 64 (one per SM);
+    /// K split so that the blocks fill the SMs once, each split whole stages of at least two.
+    fn wide_shape(&self, m: usize) -> Option<WideShape> {
+        let (lo, hi) = self.device.wide_rows?;
+        if !(lo..=hi).contains(&m) || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
+            return None;
+        }
+        let rows = if m <= 32 { 32 } else { 64 };
+        let per_sm = wide_blocks_per_sm(rows).min(self.resident_wide[(rows == 64) as usize]).max(1);
+        let blocks = self.n.div_ceil(TILE_N * 4) * m.div_ceil(rows);
+        let stage = if self.bits == 4 { 4 } else { 2 };
+        let kt = self.k.div_ceil(TILE_K);
+        let want = self.device.wide_splits.unwrap_or(per_sm * self.device.sm_count as usize / blocks);
+        let splits = want.clamp(1, (kt / (2 * stage)).max(1)).min(65535);
+        let tiles_per_split = kt.div_ceil(splits).next_multiple_of(stage);
+        Some(WideShape { rows, splits: kt.div_ceil(tiles_per_split), tiles_per_split })
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs a ring kernel's balanced splits
@@ -1134,7 +1215,11 @@ impl CudaLayer {
         match self.weights {
             Weights::Gemv { .. } => self.gemv_shape(m).1,
             // The most of any kernel that may take the call (which one depends on A's alignment).
-            Weights::Mma { .. } => self.ring_shapes(m).map(|s| s.splits).fold(self.mma_shape(m).splits, usize::max),
+            Weights::Mma { .. } => self
+                .ring_shapes(m)
+                .map(|s| s.splits)
+                .chain(self.wide_shape(m).map(|w| w.splits))
+                .fold(self.mma_shape(m).splits, usize::max),
         }
     }
 
@@ -1145,7 +1230,7 @@ impl CudaLayer {
             return 0;
         }
         let ring_gathers = self.ring_shapes(m).any(|s| !self.gathers_in_kernel(m, &s));
-        if ring_gathers || !self.gathers_in_kernel(m, &self.mma_shape(m)) {
+        if ring_gathers || self.wide_shape(m).is_some() || !self.gathers_in_kernel(m, &self.mma_shape(m)) {
             (m * self.k * 2).next_multiple_of(256)
         } else {
             0
@@ -1281,11 +1366,12 @@ impl CudaLayer {
     /// 2 and 3 bit run as 4),
     /// from [`Device::dense_min_rows`](super::Device::dense_min_rows) rows, with cuBLASLt loaded,
     /// K a multiple of 8 (the dequantized rows are written in 16-byte pieces) and at most 65535
-    /// column tiles (the dequantization's grid y).
+    /// column tiles (the dequantization's grid y), where the wide warpgroup kernel does not take them.
     fn dense_rows(&self, m: usize) -> bool {
         matches!(self.weights, Weights::Mma { .. })
             && self.device.lt.is_some()
             && m >= self.device.dense_min_rows
+            && self.wide_shape(m).is_none()
             && self.k % 8 == 0
             && self.n.div_ceil(TILE_N) <= 65535
     }
@@ -1467,7 +1553,44 @@ impl CudaLayer {
                 nzero_bf16,
                 group_shift,
                 ..
-            } => {
+            } => 'mma: {
+                let sym = nzero_f16.is_none();
+                // The wide kernel reads A through a tensor map: the caller's A in whole 16-byte
+                // pieces, or act-order A gathered to the start of the workspace.
+                let tma_ok = match self.perm {
+                    Some(_) => workspace % 16 == 0,
+                    None => a % 16 == 0 && lda % 8 == 0,
+                };
+                if let Some(w) = self.wide_shape(m).filter(|_| tma_ok) {
+                    let (scale, nz) = if dtype == ActDType::BF16 {
+                        (scale_bf16.ptr, nzero_bf16.as_ref().map_or(0, |z| z.ptr))
+                    } else {
+                        (scale_f16.ptr, nzero_f16.as_ref().map_or(0, |z| z.ptr))
+                    };
+                    let (a_in, lda_in) = if self.perm.is_some() {
+                        // SAFETY: the caller's contract; the workspace holds m·k halves (checked above).
+                        unsafe { self.gather_act_order(a, lda, m, workspace, stream)? };
+                        (workspace, self.k)
+                    } else {
+                        (a, lda)
+                    };
+                    let partial = workspace + self.gather_bytes(m) as u64;
+                    let f = self.device.function(&wide_kernel_name(w.rows, self.bits, suffix, sym))?;
+                    let stages = self.device.wide_stages(self.bits, sym, w.rows);
+                    let smem = self.device.wide_smem_bytes(self.bits, sym, w.rows) as u32;
+                    let box_k = if self.bits == 4 { 64 } else { 32 };
+                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in, box_k, w.rows as u32)?;
+                    let (tpsi, shifti, stagesi) = (w.tiles_per_split as i32, *group_shift as i32, stages as i32);
+                    let mut args =
+                        args![amap, qweight.ptr, scale, nz, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, stagesi];
+                    let grid = (self.n.div_ceil(TILE_N * 4) as u32, w.splits as u32, m.div_ceil(w.rows) as u32);
+                    let what = "launching the wide warpgroup GEMM kernel";
+                    let _ctx = CtxGuard::push(self.device.ctx)?;
+                    // SAFETY: argument types and order match the kernel's signature (the tensor map
+                    // first, copied by value); extents were checked above.
+                    unsafe { launch_smem(f, grid, BULK_THREADS, smem, stream, &mut args, what, self.device.pdl)? };
+                    break 'mma w.splits;
+                }
                 // The ring kernels copy rows of A in 16-byte pieces: from the caller's A, or
                 // act-order A gathered to the start of the workspace (unless the kernel gathers it).
                 let shape = self
@@ -1478,9 +1601,8 @@ impl CudaLayer {
                     })
                     .unwrap_or_else(|| self.mma_shape(m));
                 let gather_in_kernel = self.gathers_in_kernel(m, &shape);
-                let stages = self.stages(&shape, nzero_f16.is_none());
+                let stages = self.stages(&shape, sym);
                 let MmaShape { mf, wk, splits, tiles_per_split: tps, chunk, ring, .. } = shape;
-                let sym = nzero_f16.is_none();
                 let bf = dtype == ActDType::BF16;
                 let f = match ring {
                     Some(r) => self.device.function(&r.shape_kernel_name(self.bits, suffix, sym, &shape))?,
@@ -1530,7 +1652,7 @@ impl CudaLayer {
                 let _ctx = CtxGuard::push(self.device.ctx)?;
                 if ring == Some(Ring::Warpgroup) {
                     let box_k = if self.bits == 4 { 64 } else { 32 };
-                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k)?;
+                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in as usize, box_k, WG_ROWS as u32)?;
                     // (balanced splits' tiles per block: the chunk argument's place in the others)
                     let mut args = args![
                         amap,
