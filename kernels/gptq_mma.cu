@@ -1565,10 +1565,10 @@ WG_SMALL(8, true, false, gptq_wg_b8_bf16_asym)
 //   workspace (gptq_reduce_*), C written directly when K is not split.
 // Shared memory: 2·16 mbarriers, then the ring at the next 1024-byte boundary; each stage
 // (WideStage, mirrored by src/cuda/layer.rs wide_stage_bytes) A first, then the tiles and the slots.
-template <int BITS, bool SYM, int R> struct WideStage {
+template <int BITS, bool SYM, int ROWS> struct WideStage {
     static constexpr int TPS = BITS == 4 ? 4 : 2;
     static constexpr int A_ROW = TPS * 16 * 2;
-    static constexpr int A_BYTES = R * A_ROW;
+    static constexpr int A_BYTES = ROWS * A_ROW;
     static constexpr int TILE_BYTES = TPS * TILE_STRIDE(BITS / 4) * 16;
     static constexpr int SLOT_BYTES = TPS * 512 * (SYM ? 1 : 2);
     static constexpr int BYTES = A_BYTES + TILE_BYTES + SLOT_BYTES;
@@ -1625,32 +1625,45 @@ template <int N> __device__ __forceinline__ void wg_pin_all(float (&d)[N]) {
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// A through `amap` as wg_gemm_small reads it (K inputs × M rows, boxes of R rows); scales and zero
-// offsets in the activation type (`scale`, `nzero`: [G][nt][g < 8][s < 8], null nzero for
-// symmetric layers).
-template <int BITS, bool BF, bool SYM, int R>
+// A through `amap` as wg_gemm_small reads it (K inputs × M rows, boxes of the block's rows);
+// scales and zero offsets in the activation type (`scale`, `nzero`: [G][nt][g < 8][s < 8], null
+// nzero for symmetric layers).
+// R: rows per warpgroup (wgmma's N). WGS consumer warpgroups and a producer (warp 4·WGS; with two
+// consumer warpgroups a whole producer warpgroup, whose registers setmaxnreg hands to the consumers:
+// at 384 threads ptxas would otherwise allot 168 per thread, and 64 rows' accumulators spilled):
+// - WGS = 1: the block's R rows;
+// - ROW_SPLIT: warpgroup c takes rows R·c.. of the block's WGS·R, every stage (the codes are
+//   dequantized by each warpgroup, the weights streamed once);
+// - otherwise (K split): both take the block's R rows, warpgroup c the stages i ≡ c (mod WGS), and
+//   they add their sums in shared memory at the end. Either way an SM has twice the independent
+//   wgmma chains and dequantization of one warpgroup.
+template <int BITS, bool BF, bool SYM, int R, int WGS, bool ROW_SPLIT>
 __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, const uint4* __restrict__ scale,
                              const uint4* __restrict__ nzero, float* __restrict__ partial,
                              const float* __restrict__ bias, u16* __restrict__ C, long ldc, int M, int N, int K,
                              int tiles_per_split, int group_shift, int stages) {
-    using St = WideStage<BITS, SYM, R>;
+    constexpr int ROWS = ROW_SPLIT ? R * WGS : R;  // rows of A per block
+    using St = WideStage<BITS, SYM, ROWS>;
     constexpr int QV = BITS / 4, TPS = St::TPS, STAGE_U4 = TPS * TILE_STRIDE(QV);
     static_assert(TPS % 2 == 0, "a stage starts on an even tile: the register buffers alternate per tile");
+    // Consumers of each stage (arrivals on its `empty` barrier) and stages between a warpgroup's own.
+    constexpr int STAGE_USERS = (ROW_SPLIT ? WGS : 1) * MMA_THREADS, STRIDE = ROW_SPLIT ? 1 : WGS;
     extern __shared__ __align__(1024) unsigned char smem[];
     const u32 full = smem_u32(smem), empty = full + 8 * BULK_MAX_STAGES;
     const u32 ring_s = (full + 256 + 1023) & ~1023u;  // shared address of stage 0
-    const unsigned char* ring = smem + (ring_s - full);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    unsigned char* ring = smem + (ring_s - full);
+    const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, wg = threadIdx.x / MMA_THREADS;
     const int KT = (K + 15) / 16, NT = (N + 63) / 64;
     const int t_begin = blockIdx.y * tiles_per_split, t_end = min(t_begin + tiles_per_split, KT);
     const int nstages = (max(t_end - t_begin, 0) + TPS - 1) / TPS;
-    const int m0 = blockIdx.z * R;
-    if (threadIdx.x == 0) ring_barriers_init(full, empty, stages, MMA_THREADS);
+    const int m_block = blockIdx.z * ROWS;
+    if (threadIdx.x == 0) ring_barriers_init(full, empty, stages, STAGE_USERS);
     __syncthreads();
     pdl_launch_dependents();
 
-    if (warp == 4) {  // producer
-        if (lane == 0) {
+    if (wg == WGS) {  // producer
+        if constexpr (WGS > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x % MMA_THREADS == 0) {
             auto weights = [&](int i) {
                 const int t0 = t_begin + i * TPS, s = i % stages, n = min(TPS, t_end - t0);
                 copy_stage_weights<QV, TPS, SYM>(ring_s + s * St::BYTES + St::A_BYTES, full + 8 * s,
@@ -1661,16 +1674,19 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
                 const int s = i % stages;
                 const u32 bar = full + 8 * s;
                 mbar_expect_tx(bar, St::A_BYTES);
-                tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m0, bar);
+                tma_load_2d(ring_s + s * St::BYTES, &amap, (t_begin + i * TPS) * 16, m_block, bar);
             };
             ring_produce(empty, stages, nstages, weights, activations);
         }
         return;
     }
 
+    if constexpr (WGS > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");  // 128·40 + 256·232 <= 64K
     // Warps past N's last column tile dequantize zero codes with zero scales: their rows of every
     // wgmma are zeros, and they write nothing.
     const bool active = blockIdx.x * 4 + warp < NT;
+    const int m0 = m_block + (ROW_SPLIT ? wg * R : 0);
+    const u32 a_offset = ROW_SPLIT ? wg * R * St::A_ROW : 0;  // this warpgroup's rows in a stage's A
     float acc[4][R / 2];
 #pragma unroll
     for (int j = 0; j < 4; j++)
@@ -1690,7 +1706,7 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
 #pragma unroll
         for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
     };
-    // Tile `tile` (words in q) into b[buf]; its stage is in ring slot `slot`, starting at tile t0.
+    // Tile `tile` (words in q) into bb; its stage is in ring slot `slot`, starting at tile t0.
     auto dequant = [&](int tile, int slot, int t0, u32 (&bb)[8][2]) {
         const int G = tile >> group_shift;
         if (G != gcur) {
@@ -1708,23 +1724,29 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
         dequant_pairs<BITS, BF>(q, scp, nzp, bb);
     };
 
-    // Per tile t: fence, 4 wgmma, commit; wait_group 1 (tile t-1 done: its registers and, at a
-    // stage's first tile, the previous stage are free); then tile t+1 is dequantized from q while
-    // t's wgmma run, and q takes tile t+2's words.
-    if (nstages > 0) {
-        mbar_wait(full, 0);
-        load_q(0, 0);
-        dequant(t_begin, 0, t_begin, b[0]);
-        if (t_begin + 1 < t_end) load_q(0, 1);  // TPS >= 2
+    // This warpgroup's stages i = first, first + STRIDE, ...; stage i is in ring slot i % stages,
+    // its full barrier's phase parity (i / stages) % 2, both advanced by increments (a division by
+    // the runtime `stages` per stage made the kernel 8-25% slower). Per tile t: fence, 4 wgmma, commit;
+    // wait_group 1 (tile t-1 done: its registers and, at a stage's first tile, the previous own
+    // stage are free); then tile t+1 is dequantized from q while t's wgmma run, and q takes tile
+    // t+2's words.
+    const int first = ROW_SPLIT ? 0 : wg;  // (stages > STRIDE: WideForm::min_stages)
+    int s = first, s_prev = 0;               // this stage's and the previous own stage's slots
+    u32 parity = 0;
+    if (first < nstages) {
+        mbar_wait(full + 8 * s, parity);
+        const int t = t_begin + first * TPS;
+        load_q(s, 0);
+        dequant(t, s, t, b[0]);
+        if (t + 1 < t_end) load_q(s, 1);  // TPS >= 2
     }
-    int s = 0;
-    u32 parity = 0;  // stage i's ring slot and the parity of its full barrier's phase
 #pragma unroll 1
-    for (int i = 0; i < nstages; i++) {
+    for (int i = first; i < nstages; i += STRIDE) {
         const int t0 = t_begin + i * TPS;
-        const int sn = s + 1 == stages ? 0 : s + 1;
-        const u32 parity_n = sn == 0 ? parity ^ 1 : parity;
-        const unsigned long long desc0 = wg_desc<St::A_ROW>(ring_s + s * St::BYTES);
+        int sn = s + STRIDE;  // the next own stage's slot and parity
+        u32 parity_n = parity;
+        if (sn >= stages) sn -= stages, parity_n ^= 1;
+        const unsigned long long desc0 = wg_desc<St::A_ROW>(ring_s + s * St::BYTES + a_offset);
 #pragma unroll
         for (int p = 0; p < TPS; p++) {
             const int tile = t0 + p;
@@ -1738,11 +1760,16 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
                 wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
             wg_commit();
             wg_wait<1>();
-            if (p == 0 && i > 0) mbar_arrive(empty + 8 * (s == 0 ? stages - 1 : s - 1));
-            if (tile + 1 < t_end) {
-                if (p + 1 < TPS) dequant(tile + 1, s, t0, b[(p + 1) % 2]);
-                else dequant(tile + 1, sn, t0 + TPS, b[(p + 1) % 2]);
-                if (tile + 2 < t_end) {
+            if (p == 0 && i > first) mbar_arrive(empty + 8 * s_prev);
+            // The next tile of this warpgroup: in this stage, or the first of the next own stage
+            // (STRIDE stages on: its tiles are t0 + STRIDE·TPS on).
+            const int jump = (STRIDE - 1) * TPS;  // tiles skipped when the next tile is in stage `in`
+            const int t1 = p + 1 < TPS ? tile + 1 : tile + 1 + jump;
+            if (t1 < t_end) {
+                if (p + 1 < TPS) dequant(t1, s, t0, b[(p + 1) % 2]);
+                else dequant(t1, sn, t0 + STRIDE * TPS, b[(p + 1) % 2]);
+                const int t2 = p + 2 < TPS ? tile + 2 : tile + 2 + jump;
+                if (t2 < t_end) {
                     if (p + 2 < TPS) {
                         load_q(s, p + 2);
                     } else {
@@ -1752,12 +1779,37 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
                 }
             }
         }
+        s_prev = s;
         s = sn;
         parity = parity_n;
     }
     wg_wait<0>();
 #pragma unroll
     for (int j = 0; j < 4; j++) wg_pin_all(acc[j]);
+    if constexpr (WGS > 1 && !ROW_SPLIT) {
+        // Warpgroup 1..WGS-1 hand their sums to warpgroup 0 through the ring (every stage is consumed
+        // and its wgmma done by the first barrier): float i of thread x at [i][x], conflict-free.
+        float* red = reinterpret_cast<float*>(ring);
+        constexpr int CONSUMERS = WGS * MMA_THREADS;
+        asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS) : "memory");
+        for (int w = 1; w < WGS; w++) {
+            if (wg == w) {
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int i = 0; i < R / 2; i++) red[(j * (R / 2) + i) * MMA_THREADS + threadIdx.x % MMA_THREADS] = acc[j][i];
+            }
+            asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS) : "memory");
+            if (wg == 0) {
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int i = 0; i < R / 2; i++) acc[j][i] += red[(j * (R / 2) + i) * MMA_THREADS + threadIdx.x];
+            }
+            if (w + 1 < WGS) asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS) : "memory");
+        }
+        if (wg != 0) return;
+    }
     pdl_wait();  // (already passed unless this block had no K tiles) nothing is written before it
     if (!active) return;
     const int nt = blockIdx.x * 4 + warp, g = lane / 4, tq = lane % 4;
@@ -1773,27 +1825,33 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
             }
         }
 }
-// gptq_wgw{R}_b{BITS}_{f16|bf16}_{sym|asym}: a warpgroup of consumers and a producer warp; one block
-// per SM at R = 64, two at R = 32.
-#define WG_WIDE(BITS, BF, SYM, R, NAME)                                                                      \
-    extern "C" __global__ void __launch_bounds__(BULK_THREADS, R == 64 ? 1 : 2) NAME(                        \
+#define WIDE_THREADS(WGS) ((WGS) == 1 ? MMA_THREADS + 32 : ((WGS) + 1) * MMA_THREADS)
+// gptq_wgw{ROWS}{_k}_b{BITS}_{f16|bf16}_{sym|asym}: WGS warpgroups of consumers and a producer warp.
+//   gptq_wgw32_*:  32 rows, one warpgroup, two blocks per SM;
+//   gptq_wgw64_*:  64 rows, one warpgroup, one block per SM;
+//   gptq_wgw64k_*: 64 rows, two warpgroups splitting the block's stages (K), one block per SM;
+//   gptq_wgw128_*: 128 rows, two warpgroups of 64 rows, one block per SM.
+#define WG_WIDE(BITS, BF, SYM, R, WGS, ROW_SPLIT, BLOCKS, NAME)                                             \
+    extern "C" __global__ void __launch_bounds__(WIDE_THREADS(WGS), BLOCKS) NAME(                          \
         const __grid_constant__ TmaMap amap, const uint4* qw, const uint4* scale, const uint4* nzero,        \
         float* partial, const float* bias, u16* C, long ldc, int M, int N, int K, int tps, int gshift,       \
         int stages) {                                                                                        \
-        wg_gemm_wide<BITS, BF, SYM, R>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, K, tps, gshift,  \
-                                       stages);                                                              \
+        wg_gemm_wide<BITS, BF, SYM, R, WGS, ROW_SPLIT>(amap, qw, scale, nzero, partial, bias, C, ldc, M, N, \
+                                                       K, tps, gshift, stages);                             \
     }
-#define WG_WIDE_ALL(R)                                            \
-    WG_WIDE(4, false, true, R, gptq_wgw##R##_b4_f16_sym)          \
-    WG_WIDE(4, false, false, R, gptq_wgw##R##_b4_f16_asym)        \
-    WG_WIDE(4, true, true, R, gptq_wgw##R##_b4_bf16_sym)          \
-    WG_WIDE(4, true, false, R, gptq_wgw##R##_b4_bf16_asym)        \
-    WG_WIDE(8, false, true, R, gptq_wgw##R##_b8_f16_sym)          \
-    WG_WIDE(8, false, false, R, gptq_wgw##R##_b8_f16_asym)        \
-    WG_WIDE(8, true, true, R, gptq_wgw##R##_b8_bf16_sym)          \
-    WG_WIDE(8, true, false, R, gptq_wgw##R##_b8_bf16_asym)
-WG_WIDE_ALL(32)
-WG_WIDE_ALL(64)
+#define WG_WIDE_ALL(R, WGS, ROW_SPLIT, BLOCKS, PREFIX)                                    \
+    WG_WIDE(4, false, true, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b4_f16_sym)               \
+    WG_WIDE(4, false, false, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b4_f16_asym)             \
+    WG_WIDE(4, true, true, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b4_bf16_sym)               \
+    WG_WIDE(4, true, false, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b4_bf16_asym)             \
+    WG_WIDE(8, false, true, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b8_f16_sym)               \
+    WG_WIDE(8, false, false, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b8_f16_asym)             \
+    WG_WIDE(8, true, true, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b8_bf16_sym)               \
+    WG_WIDE(8, true, false, R, WGS, ROW_SPLIT, BLOCKS, PREFIX##_b8_bf16_asym)
+WG_WIDE_ALL(32, 1, false, 2, gptq_wgw32)
+WG_WIDE_ALL(64, 1, false, 1, gptq_wgw64)
+WG_WIDE_ALL(64, 2, false, 1, gptq_wgw64k)
+WG_WIDE_ALL(64, 2, true, 1, gptq_wgw128)
 #endif
 #endif
 

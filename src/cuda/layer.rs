@@ -104,31 +104,93 @@ pub(crate) fn wg_stage_bytes(bits: u32, sym: bool) -> usize {
     WG_ROWS * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
 }
 
-/// Rows per block of the wide warpgroup kernel's two forms (kernels/gptq_mma.cu, wg_gemm_wide).
-pub(crate) const WIDE_BLOCK_ROWS: [usize; 2] = [32, 64];
+/// The wide warpgroup kernel's forms (kernels/gptq_mma.cu, wg_gemm_wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WideForm {
+    /// 32 rows per block, one warpgroup, two blocks per SM.
+    Rows32,
+    /// 64 rows per block, one warpgroup, one block per SM.
+    Rows64,
+    /// 64 rows per block, two warpgroups splitting its stages (K), one block per SM.
+    Rows64Split,
+    /// 128 rows per block, two warpgroups of 64 rows, one block per SM.
+    Rows128,
+}
+
+impl WideForm {
+    pub(crate) const ALL: [WideForm; 4] =
+        [WideForm::Rows32, WideForm::Rows64, WideForm::Rows64Split, WideForm::Rows128];
+
+    /// The kernel's name for `bits`, activation type `act` and symmetry.
+    pub(crate) fn kernel_name(self, bits: u32, act: &str, sym: bool) -> String {
+        let sym = if sym { "sym" } else { "asym" };
+        let form = match self {
+            WideForm::Rows32 => "32",
+            WideForm::Rows64 => "64",
+            WideForm::Rows64Split => "64k",
+            WideForm::Rows128 => "128",
+        };
+        format!("gptq_wgw{form}_b{bits}_{act}_{sym}")
+    }
+
+    /// Rows of A per block.
+    pub(crate) fn rows(self) -> usize {
+        match self {
+            WideForm::Rows32 => 32,
+            WideForm::Rows64 | WideForm::Rows64Split => 64,
+            WideForm::Rows128 => 128,
+        }
+    }
+
+    /// Threads per block: the consumer warpgroups and the producer warp.
+    pub(crate) fn threads(self) -> u32 {
+        match self {
+            WideForm::Rows32 | WideForm::Rows64 => 160,
+            WideForm::Rows64Split | WideForm::Rows128 => 384,
+        }
+    }
+
+    /// Blocks per SM (the kernel's launch bounds): the accumulators of 64 rows take 208-224
+    /// registers per thread, those of 32 rows 139-154.
+    pub(crate) fn blocks_per_sm(self) -> usize {
+        if self == WideForm::Rows32 { 2 } else { 1 }
+    }
+
+    /// Bytes of one stage (kernels/gptq_mma.cu, WideStage): the block's rows of A over the stage's
+    /// inputs (one swizzle span each), 8 KB of weights, up to `tps` scale (and zero) rows of 512
+    /// bytes; a multiple of 1024.
+    pub(crate) fn stage_bytes(self, bits: u32, sym: bool) -> usize {
+        let tps = if bits == 4 { 4 } else { 2 };
+        self.rows() * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
+    }
+
+    /// The fewest ring stages the form needs: with two warpgroups taking alternate stages, a stage
+    /// is handed back only when its warpgroup starts its next one, two on (3); the split form also
+    /// adds its two sums through the ring (64 KB).
+    pub(crate) fn min_stages(self, bits: u32, sym: bool) -> usize {
+        match self {
+            WideForm::Rows64Split => 3.max((64usize << 10).div_ceil(self.stage_bytes(bits, sym))),
+            _ => 2,
+        }
+    }
+}
+
+/// Layers of at least this many weights take the wide kernel up to 256 rows by default, smaller ones
+/// up to 128 (more rows: the dense path). Measured on the H200 (docs/perf.md, version 64): at 192 and
+/// 256 rows the wide kernel ran 4096×4096 in 29.3 / 31.8 µs against the dense path's 27.8 / 25.8, and
+/// the five larger profile layers 1.0-1.24× faster than the dense path (28672×8192 at 256 rows 255
+/// against 315 µs).
+pub(crate) const WIDE_LARGE_LAYER: usize = 1 << 25;
+/// At 65-128 rows, layers of at most this many inputs take [`WideForm::Rows64Split`] (two blocks of
+/// 64 rows) rather than [`WideForm::Rows128`]: their short K splits' partial sums weigh more. Measured
+/// on the H200 (version 64): 4096×14336 at 96 / 128 rows 44.1 / 44.5 µs against 48.0 / 51.6, 4096×4096
+/// 18.5 / 19.9 against 18.9 / 21.1; the longer layers 1-11% slower that way (8192×28672 at 128 rows
+/// 161 against 145).
+pub(crate) const WIDE_SHORT_K: usize = 4096;
+
 /// The wide kernel's shared memory before its ring: 256 bytes of mbarriers and the ring's alignment
 /// to 1024 bytes (kernels/gptq_mma.cu, WIDE_RING_SLACK).
 pub(crate) const WIDE_RING_SLACK: usize = 256 + 1024;
-
-/// The wide warpgroup kernel's name for `rows` rows per block.
-pub(crate) fn wide_kernel_name(rows: usize, bits: u32, act: &str, sym: bool) -> String {
-    let sym = if sym { "sym" } else { "asym" };
-    format!("gptq_wgw{rows}_b{bits}_{act}_{sym}")
-}
-
-/// Blocks per SM the wide kernel runs (its launch bounds): its accumulators take 212-224 registers
-/// per thread at 64 rows, 139-154 at 32.
-pub(crate) fn wide_blocks_per_sm(rows: usize) -> usize {
-    if rows == 64 { 1 } else { 2 }
-}
-
-/// Bytes of one stage of the wide kernel (kernels/gptq_mma.cu, WideStage): `rows` rows of A over the
-/// stage's inputs (one swizzle span each), 8 KB of weights, up to `tps` scale (and zero) rows of 512
-/// bytes; a multiple of 1024.
-pub(crate) fn wide_stage_bytes(bits: u32, sym: bool, rows: usize) -> usize {
-    let tps = if bits == 4 { 4 } else { 2 };
-    rows * tps * 16 * 2 + 8192 + tps * 512 * if sym { 1 } else { 2 }
-}
 
 /// The sm_90 small-batch kernels that stream weights, scales and A into a ring of shared-memory
 /// stages (kernels/gptq_mma.cu); other calls take the register-fed kernels.
@@ -279,8 +341,8 @@ pub struct CudaLayer {
     resident_ring: [usize; 2],
     /// The same for their balanced-split forms ([`CudaLayer::balance`]).
     resident_balanced: [usize; 2],
-    /// The same for the wide kernel's forms ([`WIDE_BLOCK_ROWS`] order).
-    resident_wide: [usize; 2],
+    /// The same for the wide kernel's forms ([`WideForm::ALL`] order).
+    resident_wide: [usize; 4],
     /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel),
     /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
@@ -485,8 +547,8 @@ struct MmaShape {
 /// How a call runs on the wide warpgroup kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct WideShape {
-    /// Rows of A per block (32 or 64; blocks of them along grid z).
-    rows: usize,
+    /// The kernel's form (its rows per block: blocks of them along grid z).
+    form: WideForm,
     splits: usize,
     tiles_per_split: usize,
 }
@@ -738,7 +800,7 @@ impl CudaLayer {
         let resident_ring = [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.kernel_name(d.bits, act, sym)));
         let resident_balanced =
             [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.balanced_kernel_name(d.bits, act, sym)));
-        let resident_wide = WIDE_BLOCK_ROWS.map(|rows| resident_of(&|act| wide_kernel_name(rows, d.bits, act, sym)));
+        let resident_wide = WideForm::ALL.map(|f| resident_of(&|act| f.kernel_name(d.bits, act, sym)));
         CudaLayer {
             bits: d.bits,
             k,
@@ -931,10 +993,10 @@ impl CudaLayer {
             return "dequantized into the workspace, then cuBLASLt".into();
         }
         if let Some(w) = self.wide_shape(m) {
-            let stages = self.device.wide_stages(self.bits, sym, w.rows);
+            let stages = self.device.wide_stages(self.bits, sym, w.form);
             return format!(
-                "wide warpgroup kernel, {} rows per block, {} splits of {} tiles, {stages} stages",
-                w.rows, w.splits, w.tiles_per_split
+                "wide warpgroup kernel {:?}, {} splits of {} tiles, {stages} stages",
+                w.form, w.splits, w.tiles_per_split
             );
         }
         match self.ring_shapes(m).next() {
@@ -959,27 +1021,40 @@ impl CudaLayer {
     /// takes it ([`CudaLayer::wide_shape`]).
     #[doc(hidden)]
     pub fn wide_rows_per_block(&self, m: usize) -> Option<usize> {
-        self.wide_shape(m).map(|w| w.rows)
+        self.wide_shape(m).map(|w| w.form.rows())
     }
 
     /// The wide warpgroup kernel's launch for `m` rows, where the device takes it for that many
-    /// ([`Device::wide_rows`](super::Device::wide_rows)) and the layer allows it (the tile layout, K
-    /// a multiple of 8): 32 rows per block up to 32 rows (two blocks per SM), else 64 (one per SM);
-    /// K split so that the blocks fill the SMs once, each split whole stages of at least two.
+    /// ([`Device::wide_rows`](super::Device::wide_rows); by default above 128 rows only on layers of
+    /// at least [`WIDE_LARGE_LAYER`] weights) and the layer allows it (the tile layout, K a multiple
+    /// of 8). Its form: up to 32 rows [`WideForm::Rows32`]; up to 64 [`WideForm::Rows64Split`]; up to
+    /// 128 that form too where K is at most [`WIDE_SHORT_K`], else [`WideForm::Rows128`], which also
+    /// takes every call above 128 rows (`GPTQ_CUDA_WIDE_FORM` forces one from 33 rows, for
+    /// comparisons). K is split so that the blocks fill the SMs once, each split whole stages of at
+    /// least two. Measured on the H200 (docs/perf.md, versions 63-64).
     fn wide_shape(&self, m: usize) -> Option<WideShape> {
         let (lo, hi) = self.device.wide_rows?;
-        if !(lo..=hi).contains(&m) || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. }) {
+        let small_layer_cut = self.device.wide_rows_default && m > 128 && self.n * self.k < WIDE_LARGE_LAYER;
+        if !(lo..=hi).contains(&m) || small_layer_cut || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. })
+        {
             return None;
         }
-        let rows = if m <= 32 { 32 } else { 64 };
-        let per_sm = wide_blocks_per_sm(rows).min(self.resident_wide[(rows == 64) as usize]).max(1);
-        let blocks = self.n.div_ceil(TILE_N * 4) * m.div_ceil(rows);
+        let form = match (m, self.device.wide_form) {
+            (..=32, _) => WideForm::Rows32,
+            (_, Some(f)) => f,
+            (..=64, None) => WideForm::Rows64Split,
+            (..=128, None) if self.k <= WIDE_SHORT_K => WideForm::Rows64Split,
+            (_, None) => WideForm::Rows128,
+        };
+        let index = WideForm::ALL.iter().position(|&f| f == form).unwrap_or(0);
+        let per_sm = form.blocks_per_sm().min(self.resident_wide[index]).max(1);
+        let blocks = self.n.div_ceil(TILE_N * 4) * m.div_ceil(form.rows());
         let stage = if self.bits == 4 { 4 } else { 2 };
         let kt = self.k.div_ceil(TILE_K);
         let want = self.device.wide_splits.unwrap_or(per_sm * self.device.sm_count as usize / blocks);
         let splits = want.clamp(1, (kt / (2 * stage)).max(1)).min(65535);
         let tiles_per_split = kt.div_ceil(splits).next_multiple_of(stage);
-        Some(WideShape { rows, splits: kt.div_ceil(tiles_per_split), tiles_per_split })
+        Some(WideShape { form, splits: kt.div_ceil(tiles_per_split), tiles_per_split })
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs a ring kernel's balanced splits
@@ -1575,20 +1650,20 @@ impl CudaLayer {
                         (a, lda)
                     };
                     let partial = workspace + self.gather_bytes(m) as u64;
-                    let f = self.device.function(&wide_kernel_name(w.rows, self.bits, suffix, sym))?;
-                    let stages = self.device.wide_stages(self.bits, sym, w.rows);
-                    let smem = self.device.wide_smem_bytes(self.bits, sym, w.rows) as u32;
+                    let f = self.device.function(&w.form.kernel_name(self.bits, suffix, sym))?;
+                    let stages = self.device.wide_stages(self.bits, sym, w.form);
+                    let smem = self.device.wide_smem_bytes(self.bits, sym, w.form) as u32;
                     let box_k = if self.bits == 4 { 64 } else { 32 };
-                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in, box_k, w.rows as u32)?;
+                    let amap = a_tensor_map(a_in, dtype, self.k, m, lda_in, box_k, w.form.rows() as u32)?;
                     let (tpsi, shifti, stagesi) = (w.tiles_per_split as i32, *group_shift as i32, stages as i32);
                     let mut args =
                         args![amap, qweight.ptr, scale, nz, partial, bias, c, ldc64, mi, ni, ki, tpsi, shifti, stagesi];
-                    let grid = (self.n.div_ceil(TILE_N * 4) as u32, w.splits as u32, m.div_ceil(w.rows) as u32);
+                    let grid = (self.n.div_ceil(TILE_N * 4) as u32, w.splits as u32, m.div_ceil(w.form.rows()) as u32);
                     let what = "launching the wide warpgroup GEMM kernel";
                     let _ctx = CtxGuard::push(self.device.ctx)?;
                     // SAFETY: argument types and order match the kernel's signature (the tensor map
                     // first, copied by value); extents were checked above.
-                    unsafe { launch_smem(f, grid, BULK_THREADS, smem, stream, &mut args, what, self.device.pdl)? };
+                    unsafe { launch_smem(f, grid, w.form.threads(), smem, stream, &mut args, what, self.device.pdl)? };
                     break 'mma w.splits;
                 }
                 // The ring kernels copy rows of A in 16-byte pieces: from the caller's A, or
