@@ -1575,6 +1575,9 @@ template <int BITS, bool SYM, int ROWS> struct WideStage {
     static_assert(BYTES % 1024 == 0, "every stage's A starts on a swizzle atom");
 };
 #define WIDE_RING_SLACK (256 + 1024)  // mbarriers, alignment of the ring to 1024
+#ifndef WIDE_FAST
+#define WIDE_FAST 1
+#endif
 
 // d[64×R] += a[64×16, registers] · A^T[16×R, shared memory at desc]: one wgmma of the tile's
 // output columns j (a: b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1]). d[i]: row 16·warp + g +
@@ -1707,9 +1710,10 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
         for (int v = 0; v < QV; v++) q[v] = tiles[p * TILE_STRIDE(QV) + warp * 32 * QV + 32 * v + lane];
     };
     // Tile `tile` (words in q) into bb; its stage is in ring slot `slot`, starting at tile t0.
-    auto dequant = [&](int tile, int slot, int t0, u32 (&bb)[8][2]) {
+    // SAME_GROUP: the caller knows the tile is in the current group.
+    auto dequant = [&](int tile, int slot, int t0, u32 (&bb)[8][2], auto same_group) {
         const int G = tile >> group_shift;
-        if (G != gcur) {
+        if (!decltype(same_group)::value && G != gcur) {
             gcur = G;
             uint4 sc = make_uint4(0, 0, 0, 0), nz = nz_sym;
             if (active) {
@@ -1737,7 +1741,7 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
         mbar_wait(full + 8 * s, parity);
         const int t = t_begin + first * TPS;
         load_q(s, 0);
-        dequant(t, s, t, b[0]);
+        dequant(t, s, t, b[0], Flag<false>());
         if (t + 1 < t_end) load_q(s, 1);  // TPS >= 2
     }
 #pragma unroll 1
@@ -1747,38 +1751,47 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
         u32 parity_n = parity;
         if (sn >= stages) sn -= stages, parity_n ^= 1;
         const unsigned long long desc0 = wg_desc<St::A_ROW>(ring_s + s * St::BYTES + a_offset);
+        // The next tile of this warpgroup after a stage's last is the first of its next own stage
+        // (STRIDE stages on): `jump` tiles further.
+        constexpr int jump = (STRIDE - 1) * TPS;
+        // FAST: this stage and the next own stage are whole and inside the split, and this stage is
+        // inside one group (nearly every stage): no tile tests the end of the range, and only the
+        // next stage's first tile may start a group (WIDE_FAST=0, a define, keeps the general body).
+        auto stage = [&](auto fast_flag) {
+            constexpr bool FAST = decltype(fast_flag)::value;
 #pragma unroll
-        for (int p = 0; p < TPS; p++) {
-            const int tile = t0 + p;
-            if (tile >= t_end) break;  // uniform over the block
-            unsigned long long desc = desc0 + 2 * p;  // 32 bytes on (the address field counts 16)
-            u32(&bc)[8][2] = b[p % 2];
-            wg_pin_inputs(bc, desc);
-            wg_fence();
+            for (int p = 0; p < TPS; p++) {
+                const int tile = t0 + p;
+                if (!FAST && tile >= t_end) break;  // uniform over the block
+                unsigned long long desc = desc0 + 2 * p;  // 32 bytes on (the address field counts 16)
+                u32(&bc)[8][2] = b[p % 2];
+                wg_pin_inputs(bc, desc);
+                wg_fence();
 #pragma unroll
-            for (int j = 0; j < 4; j++)
-                wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
-            wg_commit();
-            wg_wait<1>();
-            if (p == 0 && i > first) mbar_arrive(empty + 8 * s_prev);
-            // The next tile of this warpgroup: in this stage, or the first of the next own stage
-            // (STRIDE stages on: its tiles are t0 + STRIDE·TPS on).
-            const int jump = (STRIDE - 1) * TPS;  // tiles skipped when the next tile is in stage `in`
-            const int t1 = p + 1 < TPS ? tile + 1 : tile + 1 + jump;
-            if (t1 < t_end) {
-                if (p + 1 < TPS) dequant(t1, s, t0, b[(p + 1) % 2]);
-                else dequant(t1, sn, t0 + STRIDE * TPS, b[(p + 1) % 2]);
-                const int t2 = p + 2 < TPS ? tile + 2 : tile + 2 + jump;
-                if (t2 < t_end) {
-                    if (p + 2 < TPS) {
-                        load_q(s, p + 2);
-                    } else {
-                        if (p + 2 == TPS) mbar_wait(full + 8 * sn, parity_n);
-                        load_q(sn, p + 2 - TPS);
+                for (int j = 0; j < 4; j++)
+                    wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
+                wg_commit();
+                wg_wait<1>();
+                if (p == 0 && i > first) mbar_arrive(empty + 8 * s_prev);
+                const int t1 = p + 1 < TPS ? tile + 1 : tile + 1 + jump;
+                if (FAST || t1 < t_end) {
+                    if (p + 1 < TPS) dequant(t1, s, t0, b[(p + 1) % 2], Flag<FAST>());
+                    else dequant(t1, sn, t0 + STRIDE * TPS, b[(p + 1) % 2], Flag<false>());
+                    const int t2 = p + 2 < TPS ? tile + 2 : tile + 2 + jump;
+                    if (FAST || t2 < t_end) {
+                        if (p + 2 < TPS) {
+                            load_q(s, p + 2);
+                        } else {
+                            if (p + 2 == TPS) mbar_wait(full + 8 * sn, parity_n);
+                            load_q(sn, p + 2 - TPS);
+                        }
                     }
                 }
             }
-        }
+        };
+        const bool whole = t0 + jump + 2 * TPS <= t_end;
+        if (WIDE_FAST && whole && (t0 >> group_shift) == ((t0 + TPS - 1) >> group_shift)) stage(Flag<true>());
+        else stage(Flag<false>());
         s_prev = s;
         s = sn;
         parity = parity_n;
