@@ -660,8 +660,8 @@ gptq_status gptq_cuda_layer_new(const struct gptq_layer *layer,
  * Writes to `*bytes` a workspace size enough for every `gptq_cuda_gemm` call on `layer` with 1 to `m`
  * rows (it depends on `m` and the layer only), so one workspace sized for the largest batch serves
  * all smaller ones (how K is split, and so the partial sums, changes with the batch size). 0 when no
- * such call needs one. From 129 rows (`GPTQ_CUDA_DENSE_MIN_ROWS`) on the layers that may take the
- * dense path (see `gptq_cuda_gemm`), it includes that path's room:
+ * such call needs one. For the batches that take the dense path (see `gptq_cuda_gemm`) it includes
+ * that path's room:
  * the dequantized weights (`2 · in_features · out_features` bytes), 32 MiB for cuBLASLt and, with
  * act-order, `2 · m · in_features` bytes (see `gptq_cuda_gemm`).
  *
@@ -690,11 +690,11 @@ gptq_status gptq_cuda_workspace_size(const struct gptq_cuda_layer *layer,
  * and waits for that kernel before it reads `a` or writes anything; `GPTQ_CUDA_PDL=0` disables it).
  * On sm_90, calls of up to 8 rows run a kernel that streams weights and `a` into shared memory with
  * bulk copies, and calls of 9 to 16 rows one that copies `a` through a tensor map (encoded on the
- * host per call) and multiplies with warpgroup mma, which also takes 17 to 128 rows (8 bit: 32) as
- * blocks of 16 where those fit the GPU at once (`GPTQ_CUDA_BULK=0`, `GPTQ_CUDA_WG=0` select the
- * register-fed kernels every architecture runs).
- * Large batches (the dense path): from 129 rows (`GPTQ_CUDA_DENSE_MIN_ROWS`; `GPTQ_CUDA_DENSE=0`
- * turns it off) on layers of the tensor-core kernels (4 and 8 bit, and 2 and 3 bit, which run as
+ * host per call) and multiplies with warpgroup mma; calls of 17 to 128 rows (256 on layers of at
+ * least 2^25 weights) a wider form of it, 32 to 128 rows per block (`GPTQ_CUDA_WIDE=0` turns it off;
+ * `GPTQ_CUDA_BULK=0`, `GPTQ_CUDA_WG=0` select the register-fed kernels every architecture runs).
+ * Large batches (the dense path): from 129 rows (`GPTQ_CUDA_DENSE_MIN_ROWS`), above those the wide
+ * kernel takes (`GPTQ_CUDA_DENSE=0` turns it off), on layers of the tensor-core kernels (4 and 8 bit, and 2 and 3 bit, which run as
  * 4 bit; not layers whose groups put them on the CUDA-core kernel) with `in_features` a multiple
  * of 8, where cuBLASLt 11 or later is installed (the runs so far used CUDA 13's), with `a` and `c` 16-byte aligned, `lda` and `ldc` multiples of 8, and a
  * workspace of the full `gptq_cuda_workspace_size(layer, m)`, the call dequantizes the weights

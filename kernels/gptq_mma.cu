@@ -1578,6 +1578,9 @@ template <int BITS, bool SYM, int ROWS> struct WideStage {
 #ifndef WIDE_FAST
 #define WIDE_FAST 1
 #endif
+#ifndef WIDE_ONE_ASM
+#define WIDE_ONE_ASM 1
+#endif
 
 // d[64×R] += a[64×16, registers] · A^T[16×R, shared memory at desc]: one wgmma of the tile's
 // output columns j (a: b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1]). d[i]: row 16·warp + g +
@@ -1627,6 +1630,58 @@ template <int N> __device__ __forceinline__ void wg_pin_all(float (&d)[N]) {
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
+
+// The tile's four wgmma in one asm statement: one copy of the descriptor serves all four (issued as
+// four statements, each took its own pair of uniform registers, 8 R2UR per tile; WIDE_ONE_ASM=0 keeps
+// that form).
+#define WGW_F8(x, o) \
+    "+f"(x[o]), "+f"(x[o + 1]), "+f"(x[o + 2]), "+f"(x[o + 3]), "+f"(x[o + 4]), "+f"(x[o + 5]), "+f"(x[o + 6]), "+f"(x[o + 7])
+#define WGW_A(j) "r"(b[2 * j][0]), "r"(b[2 * j + 1][0]), "r"(b[2 * j][1]), "r"(b[2 * j + 1][1])
+template <bool BF, int R>
+__device__ __forceinline__ void wgmma_tile_wide(float (&acc)[4][R / 2], const u32 (&b)[8][2], unsigned long long desc) {
+    static_assert(R == 32 || R == 64, "rows per warpgroup");
+    if constexpr (R == 32) {
+        if (BF)
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %81, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%64,%65,%66,%67}, %80, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%68,%69,%70,%71}, %80, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, {%72,%73,%74,%75}, %80, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%76,%77,%78,%79}, %80, p, 1, 1, 0;\n"
+                         "}\n"
+                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8)
+                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
+        else
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %81, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%64,%65,%66,%67}, %80, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%68,%69,%70,%71}, %80, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, {%72,%73,%74,%75}, %80, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%76,%77,%78,%79}, %80, p, 1, 1, 0;\n"
+                         "}\n"
+                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8)
+                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
+    } else {
+        if (BF)
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %145, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%128,%129,%130,%131}, %144, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%132,%133,%134,%135}, %144, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95}, {%136,%137,%138,%139}, %144, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, {%140,%141,%142,%143}, %144, p, 1, 1, 0;\n"
+                         "}\n"
+                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[0], 16), WGW_F8(acc[0], 24), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[1], 16), WGW_F8(acc[1], 24), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[2], 16), WGW_F8(acc[2], 24), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8), WGW_F8(acc[3], 16), WGW_F8(acc[3], 24)
+                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
+        else
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %145, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%128,%129,%130,%131}, %144, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%132,%133,%134,%135}, %144, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95}, {%136,%137,%138,%139}, %144, p, 1, 1, 0;\n"
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, {%140,%141,%142,%143}, %144, p, 1, 1, 0;\n"
+                         "}\n"
+                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[0], 16), WGW_F8(acc[0], 24), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[1], 16), WGW_F8(acc[1], 24), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[2], 16), WGW_F8(acc[2], 24), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8), WGW_F8(acc[3], 16), WGW_F8(acc[3], 24)
+                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
+    }
+}
+#undef WGW_F8
+#undef WGW_A
 
 // A through `amap` as wg_gemm_small reads it (K inputs × M rows, boxes of the block's rows);
 // scales and zero offsets in the activation type (`scale`, `nzero`: [G][nt][g < 8][s < 8], null
@@ -1767,9 +1822,13 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
                 u32(&bc)[8][2] = b[p % 2];
                 wg_pin_inputs(bc, desc);
                 wg_fence();
+                if constexpr (WIDE_ONE_ASM) {
+                    wgmma_tile_wide<BF, R>(acc, bc, desc);
+                } else {
 #pragma unroll
-                for (int j = 0; j < 4; j++)
-                    wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
+                    for (int j = 0; j < 4; j++)
+                        wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
+                }
                 wg_commit();
                 wg_wait<1>();
                 if (p == 0 && i > first) mbar_arrive(empty + 8 * s_prev);
