@@ -1543,26 +1543,31 @@ WG_SMALL(8, false, false, gptq_wg_b8_f16_asym)
 WG_SMALL(8, true, true, gptq_wg_b8_bf16_sym)
 WG_SMALL(8, true, false, gptq_wg_b8_bf16_asym)
 
-// ---- 17 to 256 rows on sm_90a: the bulk-copy ring feeding wgmma with up to 64 rows per block ----
+// ---- 17 to 256 rows on sm_90a: the bulk-copy ring feeding wgmma with 32 to 128 rows per block ----
 //
 // wg_gemm_small above decodes a column block's weights once per 16 rows, so at 32-128 rows every
-// weight is decoded (and its block's tile re-read from L2) 2-8 times: 64 rows ran at 0.7-1.2× cuBLAS
-// fp16 where the weights alone would allow ≈ 3× (docs/perf.md, version 63). This kernel keeps the
-// same producer, ring and weight layout, and widens wgmma's N (the rows of A) to R = 32 or 64:
+// weight is decoded (and its block's tile re-read from L2) 2-8 times: 64 rows ran at 0.6-1.1× cuBLAS
+// fp16 on the H100 (docs/perf.md, seventeenth slice). This kernel keeps the same producer, ring and
+// weight layout, and widens wgmma's N (the rows of A) to R = 32 or 64 per warpgroup:
 // - each tile's codes are dequantized in the activation type (dequant_pairs: offset and scale per
 //   code pair, as the register-fed mma_gemm does) instead of folding per group, so the f32
-//   accumulators are the totals and there is nothing to fold: 4 wgmma m64nRk16 per tile, R/2
-//   accumulators each (64 and 128 registers per thread at R = 32 and 64). The dequantization is
-//   paid once per R rows, which is why it is affordable here and not at 16 rows (version 25);
+//   accumulators are the totals: 4 wgmma m64nRk16 per tile, in one asm statement, R/2 accumulators
+//   each (64 and 128 registers per thread at R = 32 and 64). The dequantization is paid once per R
+//   rows, which is why it is affordable here and not at 16 rows (version 25);
 // - scales and zero offsets come per stage as in wg_gemm_small, but in the activation type (the
 //   large-batch `scale`/`nzero` arrays, same per-lane layout); a tile's group pairs are formed when
 //   its codes are, one tile ahead of its wgmma;
-// - A arrives as one tensor-copy box of R rows × the stage's inputs (128-byte swizzle at 4 bit,
-//   64-byte at 8), zeros past M and K; the shared-memory descriptor is wg_gemm_small's (the 8-row
-//   atoms simply continue for R rows);
-// - R = 64 runs one block per SM (its accumulators need most of the registers) with a ring of up to
-//   16 stages; R = 32 two per SM. Blocks of R rows along grid z, K splits along y through the
-//   workspace (gptq_reduce_*), C written directly when K is not split.
+// - A arrives as one tensor-copy box of the block's rows × the stage's inputs (128-byte swizzle at
+//   4 bit, 64-byte at 8), zeros past M and K; the shared-memory descriptor is wg_gemm_small's (the
+//   8-row atoms simply continue for R rows);
+// - forms (src/cuda/layer.rs, WideForm): 32 rows, one warpgroup, two blocks per SM; 64 rows, one
+//   warpgroup (for comparisons); 64 rows, two warpgroups taking alternate stages (K) and adding
+//   their sums in shared memory; 128 rows, two warpgroups of 64 rows (each dequantizes every tile).
+//   One warpgroup per SM left the tensor pipe idle while it dequantized (ncu: issue-bound on
+//   fixed-latency chains), so the two-warpgroup forms, whose producer warpgroup hands its registers
+//   to the consumers (setmaxnreg), run 1.2-1.5× faster;
+// - blocks of rows along grid z, K splits along y through the workspace (gptq_reduce_*), C written
+//   directly when K is not split.
 // Shared memory: 2·16 mbarriers, then the ring at the next 1024-byte boundary; each stage
 // (WideStage, mirrored by src/cuda/layer.rs wide_stage_bytes) A first, then the tiles and the slots.
 template <int BITS, bool SYM, int ROWS> struct WideStage {
@@ -1578,110 +1583,67 @@ template <int BITS, bool SYM, int ROWS> struct WideStage {
 #ifndef WIDE_FAST
 #define WIDE_FAST 1
 #endif
-#ifndef WIDE_ONE_ASM
-#define WIDE_ONE_ASM 1
-#endif
 
-// d[64×R] += a[64×16, registers] · A^T[16×R, shared memory at desc]: one wgmma of the tile's
-// output columns j (a: b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1]). d[i]: row 16·warp + g +
-// 8·((i/2)%2) of the 64 (column 16j + g + 8·((i/2)%2) of the warp's column tile), column (row of A)
-// 8·(i/4) + 2t + i%2.
-#define WGW_MMA(N, T, D, A, DESC, P)                                                              \
-    "{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\nwgmma.mma_async.sync.aligned.m64n" N "k16.f32." T \
-    "." T " {" D "}, {" A "}, " DESC ", p, 1, 1, 0;\n}\n"
-#define WGW_D32 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
-#define WGW_D64                                                                                              \
-    "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27," \
-    "%28,%29,%30,%31"
+
+// A tile's four wgmma (acc[j] (+)= the pairs of output columns j · A^T at desc) in one asm
+// statement, so one uniform copy of the descriptor serves all four (issued as four statements, each
+// took its own pair of uniform registers: 8 R2UR per tile, version 66). Operands: the accumulators
+// (R/2 per wgmma), then the A registers (4 per wgmma), the descriptor, the accumulate flag.
+// Wgmma j's A registers are b[2j][0], b[2j+1][0], b[2j][1], b[2j+1][1] (the warp's output columns
+// 16j.. as 16 rows of the 64); acc[j][i]: row 16·warp + g + 8·((i/2)%2) of the 64 (column 16j + g +
+// 8·((i/2)%2) of the warp's column tile), column (row of A) 8·(i/4) + 2t + i%2.
+#define WGW_MMA(N, T, D, A, DESC) \
+    "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." T "." T " {" D "}, {" A "}, " DESC ", p, 1, 1, 0;\n"
+#define WGW_TILE32(T)                                        \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %81, 0;\n"                                                            \
+    WGW_MMA("32", T, "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15", "%64,%65,%66,%67", "%80") \
+    WGW_MMA("32", T, "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31", "%68,%69,%70,%71", "%80") \
+    WGW_MMA("32", T, "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47", "%72,%73,%74,%75", "%80") \
+    WGW_MMA("32", T, "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63", "%76,%77,%78,%79", "%80") \
+    "}\n"
+#define WGW_TILE64(T)                                        \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %145, 0;\n"                                                            \
+    WGW_MMA("64", T, "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
+            "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31", "%128,%129,%130,%131", "%144") \
+    WGW_MMA("64", T, "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47," \
+            "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63", "%132,%133,%134,%135", "%144") \
+    WGW_MMA("64", T, "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79," \
+            "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95", "%136,%137,%138,%139", "%144") \
+    WGW_MMA("64", T, "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111," \
+            "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127", "%140,%141,%142,%143", "%144") \
+    "}\n"
 #define WGW_F8(x, o) \
     "+f"(x[o]), "+f"(x[o + 1]), "+f"(x[o + 2]), "+f"(x[o + 3]), "+f"(x[o + 4]), "+f"(x[o + 5]), "+f"(x[o + 6]), "+f"(x[o + 7])
-#define WGW_IN "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1)
+#define WGW_ACC32 WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8)
+#define WGW_ACC64_(j) WGW_F8(acc[j], 0), WGW_F8(acc[j], 8), WGW_F8(acc[j], 16), WGW_F8(acc[j], 24)
+#define WGW_ACC64 WGW_ACC64_(0), WGW_ACC64_(1), WGW_ACC64_(2), WGW_ACC64_(3)
+#define WGW_A(j) "r"(b[2 * j][0]), "r"(b[2 * j + 1][0]), "r"(b[2 * j][1]), "r"(b[2 * j + 1][1])
+#define WGW_IN WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1)
 template <bool BF, int R>
-__device__ __forceinline__ void wgmma_wide(float (&d)[R / 2], u32 a0, u32 a1, u32 a2, u32 a3,
-                                           unsigned long long desc) {
-    static_assert(R == 32 || R == 64, "rows per block");
+__device__ __forceinline__ void wgmma_tile_wide(float (&acc)[4][R / 2], const u32 (&b)[8][2], unsigned long long desc) {
+    static_assert(R == 32 || R == 64, "rows per warpgroup");
     if constexpr (R == 32) {
-        if (BF)
-            asm volatile(WGW_MMA("32", "bf16", WGW_D32, "%16,%17,%18,%19", "%20", "%21")
-                         : WGW_F8(d, 0), WGW_F8(d, 8)
-                         : WGW_IN);
-        else
-            asm volatile(WGW_MMA("32", "f16", WGW_D32, "%16,%17,%18,%19", "%20", "%21")
-                         : WGW_F8(d, 0), WGW_F8(d, 8)
-                         : WGW_IN);
+        if (BF) asm volatile(WGW_TILE32("bf16") : WGW_ACC32 : WGW_IN);
+        else asm volatile(WGW_TILE32("f16") : WGW_ACC32 : WGW_IN);
     } else {
-        if (BF)
-            asm volatile(WGW_MMA("64", "bf16", WGW_D64, "%32,%33,%34,%35", "%36", "%37")
-                         : WGW_F8(d, 0), WGW_F8(d, 8), WGW_F8(d, 16), WGW_F8(d, 24)
-                         : WGW_IN);
-        else
-            asm volatile(WGW_MMA("64", "f16", WGW_D64, "%32,%33,%34,%35", "%36", "%37")
-                         : WGW_F8(d, 0), WGW_F8(d, 8), WGW_F8(d, 16), WGW_F8(d, 24)
-                         : WGW_IN);
+        if (BF) asm volatile(WGW_TILE64("bf16") : WGW_ACC64 : WGW_IN);
+        else asm volatile(WGW_TILE64("f16") : WGW_ACC64 : WGW_IN);
     }
 }
 #undef WGW_MMA
-#undef WGW_D32
-#undef WGW_D64
+#undef WGW_TILE32
+#undef WGW_TILE64
 #undef WGW_F8
+#undef WGW_ACC32
+#undef WGW_ACC64_
+#undef WGW_ACC64
+#undef WGW_A
 #undef WGW_IN
 // Keeps the compiler from moving accesses of d across the asynchronous wgmma.
 template <int N> __device__ __forceinline__ void wg_pin_all(float (&d)[N]) {
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
-
-// The tile's four wgmma in one asm statement: one copy of the descriptor serves all four (issued as
-// four statements, each took its own pair of uniform registers, 8 R2UR per tile; WIDE_ONE_ASM=0 keeps
-// that form).
-#define WGW_F8(x, o) \
-    "+f"(x[o]), "+f"(x[o + 1]), "+f"(x[o + 2]), "+f"(x[o + 3]), "+f"(x[o + 4]), "+f"(x[o + 5]), "+f"(x[o + 6]), "+f"(x[o + 7])
-#define WGW_A(j) "r"(b[2 * j][0]), "r"(b[2 * j + 1][0]), "r"(b[2 * j][1]), "r"(b[2 * j + 1][1])
-template <bool BF, int R>
-__device__ __forceinline__ void wgmma_tile_wide(float (&acc)[4][R / 2], const u32 (&b)[8][2], unsigned long long desc) {
-    static_assert(R == 32 || R == 64, "rows per warpgroup");
-    if constexpr (R == 32) {
-        if (BF)
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %81, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%64,%65,%66,%67}, %80, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%68,%69,%70,%71}, %80, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, {%72,%73,%74,%75}, %80, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%76,%77,%78,%79}, %80, p, 1, 1, 0;\n"
-                         "}\n"
-                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8)
-                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
-        else
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %81, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%64,%65,%66,%67}, %80, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%68,%69,%70,%71}, %80, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, {%72,%73,%74,%75}, %80, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%76,%77,%78,%79}, %80, p, 1, 1, 0;\n"
-                         "}\n"
-                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8)
-                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
-    } else {
-        if (BF)
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %145, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%128,%129,%130,%131}, %144, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%132,%133,%134,%135}, %144, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95}, {%136,%137,%138,%139}, %144, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, {%140,%141,%142,%143}, %144, p, 1, 1, 0;\n"
-                         "}\n"
-                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[0], 16), WGW_F8(acc[0], 24), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[1], 16), WGW_F8(acc[1], 24), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[2], 16), WGW_F8(acc[2], 24), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8), WGW_F8(acc[3], 16), WGW_F8(acc[3], 24)
-                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
-        else
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %145, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%128,%129,%130,%131}, %144, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%132,%133,%134,%135}, %144, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95}, {%136,%137,%138,%139}, %144, p, 1, 1, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, {%140,%141,%142,%143}, %144, p, 1, 1, 0;\n"
-                         "}\n"
-                         : WGW_F8(acc[0], 0), WGW_F8(acc[0], 8), WGW_F8(acc[0], 16), WGW_F8(acc[0], 24), WGW_F8(acc[1], 0), WGW_F8(acc[1], 8), WGW_F8(acc[1], 16), WGW_F8(acc[1], 24), WGW_F8(acc[2], 0), WGW_F8(acc[2], 8), WGW_F8(acc[2], 16), WGW_F8(acc[2], 24), WGW_F8(acc[3], 0), WGW_F8(acc[3], 8), WGW_F8(acc[3], 16), WGW_F8(acc[3], 24)
-                         : WGW_A(0), WGW_A(1), WGW_A(2), WGW_A(3), "l"(desc), "r"(1));
-    }
-}
-#undef WGW_F8
-#undef WGW_A
 
 // A through `amap` as wg_gemm_small reads it (K inputs × M rows, boxes of the block's rows);
 // scales and zero offsets in the activation type (`scale`, `nzero`: [G][nt][g < 8][s < 8], null
@@ -1822,13 +1784,7 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
                 u32(&bc)[8][2] = b[p % 2];
                 wg_pin_inputs(bc, desc);
                 wg_fence();
-                if constexpr (WIDE_ONE_ASM) {
-                    wgmma_tile_wide<BF, R>(acc, bc, desc);
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        wgmma_wide<BF, R>(acc[j], bc[2 * j][0], bc[2 * j + 1][0], bc[2 * j][1], bc[2 * j + 1][1], desc);
-                }
+                wgmma_tile_wide<BF, R>(acc, bc, desc);
                 wg_commit();
                 wg_wait<1>();
                 if (p == 0 && i > first) mbar_arrive(empty + 8 * s_prev);
@@ -1898,7 +1854,8 @@ __device__ void wg_gemm_wide(const TmaMap& amap, const uint4* __restrict__ qw, c
         }
 }
 #define WIDE_THREADS(WGS) ((WGS) == 1 ? MMA_THREADS + 32 : ((WGS) + 1) * MMA_THREADS)
-// gptq_wgw{ROWS}{_k}_b{BITS}_{f16|bf16}_{sym|asym}: WGS warpgroups of consumers and a producer warp.
+// gptq_wgw{ROWS}{_k}_b{BITS}_{f16|bf16}_{sym|asym}: WGS warpgroups of consumers and a producer warp
+// (with two consumer warpgroups a producer warpgroup).
 //   gptq_wgw32_*:  32 rows, one warpgroup, two blocks per SM;
 //   gptq_wgw64_*:  64 rows, one warpgroup, one block per SM;
 //   gptq_wgw64k_*: 64 rows, two warpgroups splitting the block's stages (K), one block per SM;

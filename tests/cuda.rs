@@ -869,11 +869,12 @@ fn graph_replay_two_streams_and_dequantize_agree_with_direct_launches() {
     // sums reduced: three launches in the graph (m = 3: on sm_90 the bulk-copy kernel gathering A
     // itself, two launches; m = 5: the same with its 8-row gather; m = 12: on sm_90 the
     // warpgroup kernel after a gather launch, elsewhere the register-fed small-batch kernel; m = 48:
-    // 64-row blocks, on sm_90 after the row-by-row gather through shared memory).
+    // on sm_90a the wide warpgroup kernel's 64-row block (two warpgroups splitting K) after the
+    // row-by-row gather through shared memory, elsewhere 64-row blocks of the register-fed kernel).
     for m in [3usize, 5, 12, 48] {
         graph_and_streams(cl, m, 4096, 4096);
     }
-    // The wide warpgroup kernel (sm_90a) at 96 rows, after the gather (one block of 128 rows).
+    // The wide warpgroup kernel (sm_90a) at 96 rows, after the gather (K = 4096: two 64-row blocks).
     let dev = gptq::cuda::init(0).unwrap();
     if dev.wide_rows.is_some_and(|(lo, hi)| (lo..=hi).contains(&96)) {
         assert!(CudaLayer::new(&h.1, 0).unwrap().wide_rows_per_block(96).is_some());

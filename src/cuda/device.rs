@@ -56,9 +56,9 @@ pub struct Device {
     /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9, or 2 for
     /// long K splits: `CudaLayer::wg_min_rows`).
     pub wg_min_rows: Option<usize>,
-    /// The rows that take the wide warpgroup kernel (32 or 64 rows per block; sm_90a, where `wg`
-    /// holds): [`WIDE_ROWS`] by default, `GPTQ_CUDA_WIDE_ROWS=LO-HI` for comparisons, none with
-    /// `GPTQ_CUDA_WIDE=0`.
+    /// The rows that take the wide warpgroup kernel (32, 64 or 128 rows per block; sm_90a, where
+    /// `wg` holds): [`WIDE_ROWS`] by default, `GPTQ_CUDA_WIDE_ROWS=LO-HI` for comparisons (on every
+    /// layer), none with `GPTQ_CUDA_WIDE=0`.
     pub wide_rows: Option<(usize, usize)>,
     /// Whether `wide_rows` is the default (whose top applies to large layers only:
     /// `layer::WIDE_LARGE_LAYER`).
@@ -150,15 +150,22 @@ pub(crate) const DENSE_MIN_ROWS: usize = 129;
 /// layers only, `layer::WIDE_LARGE_LAYER`).
 pub(crate) const WIDE_ROWS: (usize, usize) = (17, 256);
 
-/// `GPTQ_CUDA_WIDE_ROWS=LO-HI`, or the default; `None` with `GPTQ_CUDA_WIDE=0`.
-fn wide_rows_setting() -> Option<(usize, usize)> {
+/// `GPTQ_CUDA_WIDE_ROWS=LO-HI` (rounded out to whole runs of 16 rows, 16k+1 to 16j, which the
+/// workspace bound assumes: `CudaLayer::workspace_size`), or the default where it is unset or does
+/// not parse; `None` with `GPTQ_CUDA_WIDE=0`. The flag: whether the default was taken.
+fn wide_rows_setting() -> (Option<(usize, usize)>, bool) {
     if std::env::var("GPTQ_CUDA_WIDE").is_ok_and(|v| v == "0") {
-        return None;
+        return (None, false);
     }
-    let Ok(v) = std::env::var("GPTQ_CUDA_WIDE_ROWS") else { return Some(WIDE_ROWS) };
-    let (lo, hi) = v.split_once('-')?;
-    let (lo, hi) = (lo.trim().parse::<usize>().ok()?, hi.trim().parse::<usize>().ok()?);
-    (lo >= 1 && lo <= hi).then_some((lo, hi))
+    let parsed = std::env::var("GPTQ_CUDA_WIDE_ROWS").ok().and_then(|v| {
+        let (lo, hi) = v.split_once('-')?;
+        let (lo, hi) = (lo.trim().parse::<usize>().ok()?, hi.trim().parse::<usize>().ok()?);
+        (lo >= 1 && lo <= hi).then(|| ((lo - 1) / 16 * 16 + 1, hi.next_multiple_of(16)))
+    });
+    match parsed {
+        Some(rows) => (Some(rows), false),
+        None => (Some(WIDE_ROWS), true),
+    }
 }
 
 static DEVICES: OnceCell<Mutex<HashMap<usize, Arc<Device>>>> = OnceCell::new();
@@ -205,7 +212,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         && driver_version >= 12000
         && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
     let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map(|r| r.clamp(1, 16));
-    let wide_rows = if wg { wide_rows_setting() } else { None };
+    let (wide_rows, wide_rows_default) = if wg { wide_rows_setting() } else { (None, false) };
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
     let smem_reserved = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)? as usize;
@@ -228,7 +235,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         wg,
         wg_min_rows,
         wide_rows,
-        wide_rows_default: std::env::var_os("GPTQ_CUDA_WIDE_ROWS").is_none(),
+        wide_rows_default,
         wide_splits: env("GPTQ_CUDA_WIDE_SPLITS").filter(|&s| s > 0),
         wide_form: match std::env::var("GPTQ_CUDA_WIDE_FORM").as_deref() {
             Ok("64") => Some(layer::WideForm::Rows64),
