@@ -142,7 +142,8 @@ impl WideForm {
         }
     }
 
-    /// Threads per block: the consumer warpgroups and the producer warp.
+    /// Threads per block: the consumer warpgroups and the producer (a warp; a warpgroup beside two
+    /// consumer warpgroups, whose registers it hands to them).
     pub(crate) fn threads(self) -> u32 {
         match self {
             WideForm::Rows32 | WideForm::Rows64 => 160,
