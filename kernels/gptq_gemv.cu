@@ -217,6 +217,40 @@ __device__ void gemv_pair(const u16* __restrict__ A, long lda, const u32* __rest
 // BALANCED: the splits of a column block are the blocks of balanced splits (gptq_mma.cu,
 // bulk_gemm_small) that cover its K tiles [q·kt, (q+1)·kt), `balanced_tiles` each, slots 0, 1, ...
 // in order. (A kernel of its own: the branch in the uniform one cost 4096×4096 0.2 µs.)
+// v += p[s · stride] for s = first, first + step, ... below `splits`, in that order: whole rounds
+// of REDUCE_BATCH loads issued before their adds, then the rest as one round of predicated loads.
+// `reduce`'s plain loop leaves what its unrolled batches of 16, 8 and 4 do not cover to one load at
+// a time, each waiting an L2 round trip: 86 splits took 8 round trips (docs/perf.md, version 68).
+// REDUCE_BATCH=0: that loop, for A/B builds.
+#ifndef REDUCE_BATCH
+#define REDUCE_BATCH 16
+#endif
+__device__ __forceinline__ void add_splits(const float* __restrict__ p, long stride, int first, int step, int splits,
+                                           float& v) {
+#if REDUCE_BATCH > 0
+    const long jump = step * stride;
+    p += first * stride;
+    int s = first;
+    for (; s + (REDUCE_BATCH - 1) * step < splits; s += REDUCE_BATCH * step) {
+        float x[REDUCE_BATCH];
+#pragma unroll
+        for (int j = 0; j < REDUCE_BATCH; j++) x[j] = p[j * jump];
+#pragma unroll
+        for (int j = 0; j < REDUCE_BATCH; j++) v += x[j];
+        p += REDUCE_BATCH * jump;
+    }
+    if (s < splits) {
+        float x[REDUCE_BATCH];
+#pragma unroll
+        for (int j = 0; j < REDUCE_BATCH; j++) x[j] = s + j * step < splits ? p[j * jump] : -0.f;  // (+ -0: no change)
+#pragma unroll
+        for (int j = 0; j < REDUCE_BATCH; j++) v += x[j];
+    }
+#else
+    for (int s = first; s < splits; s += step) v += p[s * stride];
+#endif
+}
+
 template <bool BF16, bool BALANCED>
 __device__ void reduce(const float* __restrict__ partial, int splits, const float* __restrict__ bias,
                        u16* __restrict__ C, long ldc, int M, int N, int balanced_tiles, int kt) {
@@ -232,6 +266,30 @@ __device__ void reduce(const float* __restrict__ partial, int splits, const floa
     float v = bias ? bias[n] : 0.f;
     for (int s = 0; s < splits; s++) v += partial[((long)s * M + m) * N + n];
     C[(long)m * ldc + n] = store_act<BF16>(v);
+}
+
+// The same sums for many splits (the host sends more than 24 here), LANES (1, 2, 4 or 8) threads
+// per output: lane group g adds splits g, g + LANES, ... in rounds of loads (add_splits), then the
+// groups' sums are added across the warp in a fixed order, so every run gives the same bits.
+// 1024-column layers at M = 1 with 64-86 splits spent longer reducing than streaming their weights
+// (docs/perf.md, version 68). A warp covers 32 / LANES consecutive outputs per split. (LANES is a
+// template argument: as a run-time one, the load addresses cost enough to lose 1 µs at M = 4.)
+template <bool BF16, int LANES>
+__device__ void reduce_split_lanes(const float* __restrict__ partial, int splits, const float* __restrict__ bias,
+                                   u16* __restrict__ C, long ldc, int M, int N) {
+    pdl_launch_dependents();
+    pdl_wait();  // the GEMM's partial sums are complete
+    constexpr int WIDTH = 32 / LANES;
+    const int lane = threadIdx.x % 32, g = lane / WIDTH;
+    const long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32 * WIDTH + lane % WIDTH;
+    const long total = (long)M * N;
+    float v = 0.f;
+    if (i < total) add_splits(partial + i, total, g, LANES, splits, v);
+#pragma unroll
+    for (int w = WIDTH; w < 32; w *= 2) v += __shfl_xor_sync(0xffffffffu, v, w);
+    if (i >= total || g != 0) return;
+    const int m = (int)(i / N), n = (int)(i % N);
+    C[(long)m * ldc + n] = store_act<BF16>(v + (bias ? bias[n] : 0.f));
 }
 
 // out [N, K] fp16 in the original input order: thread per (word row, column).
@@ -300,6 +358,19 @@ extern "C" __global__ void gptq_reduce_f16(const float* p, int s, const float* b
 extern "C" __global__ void gptq_reduce_bf16(const float* p, int s, const float* b, u16* C, long ldc, int M, int N) {
     reduce<true, false>(p, s, b, C, ldc, M, N, 0, 0);
 }
+// gptq_reduce_{f16|bf16}_lanes{1|2|4|8}
+#define REDUCE_LANES(BF, L, NAME)                                                                                   \
+    extern "C" __global__ void NAME(const float* p, int s, const float* b, u16* C, long ldc, int M, int N) {         \
+        reduce_split_lanes<BF, L>(p, s, b, C, ldc, M, N);                                                            \
+    }
+REDUCE_LANES(false, 1, gptq_reduce_f16_lanes1)
+REDUCE_LANES(false, 2, gptq_reduce_f16_lanes2)
+REDUCE_LANES(false, 4, gptq_reduce_f16_lanes4)
+REDUCE_LANES(false, 8, gptq_reduce_f16_lanes8)
+REDUCE_LANES(true, 1, gptq_reduce_bf16_lanes1)
+REDUCE_LANES(true, 2, gptq_reduce_bf16_lanes2)
+REDUCE_LANES(true, 4, gptq_reduce_bf16_lanes4)
+REDUCE_LANES(true, 8, gptq_reduce_bf16_lanes8)
 // Balanced splits: `bt` tiles per block, `kt` K tiles.
 extern "C" __global__ void gptq_reduce_f16_balanced(const float* p, const float* b, u16* C, long ldc, int M, int N,
                                                     int bt, int kt) {

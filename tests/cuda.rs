@@ -222,6 +222,12 @@ fn assert_matches(t: Target, cpu: &QuantizedLayer, ms: &[usize], stream: cu::CUs
     }
 }
 
+/// Whether any of the comparison switches `GPTQ_CUDA_{name}` is set (tests then skip their
+/// assertions on which kernel runs).
+fn any_set(names: &[&str]) -> bool {
+    names.iter().any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some())
+}
+
 /// Every M of the issue (up to `max_m`).
 fn all_ms(max_m: usize) -> Vec<usize> {
     (1..=16).chain([31, 64, 127, 256, 1000, 4096]).filter(|&m| m <= max_m).collect()
@@ -319,9 +325,8 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         let wg = gptq::cuda::init(0).unwrap().wg && std::env::var_os("GPTQ_CUDA_WG_MIN_ROWS").is_none();
         // The deep ring's rule as the H100 (132 SMs) takes it without overrides: 28672×8192 splits
         // K 12 ways at three blocks per SM, 8 at two, so 8 to 16 rows take the deep ring.
-        let overrides = ["WG_MIN_ROWS", "BLOCKS_PER_SM", "BULK_STAGES", "DEEP_SPLITS", "NO_DEEP_RING", "DEEP_RING"]
-            .iter()
-            .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
+        let overrides =
+            any_set(&["WG_MIN_ROWS", "BLOCKS_PER_SM", "BULK_STAGES", "DEEP_SPLITS", "NO_DEEP_RING", "DEEP_RING"]);
         let dev = gptq::cuda::init(0).unwrap();
         // sm_90: act-order A of 8+ rows is gathered row by row through shared memory where rows ×
         // inputs reach 196,608 (28672 inputs from 8 rows, 13824 from 15), else element by element
@@ -476,9 +481,7 @@ fn act_order_in_kernel_gathers_do_not_depend_on_the_alignment_of_a() {
     let dev = gptq::cuda::init(0).unwrap();
     let rule = dev.bulk
         && dev.sm_count == 132
-        && ["LONG_GATHER", "BULK_PAD", "BULK_STAGES", "BLOCKS_PER_SM", "BULK", "WG_MIN_ROWS"]
-            .iter()
-            .all(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_none());
+        && !any_set(&["LONG_GATHER", "BULK_PAD", "BULK_STAGES", "BLOCKS_PER_SM", "BULK", "WG_MIN_ROWS"]);
     for (i, &(k, n, sym)) in [(4096usize, 4096usize, true), (4096, 11008, false)].iter().enumerate() {
         let cpu = random_layer(200 + i as u64, 4, Some(128), k, n, true, sym);
         let l = CudaLayer::new(&cpu, 0).unwrap();
@@ -604,9 +607,7 @@ fn wide_batches_on_the_warpgroup_kernel_match_the_cpu_path() {
     let stream = gpu::stream();
     let mut rng = Rng(37);
     let dev = gptq::cuda::init(0).unwrap();
-    let overrides = ["WG_MAX_ROWS", "WG_MIN_ROWS", "BLOCKS_PER_SM", "NO_DEEP_RING", "WG"]
-        .iter()
-        .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
+    let overrides = any_set(&["WG_MAX_ROWS", "WG_MIN_ROWS", "BLOCKS_PER_SM", "NO_DEEP_RING", "WG"]);
     for (i, sym) in [true, false].into_iter().enumerate() {
         let (k, n) = (2048, 28672);
         let cpu = random_layer(400 + i as u64, 4, Some(128), k, n, false, sym);
@@ -716,9 +717,7 @@ fn balanced_splits_match_the_cpu_path() {
     let stream = gpu::stream();
     let mut rng = Rng(31);
     let dev = gptq::cuda::init(0).unwrap();
-    let overrides = ["BALANCED", "BLOCKS_PER_SM", "BULK_STAGES", "BULK", "WG_MIN_ROWS", "BULK_PAD"]
-        .iter()
-        .any(|v| std::env::var_os(format!("GPTQ_CUDA_{v}")).is_some());
+    let overrides = any_set(&["BALANCED", "BLOCKS_PER_SM", "BULK_STAGES", "BULK", "WG_MIN_ROWS", "BULK_PAD"]);
     for (i, &(bits, sym, act)) in [(4u32, true, false), (4, false, false), (8, true, false), (4, true, true)].iter().enumerate() {
         let (k, n) = (4096, 28672);
         let cpu = random_layer(300 + i as u64, bits, Some(128), k, n, act, sym);
@@ -733,6 +732,44 @@ fn balanced_splits_match_the_cpu_path() {
         let ms: &[usize] = if bits == 4 && sym && !act { &[1, 2, 3, 5, 8] } else { &[1, 8] };
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
         eprintln!("{what}: M {ms:?} match ({})", l.describe_call(1));
+    }
+}
+
+/// Calls with more than 24 K splits add their partial sums with the lanes reduction (several
+/// threads per output where the outputs are few, whole rounds of loads): 8192×1024 and 4096×1024
+/// (86 splits at 1-2 rows on the H100/H200: 8 lanes at M = 1, one at M = 2), 4 bit symmetric and
+/// asymmetric (group 64), act-order, and 8 bit on 8192×2048 (47 splits: 4 lanes at M = 1), fp16
+/// and bf16, M = 1 to 16, against the CPU path. `GPTQ_CUDA_REDUCE_LANES=2` (or 4) runs the same
+/// cases through the other lane counts.
+#[test]
+fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
+    if !gpu_available() {
+        return;
+    }
+    gpu::ctx();
+    let stream = gpu::stream();
+    let mut rng = Rng(37);
+    let dev = gptq::cuda::init(0).unwrap();
+    let overrides = any_set(&["REDUCE_LANES", "BLOCKS_PER_SM", "BULK", "WG_MIN_ROWS", "BULK_MIN_TILES", "WG_SPLITS"]);
+    let cases = [
+        (4u32, true, false, 8192, 1024, 128),
+        (4, false, false, 4096, 1024, 64),
+        (4, true, true, 8192, 1024, 128),
+        (8, true, false, 8192, 2048, 128),
+    ];
+    for (i, &(bits, sym, act, k, n, gs)) in cases.iter().enumerate() {
+        let cpu = random_layer(400 + i as u64, bits, Some(gs), k, n, act, sym);
+        let l = CudaLayer::new(&cpu, 0).unwrap();
+        let what = format!("{bits} bit sym {sym} act {act} g{gs} {k}x{n}");
+        if dev.bulk && dev.sm_count == 132 && !overrides && bits == 4 && !act {
+            let one = l.describe_call(1);
+            assert!(one.contains("reduction by lanes (8 per output)"), "{what} M = 1: {one}");
+            let two = l.describe_call(2);
+            assert!(two.contains("reduction by lanes (1 per output)"), "{what} M = 2: {two}");
+        }
+        let ms: &[usize] = if bits == 4 && sym && !act { &[1, 2, 3, 4, 5, 8, 9, 12, 16] } else { &[1, 2, 4, 8, 16] };
+        assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
+        eprintln!("{what}: M {ms:?} match (M = 1: {})", l.describe_call(1));
     }
 }
 

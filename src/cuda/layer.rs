@@ -359,6 +359,15 @@ pub struct CudaLayer {
     wg_deep_rows: u32,
     /// `GPTQ_CUDA_DEEP_SPLITS` (2 to 8): the deep ring's K splits, for comparisons.
     deep_splits: Option<usize>,
+    /// `GPTQ_CUDA_WG_SPLITS` (1 to 64): the warpgroup kernel's K splits at up to 16 rows on its
+    /// normal ring, for comparisons.
+    wg_splits: Option<usize>,
+    /// `GPTQ_CUDA_BULK_MIN_TILES` (1 to 64): the fewest K tiles per split of the bulk-copy kernel,
+    /// for comparisons.
+    bulk_min_tiles: Option<usize>,
+    /// The most threads per output of the split-K reduction ([`reduce_lanes`]): 8, or
+    /// `GPTQ_CUDA_REDUCE_LANES` (1, 2, 4 or 8; 0: the plain kernel for every call) for comparisons.
+    reduce_lanes_max: usize,
     /// `GPTQ_CUDA_NO_DEEP_RING`: no deep ring at all (read once here, not on every call).
     no_deep_ring: bool,
     /// Whether large act-order calls ([`GATHER_ROW_MIN_ROWS`], [`GATHER_ROW_MIN_ELEMENTS`]) may
@@ -567,6 +576,39 @@ enum Balanced {
 /// clusters (47.9-48.0 µs), bf16 faster (50.4 → 48.2); from M = 4 fp16 slower (M = 4 48.1 → 48.8,
 /// M = 8 48.4 → 51.2, M = 16 48.5 → 55.2: the partial sums of 5 slots per column block).
 const WG_BALANCED_ROWS: usize = 2;
+
+/// The number in environment variable `name`, if it is set to one (comparison switches).
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Up to this many K splits the split-K reduction is `gptq_reduce_*` (kernels/gptq_gemv.cu,
+/// `reduce`: one thread per output, its compiler-unrolled loop); above, see [`reduce_lanes`].
+const REDUCE_PLAIN_SPLITS: usize = 24;
+/// The most threads the lanes reduction gives its outputs several lanes for ([`reduce_lanes`]).
+const REDUCE_LANES_THREADS: usize = 8192;
+
+/// How the split-K reduction adds `splits` partial sums of `outputs` elements: `None`, the plain
+/// kernel; `Some(lanes)`, `gptq_reduce_*_lanes{lanes}`, whose threads issue whole rounds of 16
+/// loads. Lanes per output: the fewest of 1, 2, 4, 8 (at most `max`; 0: always the plain kernel)
+/// that leave each at most 16 splits, one round of loads; one where that would make more than
+/// [`REDUCE_LANES_THREADS`] threads, and then the plain kernel where `splits` is a multiple of 16
+/// (its unrolled loop then has no remainder either). Measured on the H200 (docs/perf.md, version
+/// 68): the plain loop issues the splits past its batches of 16, 8 and 4 one L2 round trip at a
+/// time (86 splits: 8 round trips); 4096×1024, 8192×1024, 8192×2048 and 4864×896 at M = 1 ran
+/// 1.0-1.2 µs faster (4096×1024 5.7 → 4.7 µs) and at M = 2-8 up to 1.1 µs faster; at 12-24 splits
+/// and at 32 or 64 splits with one lane the plain kernel was as fast or faster.
+fn reduce_lanes(splits: usize, outputs: usize, max: usize) -> Option<usize> {
+    if splits <= REDUCE_PLAIN_SPLITS || max == 0 {
+        return None;
+    }
+    let lanes = [1, 2, 4, 8].into_iter().find(|&l| l >= max || splits <= 16 * l).unwrap_or(8);
+    match (outputs * lanes <= REDUCE_LANES_THREADS, splits % 16) {
+        (true, _) => Some(lanes),
+        (false, 0) => None,
+        (false, _) => Some(1),
+    }
+}
 
 /// Balanced splits for the bulk-copy kernel (kernels/gptq_mma.cu, bulk_gemm_small): about `slots`
 /// blocks share the `quads · kt` tiles of all column blocks in storage order, each a whole number of
@@ -834,10 +876,12 @@ impl CudaLayer {
             wg_cluster_rows: 0,
             wg_deep_rows: 0,
             no_deep_ring: std::env::var_os("GPTQ_CUDA_NO_DEEP_RING").is_some(),
-            deep_splits: std::env::var("GPTQ_CUDA_DEEP_SPLITS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|v| (2..=8).contains(v)),
+            deep_splits: env_number("GPTQ_CUDA_DEEP_SPLITS").filter(|v| (2..=8).contains(v)),
+            reduce_lanes_max: env_number("GPTQ_CUDA_REDUCE_LANES")
+                .filter(|v: &usize| [0, 1, 2, 4, 8].contains(v))
+                .unwrap_or(8),
+            wg_splits: env_number("GPTQ_CUDA_WG_SPLITS").filter(|v| (1..=64).contains(v)),
+            bulk_min_tiles: env_number("GPTQ_CUDA_BULK_MIN_TILES").filter(|v| (1..=64).contains(v)),
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
             long_gather: std::env::var("GPTQ_CUDA_LONG_GATHER").map_or(true, |v| v != "0"),
             bulk_pad: std::env::var("GPTQ_CUDA_BULK_PAD").ok().map(|v| v == "1"),
@@ -1000,9 +1044,14 @@ impl CudaLayer {
                 w.form, w.splits, w.tiles_per_split
             );
         }
+        // The split-K reduction, where the launch has one ([`reduce_lanes`]).
+        let reduction = |splits: usize, balanced: bool| match reduce_lanes(splits, m * self.n, self.reduce_lanes_max) {
+            Some(l) if !balanced => format!(", reduction by lanes ({l} per output)"),
+            _ => String::new(),
+        };
         match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
-                "{ring:?} kernel, {} of {} tiles, {} stages{}{}{}",
+                "{ring:?} kernel, {} of {} tiles, {} stages{}{}{}{}",
                 match s.balanced {
                     Some(blocks) => format!("{blocks} balanced blocks (at most {} per column block)", s.splits),
                     None => format!("{} splits", s.splits),
@@ -1011,10 +1060,21 @@ impl CudaLayer {
                 self.stages(&s, sym),
                 if s.deep { ", deep ring" } else { "" },
                 if ring == Ring::Warpgroup && self.reduces_in_clusters(m) { ", clusters" } else { "" },
-                if ring == Ring::Bulk && self.pads_bulk(&s) { ", 3 blocks per SM" } else { "" }
+                if ring == Ring::Bulk && self.pads_bulk(&s) { ", 3 blocks per SM" } else { "" },
+                if ring == Ring::Warpgroup && self.reduces_in_clusters(m) {
+                    String::new()
+                } else {
+                    reduction(s.splits, s.balanced.is_some())
+                }
             ),
-            _ if self.uses_tensor_cores() => format!("register-fed kernel, {} splits", self.mma_shape(m).splits),
-            _ => format!("CUDA-core kernel, {} splits", self.gemv_shape(m).1),
+            _ if self.uses_tensor_cores() => {
+                let splits = self.mma_shape(m).splits;
+                format!("register-fed kernel, {splits} splits{}", reduction(splits, false))
+            }
+            _ => {
+                let splits = self.gemv_shape(m).1;
+                format!("CUDA-core kernel, {splits} splits{}", reduction(splits, false))
+            }
         }
     }
 
@@ -1167,6 +1227,14 @@ impl CudaLayer {
                 let sm = self.device.sm_count as usize;
                 let s = mma_shape(m, self.k, self.n, self.bits, sm, self.blocks_per_sm, resident);
                 let s = MmaShape { ring: Some(ring), ..s };
+                let kt = self.k.div_ceil(TILE_K);
+                let s = match self.bulk_min_tiles {
+                    Some(min) if s.tiles_per_split < min => {
+                        let tiles = min.min(kt);
+                        MmaShape { tiles_per_split: tiles, splits: kt.div_ceil(tiles), ..s }
+                    }
+                    _ => s,
+                };
                 (self.bits == 4 || s.tiles_per_split >= 32).then(|| self.balance(s, m))
             }
         }
@@ -1255,7 +1323,7 @@ impl CudaLayer {
         let s = mma_shape(WG_ROWS, self.k, cols, self.bits, sm, self.blocks_per_sm, |_| resident);
         let stage_tiles = if self.bits == 4 { 4 } else { 2 };
         let kt = self.k.div_ceil(TILE_K);
-        let forced = self.deep_splits.filter(|_| deep);
+        let forced = if deep { self.deep_splits } else { self.wg_splits.filter(|_| row_blocks == 1) };
         let tiles = forced.map_or(s.tiles_per_split, |f| kt.div_ceil(f)).next_multiple_of(stage_tiles);
         let splits = kt.div_ceil(tiles);
         Some(MmaShape { ring: Some(Ring::Warpgroup), tiles_per_split: tiles, splits, ..s })
@@ -1831,6 +1899,7 @@ impl CudaLayer {
         let si = splits as i32;
         let partial = workspace + self.gather_bytes(m) as u64;
         let (bti, kti) = (balanced_tiles as i32, self.k.div_ceil(TILE_K) as i32);
+        let lanes = if balanced_tiles > 0 { None } else { reduce_lanes(splits, m * self.n, self.reduce_lanes_max) };
         // Balanced splits have a reduction of their own (the uniform one stays branch-free).
         let (reduce, mut rargs) = if balanced_tiles > 0 {
             (
@@ -1838,17 +1907,24 @@ impl CudaLayer {
                 args![partial, bias, c, ldc64, mi, ni, bti, kti].to_vec(),
             )
         } else {
-            (
-                self.device.function(&format!("gptq_reduce_{suffix}"))?,
-                args![partial, si, bias, c, ldc64, mi, ni].to_vec(),
-            )
+            if let Some(l) = lanes {
+                (
+                    self.device.function(&format!("gptq_reduce_{suffix}_lanes{l}"))?,
+                    args![partial, si, bias, c, ldc64, mi, ni].to_vec(),
+                )
+            } else {
+                (
+                    self.device.function(&format!("gptq_reduce_{suffix}"))?,
+                    args![partial, si, bias, c, ldc64, mi, ni].to_vec(),
+                )
+            }
         };
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
         // After the tensor-core kernel (which lets dependents launch early) the reduction may start
         // while the GEMM's last blocks finish; it waits for them in pdl_wait().
         let pdl = self.device.pdl && self.uses_tensor_cores();
-        let grid = (total.div_ceil(256) as u32, 1, 1);
+        let grid = (total.div_ceil(256 / lanes.unwrap_or(1)) as u32, 1, 1);
         // SAFETY: as above.
         unsafe { launch_smem(reduce, grid, 256, 0, stream, &mut rargs, "launching the reduction kernel", pdl) }
     }
@@ -1916,6 +1992,28 @@ mod tests {
     /// 8 rows of an ldmatrix in distinct banks; the warpgroup kernel's stages are whole swizzle
     /// atoms (1024 bytes) with A first; on sm_90 (228 KB per SM, 1 KB reserved per block) three
     /// blocks of either fit with at least four stages, and no more stages would fit.
+    #[test]
+    fn the_lanes_reduction_takes_many_splits_over_few_outputs() {
+        // Up to 24 splits: the plain kernel.
+        assert_eq!(reduce_lanes(1, 1024, 8), None);
+        assert_eq!(reduce_lanes(24, 1024, 8), None);
+        // Enough lanes for at most 16 splits each, while the threads stay at most 8192.
+        assert_eq!(reduce_lanes(25, 1024, 8), Some(2));
+        assert_eq!(reduce_lanes(47, 2048, 8), Some(4));
+        assert_eq!(reduce_lanes(86, 1024, 8), Some(8));
+        assert_eq!(reduce_lanes(300, 512, 8), Some(8));
+        // More outputs: one lane (whole rounds of loads), or the plain kernel where its batches of
+        // 16 leave no remainder.
+        assert_eq!(reduce_lanes(86, 2048, 8), Some(1));
+        assert_eq!(reduce_lanes(38, 7168, 8), Some(1));
+        assert_eq!(reduce_lanes(32, 8192, 8), None);
+        assert_eq!(reduce_lanes(64, 4096, 8), None);
+        // GPTQ_CUDA_REDUCE_LANES caps them.
+        assert_eq!(reduce_lanes(86, 1024, 2), Some(2));
+        assert_eq!(reduce_lanes(86, 1024, 1), Some(1));
+        assert_eq!(reduce_lanes(86, 1024, 0), None);
+    }
+
     #[test]
     fn ring_stages_fit_three_blocks_on_sm90() {
         for bits in [4, 8] {
