@@ -736,10 +736,12 @@ fn balanced_splits_match_the_cpu_path() {
 }
 
 /// Calls with more than 24 K splits add their partial sums with the lanes reduction (several
-/// threads per output where the outputs are few, whole rounds of loads): 8192×1024 and 4096×1024
-/// (86 splits at 1-2 rows on the H100/H200: 8 lanes at M = 1, one at M = 2), 4 bit symmetric and
-/// asymmetric (group 64), act-order, and 8 bit on 8192×2048 (47 splits: 4 lanes at M = 1), fp16
-/// and bf16, M = 1 to 16, against the CPU path. `GPTQ_CUDA_REDUCE_LANES=2` (or 4) runs the same
+/// threads per output where the outputs are few, whole rounds of loads), and the bulk-copy kernel
+/// keeps at least 8 K tiles per split where it would take more than 32 splits. On the H100/H200:
+/// 16384×1024 94 splits of 11 tiles at 1-2 rows (8 lanes at M = 1, one at M = 2); 4096×1024 32 of
+/// 8 (was 86 of 3; 2 lanes at M = 1), 4 bit asymmetric g64; 8192×1024 64 of 8 (was 86 of 6), 4 bit
+/// act-order; 8 bit on 8192×2048 (the register-fed kernel's 47 splits: 4 lanes at M = 1); fp16 and
+/// bf16, M = 1 to 16, against the CPU path. `GPTQ_CUDA_REDUCE_LANES=1`, `2` or `4` runs the same
 /// cases through the other lane counts.
 #[test]
 fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
@@ -751,23 +753,24 @@ fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
     let mut rng = Rng(37);
     let dev = gptq::cuda::init(0).unwrap();
     let overrides = any_set(&["REDUCE_LANES", "BLOCKS_PER_SM", "BULK", "WG_MIN_ROWS", "BULK_MIN_TILES", "WG_SPLITS"]);
-    let cases = [
-        (4u32, true, false, 8192, 1024, 128),
-        (4, false, false, 4096, 1024, 64),
-        (4, true, true, 8192, 1024, 128),
-        (8, true, false, 8192, 2048, 128),
+    // (bits, symmetric, act-order, K, N, group size, M and what its call should say)
+    let cases: [(u32, bool, bool, usize, usize, usize, &[(usize, &str)]); 4] = [
+        (4, true, false, 16384, 1024, 128, &[(1, "94 splits of 11 tiles"), (1, "lanes (8 per"), (2, "lanes (1 per")]),
+        (4, false, false, 4096, 1024, 64, &[(1, "32 splits of 8 tiles"), (1, "lanes (2 per")]),
+        (4, true, true, 8192, 1024, 128, &[(1, "64 splits of 8 tiles"), (1, "lanes (4 per")]),
+        (8, true, false, 8192, 2048, 128, &[(1, "lanes (4 per")]),
     ];
-    for (i, &(bits, sym, act, k, n, gs)) in cases.iter().enumerate() {
+    for (i, &(bits, sym, act, k, n, gs, says)) in cases.iter().enumerate() {
         let cpu = random_layer(400 + i as u64, bits, Some(gs), k, n, act, sym);
         let l = CudaLayer::new(&cpu, 0).unwrap();
         let what = format!("{bits} bit sym {sym} act {act} g{gs} {k}x{n}");
-        if dev.bulk && dev.sm_count == 132 && !overrides && bits == 4 && !act {
-            let one = l.describe_call(1);
-            assert!(one.contains("reduction by lanes (8 per output)"), "{what} M = 1: {one}");
-            let two = l.describe_call(2);
-            assert!(two.contains("reduction by lanes (1 per output)"), "{what} M = 2: {two}");
+        if dev.bulk && dev.sm_count == 132 && !overrides {
+            for &(m, text) in says {
+                let call = l.describe_call(m);
+                assert!(call.contains(text), "{what} M = {m}: {call}");
+            }
         }
-        let ms: &[usize] = if bits == 4 && sym && !act { &[1, 2, 3, 4, 5, 8, 9, 12, 16] } else { &[1, 2, 4, 8, 16] };
+        let ms: &[usize] = if i == 0 { &[1, 2, 3, 4, 5, 8, 9, 12, 16] } else { &[1, 2, 4, 8, 16] };
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
         eprintln!("{what}: M {ms:?} match (M = 1: {})", l.describe_call(1));
     }

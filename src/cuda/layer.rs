@@ -362,8 +362,9 @@ pub struct CudaLayer {
     /// `GPTQ_CUDA_WG_SPLITS` (1 to 64): the warpgroup kernel's K splits at up to 16 rows on its
     /// normal ring, for comparisons.
     wg_splits: Option<usize>,
-    /// `GPTQ_CUDA_BULK_MIN_TILES` (1 to 64): the fewest K tiles per split of the bulk-copy kernel,
-    /// for comparisons.
+    /// `GPTQ_CUDA_BULK_MIN_TILES` (0 to 64): the fewest K tiles per split of the bulk-copy kernel
+    /// on every call, for comparisons (0: none); unset, [`BULK_MANY_SPLITS_MIN_TILES`] where the
+    /// split would exceed [`BULK_MANY_SPLITS`] ([`CudaLayer::bulk_split`]).
     bulk_min_tiles: Option<usize>,
     /// The most threads per output of the split-K reduction ([`reduce_lanes`]): 8, or
     /// `GPTQ_CUDA_REDUCE_LANES` (1, 2, 4 or 8; 0: the plain kernel for every call) for comparisons.
@@ -576,6 +577,12 @@ enum Balanced {
 /// clusters (47.9-48.0 µs), bf16 faster (50.4 → 48.2); from M = 4 fp16 slower (M = 4 48.1 → 48.8,
 /// M = 8 48.4 → 51.2, M = 16 48.5 → 55.2: the partial sums of 5 slots per column block).
 const WG_BALANCED_ROWS: usize = 2;
+
+/// Above this many K splits the bulk-copy kernel's splits take at least
+/// [`BULK_MANY_SPLITS_MIN_TILES`] tiles ([`CudaLayer::bulk_split`]).
+const BULK_MANY_SPLITS: usize = 32;
+/// Two stages of 4-bit tiles.
+const BULK_MANY_SPLITS_MIN_TILES: usize = 8;
 
 /// The number in environment variable `name`, if it is set to one (comparison switches).
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -881,7 +888,7 @@ impl CudaLayer {
                 .filter(|v: &usize| [0, 1, 2, 4, 8].contains(v))
                 .unwrap_or(8),
             wg_splits: env_number("GPTQ_CUDA_WG_SPLITS").filter(|v| (1..=64).contains(v)),
-            bulk_min_tiles: env_number("GPTQ_CUDA_BULK_MIN_TILES").filter(|v| (1..=64).contains(v)),
+            bulk_min_tiles: env_number("GPTQ_CUDA_BULK_MIN_TILES").filter(|v| (0..=64).contains(v)),
             gather_by_row: std::env::var("GPTQ_CUDA_GATHER_BY_ROW").map_or(true, |v| v != "0"),
             long_gather: std::env::var("GPTQ_CUDA_LONG_GATHER").map_or(true, |v| v != "0"),
             bulk_pad: std::env::var("GPTQ_CUDA_BULK_PAD").ok().map(|v| v == "1"),
@@ -1227,17 +1234,30 @@ impl CudaLayer {
                 let sm = self.device.sm_count as usize;
                 let s = mma_shape(m, self.k, self.n, self.bits, sm, self.blocks_per_sm, resident);
                 let s = MmaShape { ring: Some(ring), ..s };
-                let kt = self.k.div_ceil(TILE_K);
-                let s = match self.bulk_min_tiles {
-                    Some(min) if s.tiles_per_split < min => {
-                        let tiles = min.min(kt);
-                        MmaShape { tiles_per_split: tiles, splits: kt.div_ceil(tiles), ..s }
-                    }
-                    _ => s,
-                };
+                let s = self.bulk_split(s);
                 (self.bits == 4 || s.tiles_per_split >= 32).then(|| self.balance(s, m))
             }
         }
+    }
+
+    /// The bulk-copy kernel's uniform split `s` (three blocks per SM's worth), with at least
+    /// [`BULK_MANY_SPLITS_MIN_TILES`] K tiles per split where it has more than [`BULK_MANY_SPLITS`]
+    /// splits (`GPTQ_CUDA_BULK_MIN_TILES` sets the least for every call instead). Measured on the
+    /// H200 (docs/perf.md, version 69): 4096×1024 (86 splits of 3 tiles → 32 of 8) and 8192×1024 (86
+    /// of 6 → 64 of 8) at M = 1-4 ran faster with fewer, longer blocks, while on layers of few splits
+    /// (896×4864: 19 of 3 tiles) fewer blocks lost.
+    fn bulk_split(&self, s: MmaShape) -> MmaShape {
+        let min = match self.bulk_min_tiles {
+            Some(min) => min,
+            None if s.splits > BULK_MANY_SPLITS => BULK_MANY_SPLITS_MIN_TILES,
+            None => 0,
+        };
+        if s.tiles_per_split >= min {
+            return s;
+        }
+        let kt = self.k.div_ceil(TILE_K);
+        let tiles = min.min(kt);
+        MmaShape { tiles_per_split: tiles, splits: kt.div_ceil(tiles), ..s }
     }
 
     /// The bulk-copy kernel's `uniform` shape, or its balanced splits ([`balanced_split`]) where
