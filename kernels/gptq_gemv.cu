@@ -214,9 +214,6 @@ __device__ void gemv_pair(const u16* __restrict__ A, long lda, const u32* __rest
     finish<MT, BF>(acc, red, warp, lane, m0, partial, bias, C, ldc, M, N);
 }
 
-// BALANCED: the splits of a column block are the blocks of balanced splits (gptq_mma.cu,
-// bulk_gemm_small) that cover its K tiles [q·kt, (q+1)·kt), `balanced_tiles` each, slots 0, 1, ...
-// in order. (A kernel of its own: the branch in the uniform one cost 4096×4096 0.2 µs.)
 // v += p[s · stride] for s = first, first + step, ... below `splits`, in that order: whole rounds
 // of REDUCE_BATCH loads issued before their adds, then the rest as one round of predicated loads.
 // `reduce`'s plain loop leaves what its unrolled batches of 16, 8 and 4 do not cover to one load at
@@ -251,6 +248,9 @@ __device__ __forceinline__ void add_splits(const float* __restrict__ p, long str
 #endif
 }
 
+// BALANCED: the splits of a column block are the blocks of balanced splits (gptq_mma.cu,
+// bulk_gemm_small) that cover its K tiles [q·kt, (q+1)·kt), `balanced_tiles` each, slots 0, 1, ...
+// in order. (A kernel of its own: the branch in the uniform one cost 4096×4096 0.2 µs.)
 template <bool BF16, bool BALANCED>
 __device__ void reduce(const float* __restrict__ partial, int splits, const float* __restrict__ bias,
                        u16* __restrict__ C, long ldc, int M, int N, int balanced_tiles, int kt) {

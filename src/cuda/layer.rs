@@ -1044,18 +1044,21 @@ impl CudaLayer {
         if self.dense_rows(m) {
             return "dequantized into the workspace, then cuBLASLt".into();
         }
-        if let Some(w) = self.wide_shape(m) {
-            let stages = self.device.wide_stages(self.bits, sym, w.form);
-            return format!(
-                "wide warpgroup kernel {:?}, {} splits of {} tiles, {stages} stages",
-                w.form, w.splits, w.tiles_per_split
-            );
-        }
         // The split-K reduction, where the launch has one ([`reduce_lanes`]).
         let reduction = |splits: usize, balanced: bool| match reduce_lanes(splits, m * self.n, self.reduce_lanes_max) {
             Some(l) if !balanced => format!(", reduction by lanes ({l} per output)"),
             _ => String::new(),
         };
+        if let Some(w) = self.wide_shape(m) {
+            let stages = self.device.wide_stages(self.bits, sym, w.form);
+            return format!(
+                "wide warpgroup kernel {:?}, {} splits of {} tiles, {stages} stages{}",
+                w.form,
+                w.splits,
+                w.tiles_per_split,
+                reduction(w.splits, false)
+            );
+        }
         match self.ring_shapes(m).next() {
             Some(s @ MmaShape { ring: Some(ring), .. }) => format!(
                 "{ring:?} kernel, {} of {} tiles, {} stages{}{}{}{}",
@@ -1243,9 +1246,11 @@ impl CudaLayer {
     /// The bulk-copy kernel's uniform split `s` (three blocks per SM's worth), with at least
     /// [`BULK_MANY_SPLITS_MIN_TILES`] K tiles per split where it has more than [`BULK_MANY_SPLITS`]
     /// splits (`GPTQ_CUDA_BULK_MIN_TILES` sets the least for every call instead). Measured on the
-    /// H200 (docs/perf.md, version 69): 4096×1024 (86 splits of 3 tiles → 32 of 8) and 8192×1024 (86
-    /// of 6 → 64 of 8) at M = 1-4 ran faster with fewer, longer blocks, while on layers of few splits
-    /// (896×4864: 19 of 3 tiles) fewer blocks lost.
+    /// H200 (docs/perf.md, version 69): 4096×1024 (86 splits of 3 tiles → 32 of 8) at M = 1 / 2 / 4
+    /// 4.7 / 5.4 / 4.7 → 4.1 / 4.3 / 4.4 µs, 8192×1024 (86 of 6 → 64 of 8) at M = 1 / 2 5.6 / 6.3 →
+    /// 4.8 / 5.1 (M = 4 the same or slower), 4864×896 (76 of 4 → 38 of 8) M = 2 5.1 → 4.2 but M = 1
+    /// and 4 0.1-0.2 µs slower; on layers of fewer splits (896×4864: 19 of 3 tiles) fewer, longer
+    /// blocks lost in the probe before it, so the rule leaves them.
     fn bulk_split(&self, s: MmaShape) -> MmaShape {
         let min = match self.bulk_min_tiles {
             Some(min) => min,
@@ -2008,10 +2013,8 @@ impl Drop for DevBuf {
 mod tests {
     use super::*;
 
-    /// The bulk-copy kernel's stages keep every copy destination 16-byte aligned, its A rows put the
-    /// 8 rows of an ldmatrix in distinct banks; the warpgroup kernel's stages are whole swizzle
-    /// atoms (1024 bytes) with A first; on sm_90 (228 KB per SM, 1 KB reserved per block) three
-    /// blocks of either fit with at least four stages, and no more stages would fit.
+    /// [`reduce_lanes`] keeps the plain reduction up to 24 splits, and above gives each output as
+    /// many lanes as leave at most 16 splits to each, within its thread budget.
     #[test]
     fn the_lanes_reduction_takes_many_splits_over_few_outputs() {
         // Up to 24 splits: the plain kernel.
@@ -2034,6 +2037,10 @@ mod tests {
         assert_eq!(reduce_lanes(86, 1024, 0), None);
     }
 
+    /// The bulk-copy kernel's stages keep every copy destination 16-byte aligned, its A rows put the
+    /// 8 rows of an ldmatrix in distinct banks; the warpgroup kernel's stages are whole swizzle
+    /// atoms (1024 bytes) with A first; on sm_90 (228 KB per SM, 1 KB reserved per block) three
+    /// blocks of either fit with at least four stages, and no more stages would fit.
     #[test]
     fn ring_stages_fit_three_blocks_on_sm90() {
         for bits in [4, 8] {
