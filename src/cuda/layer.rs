@@ -1932,17 +1932,11 @@ impl CudaLayer {
                 args![partial, bias, c, ldc64, mi, ni, bti, kti].to_vec(),
             )
         } else {
-            if let Some(l) = lanes {
-                (
-                    self.device.function(&format!("gptq_reduce_{suffix}_lanes{l}"))?,
-                    args![partial, si, bias, c, ldc64, mi, ni].to_vec(),
-                )
-            } else {
-                (
-                    self.device.function(&format!("gptq_reduce_{suffix}"))?,
-                    args![partial, si, bias, c, ldc64, mi, ni].to_vec(),
-                )
-            }
+            let name = match lanes {
+                Some(l) => format!("gptq_reduce_{suffix}_lanes{l}"),
+                None => format!("gptq_reduce_{suffix}"),
+            };
+            (self.device.function(&name)?, args![partial, si, bias, c, ldc64, mi, ni].to_vec())
         };
         let total = m * self.n;
         let _ctx = CtxGuard::push(self.device.ctx)?;
