@@ -45,6 +45,8 @@ fn upload_random(n: usize, rng: &mut Rng, scale: f32, bits: impl Fn(f32) -> u16)
 
 /// A random symmetric g128 layer (random packed words are uniformly random codes); with `act_order`,
 /// g_idx assigns the groups through a random permutation of the inputs, as desc_act does.
+/// A random `bits`-bit layer with groups of 128 (random codes and scales; zeros 2^(bits-1), or random
+/// with `GPTQ_BENCH_ASYM=1`, which makes the layer asymmetric).
 fn random_layer(bits: u32, k: usize, n: usize, rng: &mut Rng, act_order: bool) -> QuantizedLayer {
     let g = k / 128;
     let mut order: Vec<usize> = (0..k).collect();
@@ -59,10 +61,13 @@ fn random_layer(bits: u32, k: usize, n: usize, rng: &mut Rng, act_order: bool) -
     }
     let qweight: Vec<i32> = (0..k * bits as usize / 32 * n).map(|_| (rng.next() >> 16) as i32).collect();
     let zero_word = if bits == 4 { 0x7777_7777u32 } else { 0x7F7F_7F7F };
-    let qzeros = vec![zero_word as i32; g * n * bits as usize / 32];
+    let asym = std::env::var("GPTQ_BENCH_ASYM").is_ok_and(|v| v == "1");
+    let qzeros: Vec<i32> = (0..g * n * bits as usize / 32)
+        .map(|_| if asym { (rng.next() >> 24) as i32 } else { zero_word as i32 })
+        .collect();
     let scales: Vec<f16> =
         (0..g * n).map(|_| f16::from_f32(0.001 + (rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 0.01)).collect();
-    let desc = LayerDesc { bits, group_size: Some(128), in_features: k, out_features: n, sym: true };
+    let desc = LayerDesc { bits, group_size: Some(128), in_features: k, out_features: n, sym: !asym };
     let t = PackedRef { qweight: &qweight, qzeros: &qzeros, scales: &scales, g_idx: Some(&g_idx), bias: None };
     QuantizedLayer::from_packed(desc, CheckpointFormat::V1, t).unwrap()
 }
@@ -126,10 +131,12 @@ fn main() {
     }
     let dev = gptq::cuda::init(0).unwrap();
     println!(
-        "device 0: compute capability {}.{}, {} SMs, programmatic dependent launch {}, bulk-copy kernel {}, warpgroup kernel {}",
+        "device 0: compute capability {}.{}, {} SMs, HBM {} per SM cycle{}, programmatic dependent launch {}, bulk-copy kernel {}, warpgroup kernel {}",
         dev.arch.0,
         dev.arch.1,
         dev.sm_count,
+        dev.hbm_bytes_per_sm_cycle.map_or("unknown bytes".to_string(), |b| format!("{b:.1} bytes")),
+        if dev.memory_rich { " (memory-rich)" } else { "" },
         if dev.pdl { "on" } else { "off" },
         if dev.bulk {
             format!("on ({} stages at 4 bit, 3 for short blocks)", dev.ring_stages(Ring::Bulk, 4, true, usize::MAX))

@@ -293,6 +293,8 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
     // from 9 (M = 8 the bulk-copy kernel, at 8 bit only for
     // blocks of at least 32 K tiles); 4 and 8 bit. 28672×8192 (asymmetric, act-order): from 8 rows
     // the warpgroup kernel's deep ring (4 bit asymmetric: 6 stages; 8 bit: 9 symmetric, 8 here).
+    // On memory-rich cards (the H200) the 4-bit long splits take the warpgroup kernel from 3 rows
+    // where its splits are balanced (8192×28672 symmetric, balanced up to 8 rows), else from 7.
     let cases = [
         (5120usize, 13824usize, false, 4u32),
         (13824, 5120, true, 4),
@@ -308,7 +310,7 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
         let l = CudaLayer::new(&cpu, 0).unwrap();
         assert!(l.uses_tensor_cores(), "a g128 layer must take the tensor-core path");
         let ms: &[usize] = match (bits, k, n) {
-            _ if act && (k, n) == (8192, 28672) => &[1, 2],
+            _ if act && (k, n) == (8192, 28672) => &[1, 2, 5],
             (8, 28672, 8192) => &[8, 16],
             (8, 8192, 28672) => &[1, 2, 16],
             (8, ..) => &[1, 8, 16],
@@ -361,16 +363,22 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             assert!(!l.runs_deep_ring(16), "{what}: 3 splits at three blocks per SM need no deep ring");
             // 4 bit: 112 column blocks × 3 splits fill 336 of the H100's 396 block slots, so 1-2 rows
             // take balanced splits (M = 2: the warpgroup kernel's, through the workspace); from 3 rows
-            // the 3 splits add in clusters.
+            // the 3 splits add in clusters. Memory-rich cards: balanced up to 8 rows (from 3 on the
+            // warpgroup kernel), clusters from 9.
             let rule = !overrides && std::env::var_os("GPTQ_CUDA_BALANCED").is_none();
             let balanced = bits == 4 && dev.wg && dev.sm_count == 132 && rule;
+            let rich = balanced && dev.memory_rich;
             if rule {
                 assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
-                assert_eq!(l.reduces_in_clusters(5), clusters_wanted, "{what}: cluster reduction at M = 5");
+                let at5 = clusters_wanted && !rich;
+                assert_eq!(l.reduces_in_clusters(5), at5, "{what}: cluster reduction at M = 5");
             }
             if balanced {
                 assert!(l.runs_balanced(1) && l.runs_balanced(2), "{what}: balanced splits at M = 1-2");
-                assert!(!l.runs_balanced(3) && !l.runs_balanced(16), "{what}: uniform splits at M = 3-16");
+                for m in [3, 5, 8] {
+                    assert_eq!(l.runs_balanced(m), rich, "{what}: balanced splits at M = {m}");
+                }
+                assert!(!l.runs_balanced(9) && !l.runs_balanced(16), "{what}: uniform splits at M = 9-16");
             }
             if bits == 8 && wg {
                 assert_eq!(l.reduces_in_clusters(1), clusters_wanted, "{what}: cluster reduction at M = 1");
@@ -381,7 +389,20 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             let one_row = bits == 8 && (k, n) == (8192, 28672);
             // (The same for bf16 activations: 4-bit M = 1 stays on the bulk-copy kernel, version 50.)
             assert_eq!(l.takes_warpgroup(1), one_row, "{what}: the warpgroup kernel at M = 1");
-            assert_eq!(l.takes_warpgroup(2), long, "{what}: the warpgroup kernel at M = 2 only on long K splits");
+            // Memory-rich cards: 4-bit long splits from 3 rows where balanced (the H200's 132 SMs:
+            // 8192×28672 symmetric), else from 7.
+            let rich = long && bits == 4 && dev.memory_rich;
+            let known = !rich || (dev.sm_count == 132 && std::env::var_os("GPTQ_CUDA_BALANCED").is_none());
+            let from = match (long, rich) {
+                (false, _) => 9,
+                (true, false) => 2,
+                (true, true) if (k, n) == (8192, 28672) => 3,
+                (true, true) => 7,
+            };
+            for m in [2, 3, 6, 7, 8].into_iter().filter(|_| known) {
+                let want = one_row || m >= from;
+                assert_eq!(l.takes_warpgroup(m), want, "{what}: the warpgroup kernel at M = {m}, from {from}");
+            }
             assert!(l.takes_warpgroup(9) && l.takes_warpgroup(16), "{what}: the warpgroup kernel at M = 9-16");
             // 17-128 rows (8 bit: 17-32) as blocks of 16 side by side, where those fit the H100's
             // 396 block slots unsplit (8192×28672 at 64 rows: 112 column blocks × 4 do not), above

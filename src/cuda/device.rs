@@ -56,6 +56,15 @@ pub struct Device {
     /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9, or 2 for
     /// long K splits: `CudaLayer::wg_min_rows`).
     pub wg_min_rows: Option<usize>,
+    /// Peak HBM bytes per SM and SM clock cycle, from the memory clock, bus width, SM count and
+    /// SM clock the driver reports (H100 SXM: 12.8 from its nominal clocks; an H200 reported 18.4);
+    /// `None` where it reports none.
+    pub hbm_bytes_per_sm_cycle: Option<f64>,
+    /// Whether the memory outruns the 4-bit decode at small batches: at least
+    /// [`MEMORY_RICH_BYTES_PER_SM_CYCLE`] HBM bytes per SM cycle, or `GPTQ_CUDA_MEMORY_RICH=1` / `0`
+    /// (for comparisons on one card). Such cards take other kernels at 2–16 rows on layers with long
+    /// K splits (`CudaLayer::with_wg_min_rows`, `CudaLayer::balance`).
+    pub memory_rich: bool,
     /// The rows that take the wide warpgroup kernel (32, 64 or 128 rows per block; sm_90a, where
     /// `wg` holds): [`WIDE_ROWS`] by default, `GPTQ_CUDA_WIDE_ROWS=LO-HI` for comparisons (on every
     /// layer), none with `GPTQ_CUDA_WIDE=0`.
@@ -149,6 +158,18 @@ pub(crate) const DENSE_MIN_ROWS: usize = 129;
 /// The rows the wide warpgroup kernel takes by default ([`Device::wide_rows`]; above 128 on large
 /// layers only, `layer::WIDE_LARGE_LAYER`).
 pub(crate) const WIDE_ROWS: (usize, usize) = (17, 256);
+/// HBM bytes per SM cycle from which a card counts as memory-rich ([`Device::memory_rich`]): between
+/// the H100 SXM's 12.8, where the kernel choices at 2–16 rows were measured, and the H200's 18.4,
+/// where the 4-bit decode rather than HBM sets the pace from 2 rows (docs/perf.md, version 70).
+pub(crate) const MEMORY_RICH_BYTES_PER_SM_CYCLE: f64 = 16.0;
+
+/// Peak HBM bytes per SM and SM cycle: memory clock (kHz, double data rate) × bus width (bits) / 8
+/// over SM count × SM clock (kHz). `None` where any is 0 (a driver that no longer reports one).
+fn hbm_bytes_per_sm_cycle(mem_khz: u32, bus_bits: u32, sm_count: u32, sm_khz: u32) -> Option<f64> {
+    let per_second = 2.0 * mem_khz as f64 * bus_bits as f64 / 8.0;
+    let cycles = sm_count as f64 * sm_khz as f64;
+    (per_second > 0.0 && cycles > 0.0).then(|| per_second / cycles)
+}
 
 /// `GPTQ_CUDA_WIDE_ROWS=LO-HI` (rounded out to whole runs of 16 rows, 16k+1 to 16j, which the
 /// workspace bound assumes: `CudaLayer::workspace_size`), or the default where it is unset or does
@@ -212,6 +233,19 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         && driver_version >= 12000
         && std::env::var("GPTQ_CUDA_WG").map_or(true, |v| v != "0");
     let wg_min_rows = env("GPTQ_CUDA_WG_MIN_ROWS").map(|r| r.clamp(1, 16));
+    // (Attributes a driver may stop reporting read as 0 rather than failing init.)
+    let soft = |a| attr(a).unwrap_or(0);
+    let hbm = hbm_bytes_per_sm_cycle(
+        soft(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE),
+        soft(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
+        sm_count,
+        soft(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE),
+    );
+    let memory_rich = match std::env::var("GPTQ_CUDA_MEMORY_RICH").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => hbm.is_some_and(|b| b >= MEMORY_RICH_BYTES_PER_SM_CYCLE),
+    };
     let (wide_rows, wide_rows_default) = if wg { wide_rows_setting() } else { (None, false) };
     let bulk_stages_override = env("GPTQ_CUDA_BULK_STAGES").map(|s| s.clamp(2, layer::BULK_MAX_STAGES));
     let smem_per_sm = attr(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
@@ -234,6 +268,8 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         bulk,
         wg,
         wg_min_rows,
+        hbm_bytes_per_sm_cycle: hbm,
+        memory_rich,
         wide_rows,
         wide_rows_default,
         wide_splits: env("GPTQ_CUDA_WIDE_SPLITS").filter(|&s| s > 0),
@@ -397,7 +433,18 @@ impl Device {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_kernel_arch;
+    use super::{MEMORY_RICH_BYTES_PER_SM_CYCLE, hbm_bytes_per_sm_cycle, parse_kernel_arch};
+
+    #[test]
+    fn hbm_bytes_per_sm_cycle_separates_h100_from_h200() {
+        // The attributes these cards report: memory clock (kHz), bus width, SMs, SM clock (kHz).
+        let h100 = hbm_bytes_per_sm_cycle(2_619_000, 5120, 132, 1_980_000).unwrap();
+        let h200 = hbm_bytes_per_sm_cycle(3_201_000, 6144, 132, 1_980_000).unwrap();
+        assert!((h100 - 12.83).abs() < 0.01 && (h200 - 18.81).abs() < 0.01, "{h100} {h200}");
+        assert!(h100 < MEMORY_RICH_BYTES_PER_SM_CYCLE && h200 >= MEMORY_RICH_BYTES_PER_SM_CYCLE);
+        assert_eq!(hbm_bytes_per_sm_cycle(0, 5120, 132, 1_980_000), None);
+        assert_eq!(hbm_bytes_per_sm_cycle(2_619_000, 5120, 132, 0), None);
+    }
 
     #[test]
     fn kernel_arch_override_takes_older_capabilities_only() {

@@ -577,6 +577,24 @@ enum Balanced {
 /// clusters (47.9-48.0 µs), bf16 faster (50.4 → 48.2); from M = 4 fp16 slower (M = 4 48.1 → 48.8,
 /// M = 8 48.4 → 51.2, M = 16 48.5 → 55.2: the partial sums of 5 slots per column block).
 const WG_BALANCED_ROWS: usize = 2;
+/// The same on memory-rich cards ([`Device::memory_rich`](super::Device::memory_rich)), where up to
+/// 8 rows take the warpgroup kernel only on layers with long K splits. Measured on the H200
+/// (docs/perf.md, version 70), 8192×28672 fp16: M = 3 / 4 / 6 / 8 46.7 / 46.7 / 46.6 / 46.8 → 42.4 /
+/// 42.6 / 43.3 / 43.7 µs (the clusters' 336 blocks leave 15% of the block slots empty, and on that
+/// card the consumers, not HBM, set the pace); at 12 and 16 rows 3% and 1% faster there, but 4–14%
+/// slower on 8192×10240, so those keep the rule of other cards.
+const WG_BALANCED_ROWS_RICH: usize = 8;
+/// The fewest rows the warpgroup kernel takes on memory-rich cards on 4-bit layers with long K
+/// splits: [`WG_RICH_MIN_ROWS_BALANCED`] where its splits are balanced, else this. Measured on the
+/// H200 (docs/perf.md, version 70): 28672×8192 fp16 at M = 2 / 4 / 6 / 7 on the bulk-copy kernel
+/// 39.0 / 39.8 / 42.0 / 42.9 µs against the warpgroup kernel's 42.5 / 42.7 / 42.8 / 42.9;
+/// asymmetric 39.8 / 40.5 / 43.3 against 45.9 / 46.1 / 46.2 at M = 2 / 4 / 6, and 8192×28672
+/// asymmetric (no balanced warpgroup kernel) 44.0 / 46.8 / 49.9 against 50.2 / 50.3 / 50.4, M = 7
+/// the same.
+const WG_RICH_MIN_ROWS: usize = 7;
+/// 8192×28672 fp16 at M = 2: the balanced bulk-copy kernel 41.2 µs against the balanced warpgroup
+/// kernel's 42.4; at M = 3 43.7 against 42.4, and the gap grows with the rows.
+const WG_RICH_MIN_ROWS_BALANCED: usize = 3;
 
 /// Above this many K splits the bulk-copy kernel's splits take at least
 /// [`BULK_MANY_SPLITS_MIN_TILES`] tiles ([`CudaLayer::bulk_split`]).
@@ -908,7 +926,9 @@ impl CudaLayer {
     /// least [`WG_LONG_SPLIT_TILES`] tiles: 8192×28672 and 28672×8192, not the mid-sized layers),
     /// so their fixed costs weigh little; 1 for 8-bit layers whose long splits (2 to 8) may add in
     /// one cluster (8192×28672: 3; [`CudaLayer::with_cluster_rows`] takes it back to 2 where the
-    /// clusters do not fit); `GPTQ_CUDA_WG_MIN_ROWS` overrides all. Measured on the H100
+    /// clusters do not fit); on memory-rich cards ([`Device::memory_rich`](super::Device::memory_rich))
+    /// 4-bit layers with long splits take [`WG_RICH_MIN_ROWS_BALANCED`] where the warpgroup kernel's
+    /// splits are balanced, else [`WG_RICH_MIN_ROWS`]; `GPTQ_CUDA_WG_MIN_ROWS` overrides all. Measured on the H100
     /// (docs/perf.md, version 33): at 2–8 rows 0–7% faster than the bulk-copy kernel on those two
     /// layers (8192×28672 at M = 8: 48.6 against 52.4 µs), 5–60% slower on 4096² to 8192², slower
     /// at M = 1 at 4 bit; at 8 bit on 8192×28672 M = 1 88.7 against 90.3 µs (version 40), while
@@ -925,6 +945,11 @@ impl CudaLayer {
         let one_cluster = clusters_allowed && split.is_some_and(|s| (2..=8).contains(&s.splits));
         let default = match (long, self.bits == 8 && one_cluster) {
             (true, true) => 1,
+            (true, false) if self.device.memory_rich && self.bits == 4 => {
+                let balanced =
+                    self.ring_split(WG_BALANCED_ROWS_RICH, Ring::Warpgroup).is_some_and(|s| s.balanced.is_some());
+                if balanced { WG_RICH_MIN_ROWS_BALANCED } else { WG_RICH_MIN_ROWS }
+            }
             (true, false) => 2,
             (false, _) => 9,
         };
@@ -1280,10 +1305,14 @@ impl CudaLayer {
         let per_sm = 3.min(self.resident_ring[ring as usize]).min(self.resident_balanced[ring as usize]);
         let slots = per_sm * self.device.sm_count as usize;
         // The warpgroup kernel's balanced form: 4-bit symmetric layers (the asymmetric kernels
-        // spill), up to [`WG_BALANCED_ROWS`] rows (its partial sums replace a cluster reduction).
+        // spill), up to [`WG_BALANCED_ROWS`] rows (its partial sums replace a cluster reduction;
+        // [`WG_BALANCED_ROWS_RICH`] on memory-rich cards).
         let wg_ok = match self.balanced {
             Balanced::Off => false,
-            Balanced::Rule => self.bits == 4 && self.symmetric() && m <= WG_BALANCED_ROWS,
+            Balanced::Rule => {
+                let most = if self.device.memory_rich { WG_BALANCED_ROWS_RICH } else { WG_BALANCED_ROWS };
+                self.bits == 4 && self.symmetric() && m <= most
+            }
             Balanced::Always => true,
         };
         if self.balanced == Balanced::Off
