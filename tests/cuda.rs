@@ -763,7 +763,8 @@ fn balanced_splits_match_the_cpu_path() {
 /// 8 (was 86 of 3; 2 lanes at M = 1), 4 bit asymmetric g64; 8192×1024 64 of 8 (was 86 of 6), 4 bit
 /// act-order; 8 bit on 8192×2048 (the register-fed kernel's 47 splits: 4 lanes at M = 1); fp16 and
 /// bf16, M = 1 to 16, against the CPU path. `GPTQ_CUDA_REDUCE_LANES=1`, `2` or `4` runs the same
-/// cases through the other lane counts.
+/// cases through the other lane counts. The wide kernel takes at most 16 K splits where that leaves
+/// 64 blocks: 4096×1024 at 24 and 48 rows (16 of 16 tiles, not 32 of 8).
 #[test]
 fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
     if !gpu_available() {
@@ -773,11 +774,23 @@ fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
     let stream = gpu::stream();
     let mut rng = Rng(37);
     let dev = gptq::cuda::init(0).unwrap();
-    let overrides = any_set(&["REDUCE_LANES", "BLOCKS_PER_SM", "BULK", "WG_MIN_ROWS", "BULK_MIN_TILES", "WG_SPLITS"]);
+    let overrides = any_set(&[
+        "REDUCE_LANES",
+        "BLOCKS_PER_SM",
+        "BULK",
+        "WG_MIN_ROWS",
+        "BULK_MIN_TILES",
+        "WG_SPLITS",
+        "WIDE",
+        "WIDE_ROWS",
+        "WIDE_FORM",
+        "WIDE_SPLITS",
+        "WIDE_MAX_SPLITS",
+    ]);
     // (bits, symmetric, act-order, K, N, group size, M and what its call should say)
     let cases: [(u32, bool, bool, usize, usize, usize, &[(usize, &str)]); 4] = [
         (4, true, false, 16384, 1024, 128, &[(1, "94 splits of 11 tiles"), (1, "lanes (8 per"), (2, "lanes (1 per")]),
-        (4, false, false, 4096, 1024, 64, &[(1, "32 splits of 8 tiles"), (1, "lanes (2 per")]),
+        (4, false, false, 4096, 1024, 64, &[(1, "32 splits of 8 tiles"), (1, "lanes (2 per"), (48, "16 splits of 16 tiles")]),
         (4, true, true, 8192, 1024, 128, &[(1, "64 splits of 8 tiles"), (1, "lanes (4 per")]),
         (8, true, false, 8192, 2048, 128, &[(1, "lanes (4 per")]),
     ];
@@ -791,7 +804,11 @@ fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
                 assert!(call.contains(text), "{what} M = {m}: {call}");
             }
         }
-        let ms: &[usize] = if i == 0 { &[1, 2, 3, 4, 5, 8, 9, 12, 16] } else { &[1, 2, 4, 8, 16] };
+        let ms: &[usize] = match i {
+            0 => &[1, 2, 3, 4, 5, 8, 9, 12, 16],
+            1 => &[1, 2, 4, 8, 16, 24, 48],
+            _ => &[1, 2, 4, 8, 16],
+        };
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);
         eprintln!("{what}: M {ms:?} match (M = 1: {})", l.describe_call(1));
     }

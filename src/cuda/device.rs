@@ -74,6 +74,9 @@ pub struct Device {
     pub(crate) wide_rows_default: bool,
     /// `GPTQ_CUDA_WIDE_SPLITS`: the wide kernel's K splits, for comparisons.
     pub(crate) wide_splits: Option<usize>,
+    /// The most K splits the wide kernel's rule takes: [`WIDE_MAX_SPLITS`], or
+    /// `GPTQ_CUDA_WIDE_MAX_SPLITS` for comparisons (0: no limit).
+    pub(crate) wide_max_splits: usize,
     /// `GPTQ_CUDA_WIDE_FORM=64` / `64k` / `128`: the wide kernel's form from 33 rows, for comparisons.
     pub(crate) wide_form: Option<layer::WideForm>,
     /// Whether two blocks of every warpgroup kernel with its deep ring fit on one SM (checked at
@@ -158,6 +161,12 @@ pub(crate) const DENSE_MIN_ROWS: usize = 129;
 /// The rows the wide warpgroup kernel takes by default ([`Device::wide_rows`]; above 128 on large
 /// layers only, `layer::WIDE_LARGE_LAYER`).
 pub(crate) const WIDE_ROWS: (usize, usize) = (17, 256);
+/// The most K splits the wide kernel takes by default, unless that leaves fewer than 64 blocks
+/// (`layer::wide_split`). Splitting K so that the blocks fill the SMs once gives layers of few
+/// columns many splits, whose partial sums (splits × rows × columns × 4 bytes) outweigh the
+/// weights: 4096×1024 at 64 rows in 32 splits writes and reads 8 MB of them for 2 MB of weights.
+/// Measured on the H200 (docs/perf.md, version 71).
+pub(crate) const WIDE_MAX_SPLITS: usize = 16;
 /// HBM bytes per SM cycle from which a card counts as memory-rich ([`Device::memory_rich`]): between
 /// the H100 SXM's 12.8, where the kernel choices at 2–16 rows were measured, and the H200's 18.4,
 /// where the 4-bit decode rather than HBM sets the pace from 2 rows (docs/perf.md, version 70).
@@ -273,6 +282,7 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
         wide_rows,
         wide_rows_default,
         wide_splits: env("GPTQ_CUDA_WIDE_SPLITS").filter(|&s| s > 0),
+        wide_max_splits: env("GPTQ_CUDA_WIDE_MAX_SPLITS").unwrap_or(WIDE_MAX_SPLITS),
         wide_form: match std::env::var("GPTQ_CUDA_WIDE_FORM").as_deref() {
             Ok("64") => Some(layer::WideForm::Rows64),
             Ok("64k") => Some(layer::WideForm::Rows64Split),

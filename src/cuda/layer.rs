@@ -635,6 +635,34 @@ fn reduce_lanes(splits: usize, outputs: usize, max: usize) -> Option<usize> {
     }
 }
 
+/// The wide kernel's split of `kt` K tiles for `blocks` blocks per split on `slots` block slots:
+/// (splits, tiles per split), each split whole `stage`s, at least two. As many splits as fill the
+/// slots once, but at most `cap` (0: no limit) unless that leaves fewer than [`WIDE_MIN_BLOCKS`]
+/// blocks; `forced` (`GPTQ_CUDA_WIDE_SPLITS`) instead where set. Measured on the H200
+/// (docs/perf.md, version 71): with [`WIDE_MAX_SPLITS`](super::device::WIDE_MAX_SPLITS) = 16,
+/// 4096×1024 at 17-64 rows (32 splits → 16) 5.6-10.1 → 5.2-7.6 µs, 8192×1024 (64 or 32 → 16)
+/// 10.4-11.7 → 7.4-9.6, 4864×896 at 24-128 rows (38 or 26 → 16) 6.3-12.8 → 5.8-11.0 (17 rows 6.1
+/// → 7.0); 3584×512 (two column blocks: 28 splits → 14) 0.2-1.5 µs slower at 17-64 rows, where the
+/// floor of 64 blocks now keeps its 28, and 1.3-1.7 µs faster at 96-128.
+fn wide_split(
+    kt: usize,
+    stage: usize,
+    blocks: usize,
+    slots: usize,
+    cap: usize,
+    forced: Option<usize>,
+) -> (usize, usize) {
+    let fill = slots / blocks.max(1);
+    let cap = if cap == 0 { usize::MAX } else { cap.max(WIDE_MIN_BLOCKS.div_ceil(blocks.max(1))) };
+    let want = forced.unwrap_or(fill.min(cap));
+    let splits = want.clamp(1, (kt / (2 * stage)).max(1)).min(65535);
+    let tiles_per_split = kt.div_ceil(splits).next_multiple_of(stage);
+    (kt.div_ceil(tiles_per_split), tiles_per_split)
+}
+
+/// The fewest blocks the wide kernel's cap on K splits leaves a call ([`wide_split`]).
+const WIDE_MIN_BLOCKS: usize = 64;
+
 /// Balanced splits for the bulk-copy kernel (kernels/gptq_mma.cu, bulk_gemm_small): about `slots`
 /// blocks share the `quads · kt` tiles of all column blocks in storage order, each a whole number of
 /// `stage` tiles. Returns (tiles per block, blocks, most blocks covering one column block).
@@ -1126,8 +1154,9 @@ impl CudaLayer {
     /// of 8). Its form: up to 32 rows [`WideForm::Rows32`]; up to 64 [`WideForm::Rows64Split`]; up to
     /// 128 that form too where K is at most [`WIDE_SHORT_K`], else [`WideForm::Rows128`], which also
     /// takes every call above 128 rows (`GPTQ_CUDA_WIDE_FORM` forces one from 33 rows, for
-    /// comparisons). K is split so that the blocks fill the SMs once, each split whole stages of at
-    /// least two. Measured on the H200 (docs/perf.md, versions 63-64).
+    /// comparisons). K is split so that the blocks fill the SMs once, in at most
+    /// [`WIDE_MAX_SPLITS`](super::device::WIDE_MAX_SPLITS) splits, each whole stages of at least
+    /// two. Measured on the H200 (docs/perf.md, versions 63-64 and 71).
     fn wide_shape(&self, m: usize) -> Option<WideShape> {
         let (lo, hi) = self.device.wide_rows?;
         let small_layer_cut = self.device.wide_rows_default && m > 128 && self.n * self.k < WIDE_LARGE_LAYER;
@@ -1147,10 +1176,10 @@ impl CudaLayer {
         let blocks = self.n.div_ceil(TILE_N * 4) * m.div_ceil(form.rows());
         let stage = if self.bits == 4 { 4 } else { 2 };
         let kt = self.k.div_ceil(TILE_K);
-        let want = self.device.wide_splits.unwrap_or(per_sm * self.device.sm_count as usize / blocks);
-        let splits = want.clamp(1, (kt / (2 * stage)).max(1)).min(65535);
-        let tiles_per_split = kt.div_ceil(splits).next_multiple_of(stage);
-        Some(WideShape { form, splits: kt.div_ceil(tiles_per_split), tiles_per_split })
+        let slots = per_sm * self.device.sm_count as usize;
+        let (splits, tiles_per_split) =
+            wide_split(kt, stage, blocks, slots, self.device.wide_max_splits, self.device.wide_splits);
+        Some(WideShape { form, splits, tiles_per_split })
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs a ring kernel's balanced splits
@@ -2034,6 +2063,25 @@ impl Drop for DevBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wide_split_caps_splits_but_keeps_64_blocks() {
+        // 4096×1024 (256 K tiles, 4 column blocks) at 64 rows, one block per SM on 132 SMs: 33
+        // splits fill the SMs, at most 32 of two 4-tile stages; the cap takes 16.
+        assert_eq!(wide_split(256, 4, 4, 132, 0, None), (32, 8));
+        assert_eq!(wide_split(256, 4, 4, 132, 16, None), (16, 16));
+        // 3584×512 (224 tiles, 2 column blocks) at 32 rows, two blocks per SM: 16 splits would
+        // leave 32 blocks, so 32 are allowed (at most 28 whole pairs of stages).
+        assert_eq!(wide_split(224, 4, 2, 264, 16, None), (28, 8));
+        // Two row blocks of 64 (96 rows): 4 blocks per split, so the cap of 16 stands (14 of 16 tiles).
+        assert_eq!(wide_split(224, 4, 4, 132, 16, None), (14, 16));
+        // 4096×4096 (16 column blocks) at 64 rows: 8 splits fill the SMs, under the cap.
+        assert_eq!(wide_split(256, 4, 16, 132, 16, None), (8, 32));
+        // GPTQ_CUDA_WIDE_SPLITS wins; splits stay whole stages, at least two each.
+        assert_eq!(wide_split(256, 4, 4, 132, 16, Some(64)), (32, 8));
+        assert_eq!(wide_split(256, 4, 4, 132, 16, Some(3)), (3, 88));
+        assert_eq!(wide_split(5, 4, 4, 132, 16, None), (1, 8));
+    }
+
     use super::*;
 
     /// [`reduce_lanes`] keeps the plain reduction up to 24 splits, and above gives each output as
