@@ -764,7 +764,9 @@ fn balanced_splits_match_the_cpu_path() {
 /// act-order; 8 bit on 8192×2048 (the register-fed kernel's 47 splits: 4 lanes at M = 1); fp16 and
 /// bf16, M = 1 to 16, against the CPU path. `GPTQ_CUDA_REDUCE_LANES=1`, `2` or `4` runs the same
 /// cases through the other lane counts. The wide kernel takes at most 16 K splits where that leaves
-/// 64 blocks: 4096×1024 at 24 and 48 rows (16 of 16 tiles, not 32 of 8).
+/// 64 blocks: 4096×1024 at 24 and 48 rows (16 of 16 tiles, not 32 of 8); and on this small layer
+/// it takes 9-16 rows too (`GPTQ_CUDA_WIDE_ROWS=17-256` runs them on the 16-row warpgroup kernel, as
+/// the whole suite's small layers do then).
 #[test]
 fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
     if !gpu_available() {
@@ -790,7 +792,15 @@ fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
     // (bits, symmetric, act-order, K, N, group size, M and what its call should say)
     let cases: [(u32, bool, bool, usize, usize, usize, &[(usize, &str)]); 4] = [
         (4, true, false, 16384, 1024, 128, &[(1, "94 splits of 11 tiles"), (1, "lanes (8 per"), (2, "lanes (1 per")]),
-        (4, false, false, 4096, 1024, 64, &[(1, "32 splits of 8 tiles"), (1, "lanes (2 per"), (48, "16 splits of 16 tiles")]),
+        (
+            4,
+            false,
+            false,
+            4096,
+            1024,
+            64,
+            &[(1, "32 splits of 8 tiles"), (1, "lanes (2 per"), (12, "wide warpgroup kernel Rows32"), (48, "16 splits of 16 tiles")],
+        ),
         (4, true, true, 8192, 1024, 128, &[(1, "64 splits of 8 tiles"), (1, "lanes (4 per")]),
         (8, true, false, 8192, 2048, 128, &[(1, "lanes (4 per")]),
     ];
@@ -806,7 +816,7 @@ fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
         }
         let ms: &[usize] = match i {
             0 => &[1, 2, 3, 4, 5, 8, 9, 12, 16],
-            1 => &[1, 2, 4, 8, 16, 24, 48],
+            1 => &[1, 2, 4, 8, 9, 12, 16, 24, 48],
             _ => &[1, 2, 4, 8, 16],
         };
         assert_matches(Target::Rust(&l), &cpu, ms, stream, &mut rng, &what);

@@ -182,6 +182,16 @@ impl WideForm {
 /// the five larger profile layers 1.0-1.24× faster than the dense path (28672×8192 at 256 rows 255
 /// against 315 µs).
 pub(crate) const WIDE_LARGE_LAYER: usize = 1 << 25;
+/// 4-bit layers of at most this many weights take the wide kernel (its 32-row form) from
+/// [`WIDE_SMALL_LAYER_MIN_ROWS`] rows by default instead of the 16-row warpgroup kernel: their few
+/// column blocks give that kernel many short K splits. Measured on the H200 (docs/perf.md, version
+/// 72), M = 9 / 12 / 16: 3584×512 5.9 / 6.0 / 6.8 → 4.2 / 4.9 / 5.1 µs, 4096×1024 6.7 / 6.8 / 7.1 →
+/// 5.2 / 6.3 / 6.3, 896×4864 7.3 / 7.3 / 7.4 → 6.0 / 6.3 / 6.4, 4864×896 7.5 / 7.6 / 6.4 → 6.4 / 7.1 /
+/// 7.1 (M = 16 the one loss; the 16-row kernel ran that layer faster at 16 rows than at 9-14);
+/// act-order 0.7-2.8 µs faster on all four; 8192×1024 and every larger layer the same or slower.
+pub(crate) const WIDE_SMALL_LAYER: usize = 4_500_000;
+/// The fewest rows that small layers ([`WIDE_SMALL_LAYER`]) take the wide kernel for.
+const WIDE_SMALL_LAYER_MIN_ROWS: usize = 9;
 /// At 65-128 rows, layers of at most this many inputs take [`WideForm::Rows64Split`] (two blocks of
 /// 64 rows) rather than [`WideForm::Rows128`]: their short K splits' partial sums weigh more. Measured
 /// on the H200 (version 64): 4096×14336 at 96 / 128 rows 44.1 / 44.5 µs against 48.0 / 51.6, 4096×4096
@@ -1150,7 +1160,8 @@ impl CudaLayer {
 
     /// The wide warpgroup kernel's launch for `m` rows, where the device takes it for that many
     /// ([`Device::wide_rows`](super::Device::wide_rows); by default above 128 rows only on layers of
-    /// at least [`WIDE_LARGE_LAYER`] weights) and the layer allows it (the tile layout, K a multiple
+    /// at least [`WIDE_LARGE_LAYER`] weights, and from [`WIDE_SMALL_LAYER_MIN_ROWS`] on 4-bit layers of
+    /// at most [`WIDE_SMALL_LAYER`]) and the layer allows it (the tile layout, K a multiple
     /// of 8). Its form: up to 32 rows [`WideForm::Rows32`]; up to 64 [`WideForm::Rows64Split`]; up to
     /// 128 that form too where K is at most [`WIDE_SHORT_K`], else [`WideForm::Rows128`], which also
     /// takes every call above 128 rows (`GPTQ_CUDA_WIDE_FORM` forces one from 33 rows, for
@@ -1160,6 +1171,8 @@ impl CudaLayer {
     fn wide_shape(&self, m: usize) -> Option<WideShape> {
         let (lo, hi) = self.device.wide_rows?;
         let small_layer_cut = self.device.wide_rows_default && m > 128 && self.n * self.k < WIDE_LARGE_LAYER;
+        let small_layer_early = self.device.wide_rows_default && self.bits == 4 && self.n * self.k <= WIDE_SMALL_LAYER;
+        let lo = if small_layer_early { lo.min(WIDE_SMALL_LAYER_MIN_ROWS) } else { lo };
         if !(lo..=hi).contains(&m) || small_layer_cut || self.k % 8 != 0 || !matches!(self.weights, Weights::Mma { .. })
         {
             return None;
