@@ -146,8 +146,15 @@ fn main() {
         if dev.wg {
             format!(
                 "on from {} to 128 rows (32 at 8 bit; {} stages at 4 bit, 3 for short blocks, deep ring {})",
-                dev.wg_min_rows
-                    .map_or("9 (2 on long K splits, 1 at 8 bit in one cluster)".to_string(), |r| r.to_string()),
+                dev.wg_min_rows.map_or(
+                    if dev.memory_rich {
+                        "9 (on long K splits 3 at 4 bit where balanced, else 7; 2 at 8 bit, 1 in one cluster)"
+                    } else {
+                        "9 (2 on long K splits, 1 at 8 bit in one cluster)"
+                    }
+                    .to_string(),
+                    |r| r.to_string()
+                ),
                 dev.ring_stages(Ring::Warpgroup, 4, true, usize::MAX),
                 dev.deep_ring_stages(4, true).map_or("off".to_string(), |s| format!("{s} stages"))
             )

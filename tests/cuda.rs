@@ -370,7 +370,8 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
             let rich = balanced && dev.memory_rich;
             if rule {
                 assert_eq!(l.reduces_in_clusters(16), clusters_wanted, "{what}: cluster reduction at M = 16");
-                let at5 = clusters_wanted && !rich;
+                // (Any memory-rich card: M = 5 runs balanced or on the bulk-copy kernel.)
+                let at5 = clusters_wanted && !(bits == 4 && dev.memory_rich);
                 assert_eq!(l.reduces_in_clusters(5), at5, "{what}: cluster reduction at M = 5");
             }
             if balanced {
@@ -809,7 +810,8 @@ fn many_k_splits_reduce_in_lanes_and_match_the_cpu_path() {
         let l = CudaLayer::new(&cpu, 0).unwrap();
         let what = format!("{bits} bit sym {sym} act {act} g{gs} {k}x{n}");
         if dev.bulk && dev.sm_count == 132 && !overrides {
-            for &(m, text) in says {
+            // (Above 8 rows the wide kernel: sm_90a and a CUDA 12 driver.)
+            for &(m, text) in says.iter().filter(|s| s.0 <= 8 || dev.wg) {
                 let call = l.describe_call(m);
                 assert!(call.contains(text), "{what} M = {m}: {call}");
             }

@@ -48,13 +48,14 @@ pub struct Device {
     /// with `GPTQ_CUDA_BULK=0`, which selects the register-fed kernel every architecture runs (for
     /// comparisons).
     pub bulk: bool,
-    /// Whether 9 to 16 rows (2 to 16 on layers with long K splits) take the sm_90a kernel that feeds warpgroup mma (wgmma) from a ring of
-    /// bulk and tensor copies (compute capability 9.0 exactly, whose cubin is built for sm_90a; a
+    /// Whether 9 to 16 rows (from fewer on layers with long K splits: `CudaLayer::wg_min_rows`; none
+    /// on small layers, which take the wide kernel) take the sm_90a kernel that feeds warpgroup mma
+    /// (wgmma) from a ring of bulk and tensor copies (compute capability 9.0 exactly, whose cubin is built for sm_90a; a
     /// CUDA 12 or later driver for tensor maps; not with `GPTQ_CUDA_WG=0`).
     pub wg: bool,
     /// `GPTQ_CUDA_WG_MIN_ROWS` (1 to 16): the fewest rows the warpgroup kernel takes on every
-    /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9, or 2 for
-    /// long K splits: `CudaLayer::wg_min_rows`).
+    /// layer, for comparisons with the bulk-copy kernel; otherwise each layer chooses (9; 1 to 7 for
+    /// long K splits, by bits and on memory-rich cards: `CudaLayer::with_wg_min_rows`).
     pub wg_min_rows: Option<usize>,
     /// Peak HBM bytes per SM and SM clock cycle, from the memory clock, bus width, SM count and
     /// SM clock the driver reports (H100 SXM: 12.8 from its nominal clocks; an H200 reported 18.4);
@@ -159,13 +160,13 @@ fn parse_kernel_arch(v: &str, arch: (u32, u32)) -> Result<(u32, u32)> {
 /// every one (1.2-1.8× there, 1.5-3.1× from 256 rows). At 128 rows the kernel was faster on four of the six (docs/perf.md, version 61).
 pub(crate) const DENSE_MIN_ROWS: usize = 129;
 /// The rows the wide warpgroup kernel takes by default ([`Device::wide_rows`]; above 128 on large
-/// layers only, `layer::WIDE_LARGE_LAYER`).
+/// layers only, `layer::WIDE_LARGE_LAYER`; from 9 on small 4-bit layers, `layer::WIDE_SMALL_LAYER`).
 pub(crate) const WIDE_ROWS: (usize, usize) = (17, 256);
-/// The most K splits the wide kernel takes by default, unless that leaves fewer than 64 blocks
-/// (`layer::wide_split`). Splitting K so that the blocks fill the SMs once gives layers of few
-/// columns many splits, whose partial sums (splits × rows × columns × 4 bytes) outweigh the
-/// weights: 4096×1024 at 64 rows in 32 splits writes and reads 8 MB of them for 2 MB of weights.
-/// Measured on the H200 (docs/perf.md, version 71).
+/// The most K splits the wide kernel takes by default where their partial sums would weigh at least
+/// as much as the weights' codes, unless that leaves fewer than 64 blocks (`layer::wide_split`). Splitting K so that the
+/// blocks fill the SMs once gives layers of few columns many splits, whose partial sums (splits ×
+/// rows × columns × 4 bytes) outweigh the weights: 4096×1024 at 64 rows in 32 splits writes and
+/// reads 8 MB of them for 2 MB of weights. Measured on the H200 (docs/perf.md, version 71).
 pub(crate) const WIDE_MAX_SPLITS: usize = 16;
 /// HBM bytes per SM cycle from which a card counts as memory-rich ([`Device::memory_rich`]): between
 /// the H100 SXM's 12.8, where the kernel choices at 2–16 rows were measured, and the H200's 18.4,
@@ -447,7 +448,8 @@ mod tests {
 
     #[test]
     fn hbm_bytes_per_sm_cycle_separates_h100_from_h200() {
-        // The attributes these cards report: memory clock (kHz), bus width, SMs, SM clock (kHz).
+        // Nominal figures of these cards: memory clock (kHz), bus width, SMs, SM clock (kHz). (The
+        // H200 lent to this project reported attributes that give 18.4: memory-rich either way.)
         let h100 = hbm_bytes_per_sm_cycle(2_619_000, 5120, 132, 1_980_000).unwrap();
         let h200 = hbm_bytes_per_sm_cycle(3_201_000, 6144, 132, 1_980_000).unwrap();
         assert!((h100 - 12.83).abs() < 0.01 && (h200 - 18.81).abs() < 0.01, "{h100} {h200}");

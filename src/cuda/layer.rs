@@ -596,8 +596,9 @@ const WG_BALANCED_ROWS: usize = 2;
 const WG_BALANCED_ROWS_RICH: usize = 8;
 /// The fewest rows the warpgroup kernel takes on memory-rich cards on 4-bit layers with long K
 /// splits: [`WG_RICH_MIN_ROWS_BALANCED`] where its splits are balanced, else this. Measured on the
-/// H200 (docs/perf.md, version 70): 28672×8192 fp16 at M = 2 / 4 / 6 / 7 on the bulk-copy kernel
-/// 39.0 / 39.8 / 42.0 / 42.9 µs against the warpgroup kernel's 42.5 / 42.7 / 42.8 / 42.9;
+/// H200 (docs/perf.md, version 70): 28672×8192 fp16 at M = 2 / 4 / 6 on the bulk-copy kernel 39.0 /
+/// 39.8 / 42.0 µs against the warpgroup kernel's 42.5 / 42.7 / 42.8 (M = 8 the same, 7 not measured
+/// on the bulk-copy kernel: the limit rests on M = 8);
 /// asymmetric 39.8 / 40.5 / 43.3 against 45.9 / 46.1 / 46.2 at M = 2 / 4 / 6, and 8192×28672
 /// asymmetric (no balanced warpgroup kernel) 44.0 / 46.8 / 49.9 against 50.2 / 50.3 / 50.4, M = 7
 /// the same.
@@ -648,12 +649,16 @@ fn reduce_lanes(splits: usize, outputs: usize, max: usize) -> Option<usize> {
 /// The wide kernel's split of `kt` K tiles for `blocks` blocks per split on `slots` block slots:
 /// (splits, tiles per split), each split whole `stage`s, at least two. As many splits as fill the
 /// slots once, but at most `cap` (0: no limit) unless that leaves fewer than [`WIDE_MIN_BLOCKS`]
-/// blocks; `forced` (`GPTQ_CUDA_WIDE_SPLITS`) instead where set. Measured on the H200
-/// (docs/perf.md, version 71): with [`WIDE_MAX_SPLITS`](super::device::WIDE_MAX_SPLITS) = 16,
-/// 4096×1024 at 17-64 rows (32 splits → 16) 5.6-10.1 → 5.2-7.6 µs, 8192×1024 (64 or 32 → 16)
+/// blocks; `forced` (`GPTQ_CUDA_WIDE_SPLITS`) instead where set. The caller passes the cap only
+/// where the uncapped splits' partial sums would weigh at least as much as the weights' codes. Measured on the H200
+/// (docs/perf.md, version 71), with [`WIDE_MAX_SPLITS`](super::device::WIDE_MAX_SPLITS) = 16 at 4
+/// bit: 4096×1024 at 17-64 rows (32 splits → 16) 5.6-10.1 → 5.2-7.6 µs, 8192×1024 (64 or 32 → 16)
 /// 10.4-11.7 → 7.4-9.6, 4864×896 at 24-128 rows (38 or 26 → 16) 6.3-12.8 → 5.8-11.0 (17 rows 6.1
-/// → 7.0); 3584×512 (two column blocks: 28 splits → 14) 0.2-1.5 µs slower at 17-64 rows, where the
-/// floor of 64 blocks now keeps its 28, and 1.3-1.7 µs faster at 96-128.
+/// → 7.0), 4096×2560 at 17-32 rows (22 → 16) 8.9-10.2 → 7.0-8.5; 3584×512 (two column blocks: 28
+/// splits → 14) 0.2-1.5 µs slower at 17-64 rows, hence the floor of 64 blocks, which keeps its 28;
+/// and where the partial sums are lighter than the weights the limit lost: 14336×2048 at 17-32 rows
+/// (33 → 16) 13.6-14.3 → 15.3-15.9, 18944×3584 (18 → 16) +3%, 8 bit 18944×3584 +1 µs. 8 bit
+/// 8192×1024 at 17-32 rows (64 → 16, partial sums as heavy as the codes) 11.8 / 12.6 → 8.5 / 8.9.
 fn wide_split(
     kt: usize,
     stage: usize,
@@ -985,7 +990,7 @@ impl CudaLayer {
             (true, true) => 1,
             (true, false) if self.device.memory_rich && self.bits == 4 => {
                 let balanced =
-                    self.ring_split(WG_BALANCED_ROWS_RICH, Ring::Warpgroup).is_some_and(|s| s.balanced.is_some());
+                    self.ring_split(WG_RICH_MIN_ROWS_BALANCED, Ring::Warpgroup).is_some_and(|s| s.balanced.is_some());
                 if balanced { WG_RICH_MIN_ROWS_BALANCED } else { WG_RICH_MIN_ROWS }
             }
             (true, false) => 2,
@@ -1190,8 +1195,13 @@ impl CudaLayer {
         let stage = if self.bits == 4 { 4 } else { 2 };
         let kt = self.k.div_ceil(TILE_K);
         let slots = per_sm * self.device.sm_count as usize;
-        let (splits, tiles_per_split) =
-            wide_split(kt, stage, blocks, slots, self.device.wide_max_splits, self.device.wide_splits);
+        // The limit on splits only where their partial sums would weigh at least the weights, judged at
+        // the top of m's run of 16 rows so that the split is one per run (workspace_size checks the
+        // top of each run only).
+        let (uncapped, _) = wide_split(kt, stage, blocks, slots, 0, None);
+        let heavy = uncapped * m.next_multiple_of(16) * self.n * 4 >= self.k * self.n * self.bits as usize / 8;
+        let cap = if heavy { self.device.wide_max_splits } else { 0 };
+        let (splits, tiles_per_split) = wide_split(kt, stage, blocks, slots, cap, self.device.wide_splits);
         Some(WideShape { form, splits, tiles_per_split })
     }
 
