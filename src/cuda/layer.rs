@@ -1170,9 +1170,10 @@ impl CudaLayer {
     /// of 8). Its form: up to 32 rows [`WideForm::Rows32`]; up to 64 [`WideForm::Rows64Split`]; up to
     /// 128 that form too where K is at most [`WIDE_SHORT_K`], else [`WideForm::Rows128`], which also
     /// takes every call above 128 rows (`GPTQ_CUDA_WIDE_FORM` forces one from 33 rows, for
-    /// comparisons). K is split so that the blocks fill the SMs once, in at most
-    /// [`WIDE_MAX_SPLITS`](super::device::WIDE_MAX_SPLITS) splits, each whole stages of at least
-    /// two. Measured on the H200 (docs/perf.md, versions 63-64 and 71).
+    /// comparisons). K is split so that the blocks fill the SMs once, each split whole stages of at
+    /// least two; where those splits' partial sums would weigh at least the weights' codes, in at
+    /// most [`WIDE_MAX_SPLITS`](super::device::WIDE_MAX_SPLITS) ([`wide_split`]). Measured on the
+    /// H200 (docs/perf.md, versions 63-64 and 71).
     fn wide_shape(&self, m: usize) -> Option<WideShape> {
         let (lo, hi) = self.device.wide_rows?;
         let small_layer_cut = self.device.wide_rows_default && m > 128 && self.n * self.k < WIDE_LARGE_LAYER;
