@@ -764,8 +764,9 @@ fn balanced_splits_match_the_cpu_path() {
 /// 8 (was 86 of 3; 2 lanes at M = 1), 4 bit asymmetric g64; 8192×1024 64 of 8 (was 86 of 6), 4 bit
 /// act-order; 8 bit on 8192×2048 (the register-fed kernel's 47 splits: 4 lanes at M = 1); fp16 and
 /// bf16, M = 1 to 16, against the CPU path. `GPTQ_CUDA_REDUCE_LANES=1`, `2` or `4` runs the same
-/// cases through the other lane counts. The wide kernel takes at most 16 K splits where that leaves
-/// 64 blocks: 4096×1024 at 24 and 48 rows (16 of 16 tiles, not 32 of 8); and on this small layer
+/// cases through the other lane counts. The wide kernel takes at most 16 K splits where its splits'
+/// partial sums would weigh at least the weights' codes and 16 leave 64 blocks: 4096×1024 at 24 and
+/// 48 rows (16 of 16 tiles, not 32 of 8); and on this small layer
 /// it takes 9-16 rows too (`GPTQ_CUDA_WIDE_ROWS=17-256` runs them on the 16-row warpgroup kernel, as
 /// the whole suite's small layers do then).
 #[test]
