@@ -375,7 +375,14 @@ fn model_sized_layers_run_on_tensor_cores_and_match_the_cpu_path() {
                 assert_eq!(l.reduces_in_clusters(5), at5, "{what}: cluster reduction at M = 5");
             }
             if balanced {
-                assert!(l.runs_balanced(1) && l.runs_balanced(2), "{what}: balanced splits at M = 1-2");
+                // Memory-rich cards: 1-2 rows of symmetric 4-bit layers without act-order run the
+                // bulk-copy kernel at four blocks per SM, in uniform splits (version 73).
+                let four = rich && !act && std::env::var("GPTQ_CUDA_BULK_FOUR").map_or(true, |v| v != "0");
+                for m in [1, 2] {
+                    assert_eq!(l.runs_four_per_sm(m), four, "{what}: four blocks per SM at M = {m}");
+                    assert_eq!(l.runs_balanced(m), !four, "{what}: balanced splits at M = {m}");
+                }
+                assert!(!l.runs_four_per_sm(3), "{what}: three blocks per SM at M = 3");
                 for m in [3, 5, 8] {
                     assert_eq!(l.runs_balanced(m), rich, "{what}: balanced splits at M = {m}");
                 }
@@ -728,8 +735,9 @@ fn wide_kernel_matches_the_cpu_path() {
 /// each spanning up to two column blocks, their sums added by the reduction from per-column-block
 /// slots) match the CPU path: 4096×28672 (112 column blocks of 256 K tiles, which uniform splits
 /// of 85 tiles fill into 336 of the H100's 396 block slots), 4 and 8 bit, symmetric and asymmetric,
-/// act-order (its gather launch first), M = 1 to 8, fp16 and bf16; with `GPTQ_CUDA_BALANCED=0`
-/// the same cases run uniform splits.
+/// act-order (its gather launch first), M = 1 to 8, fp16 and bf16 (on memory-rich cards the
+/// symmetric layer's 1-2 rows run uniform splits at four blocks per SM, balanced with
+/// `GPTQ_CUDA_BULK_FOUR=0`); with `GPTQ_CUDA_BALANCED=0` the same cases run uniform splits.
 #[test]
 fn balanced_splits_match_the_cpu_path() {
     if !gpu_available() {
@@ -746,8 +754,15 @@ fn balanced_splits_match_the_cpu_path() {
         let l = CudaLayer::new(&cpu, 0).unwrap();
         let what = format!("{bits} bit sym {sym} act {act} {k}x{n}");
         if dev.bulk && dev.sm_count == 132 && !overrides {
+            // Memory-rich cards: 1-2 rows of the symmetric 4-bit layer without act-order take four
+            // blocks per SM in uniform splits instead (version 73; `GPTQ_CUDA_BULK_FOUR=0` keeps
+            // them balanced).
+            let four_on = std::env::var("GPTQ_CUDA_BULK_FOUR").map_or(true, |v| v != "0");
+            let four = dev.memory_rich && bits == 4 && sym && !act && four_on;
             for m in [1, 2, 5, 8] {
-                assert!(l.runs_balanced(m), "{what}: balanced splits at M = {m}");
+                let want = !(four && m <= 2);
+                assert_eq!(l.runs_balanced(m), want, "{what}: balanced splits at M = {m}");
+                assert_eq!(l.runs_four_per_sm(m), !want, "{what}: four blocks per SM at M = {m}");
             }
             assert!(!l.runs_balanced(9), "{what}: 9 rows take the warpgroup kernel");
         }

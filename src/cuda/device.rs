@@ -347,7 +347,18 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                         },
                         "cuOccupancyMaxActiveBlocksPerMultiprocessor",
                     )?;
-                    d.resident.insert(name, blocks.max(1) as usize);
+                    d.resident.insert(name.clone(), blocks.max(1) as usize);
+                    // The bulk-copy kernel may also run with a shallow ring at four blocks per SM.
+                    if bulk && name == layer::Ring::Bulk.kernel_name(bits, act, sym) {
+                        let shallow = layer::Ring::Bulk.smem_bytes(bits, sym, layer::BULK_FOUR_STAGES);
+                        let mut blocks = 0;
+                        // SAFETY: as above; writes one int.
+                        let r = unsafe {
+                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, shallow)
+                        };
+                        let blocks = if r == cu::CUresult::CUDA_SUCCESS { blocks.max(1) as usize } else { 1 };
+                        d.resident.insert(layer::bulk_four_key(&name), blocks);
+                    }
                 }
             }
         }
@@ -388,6 +399,11 @@ impl Device {
         let deeper = stages > self.ring_stages(ring, bits, sym, usize::MAX);
         // Not with GPTQ_CUDA_BULK_STAGES, whose fixed depth a comparison means for every call.
         (self.wg && self.wg_deep && self.bulk_stages_override.is_none() && deeper).then_some(stages)
+    }
+
+    /// Whether `GPTQ_CUDA_BULK_STAGES` fixes the ring kernels' depth (for comparisons).
+    pub(crate) fn ring_depth_fixed(&self) -> bool {
+        self.bulk_stages_override.is_some()
     }
 
     /// Dynamic shared memory of ring kernel `ring` with its full ring (three blocks per SM): the

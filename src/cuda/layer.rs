@@ -354,6 +354,10 @@ pub struct CudaLayer {
     resident_balanced: [usize; 2],
     /// The same for the wide kernel's forms ([`WideForm::ALL`] order).
     resident_wide: [usize; 4],
+    /// Blocks of the bulk-copy kernel resident on one SM with [`BULK_FOUR_STAGES`] stages.
+    resident_bulk_four: usize,
+    /// Whether [`CudaLayer::bulk_four`] may apply (not with `GPTQ_CUDA_BULK_FOUR=0`).
+    bulk_four_on: bool,
     /// The fewest rows the warpgroup kernel takes on this layer (fewer take the bulk-copy kernel),
     /// for either activation type ([`CudaLayer::with_wg_min_rows`]).
     wg_min_rows: usize,
@@ -563,6 +567,9 @@ struct MmaShape {
     /// `tiles_per_split` tiles over all column blocks' tiles in storage order; `splits` is then the
     /// most blocks that cover one column block (partial-sum slots).
     balanced: Option<usize>,
+    /// The bulk-copy kernel at [`BULK_FOUR_PER_SM`] blocks per SM with [`BULK_FOUR_STAGES`] stages
+    /// ([`CudaLayer::bulk_four`]).
+    four: bool,
 }
 
 /// How a call runs on the wide warpgroup kernel.
@@ -594,6 +601,19 @@ const WG_BALANCED_ROWS: usize = 2;
 /// card the consumers, not HBM, set the pace); at 12 and 16 rows 3% and 1% faster there, but 4–14%
 /// slower on 8192×10240, so those keep the rule of other cards.
 const WG_BALANCED_ROWS_RICH: usize = 8;
+/// Blocks per SM of the bulk-copy kernel on memory-rich cards for 4-bit symmetric layers without
+/// act-order at up to [`BULK_FOUR_ROWS`] rows, with [`BULK_FOUR_STAGES`] ring stages (so that four
+/// fit in an SM's shared memory), instead of three with the full ring ([`CudaLayer::bulk_four`]).
+/// On that card the consumers' decode, not HBM, sets the pace, and a fourth warp per scheduler
+/// hides more of its latency. Measured on the H200 (docs/perf.md, version 73), fp16 / bf16 at M = 1:
+/// 28672×8192 38.5 → 35.5 µs (bf16 42.2 → 39.3), 8192×8192 13.3 → 12.4, 14336×4096 12.3 → 11.8,
+/// 8192×28672 40.3 → 39.4 (uniform splits, against the balanced ones), 4096×4096 6.2 → 6.1; M = 2
+/// alike; at 4 and 8 rows 4096×4096 and 14336×4096 ran 1-1.6 µs slower (more splits' partial sums).
+pub(crate) const BULK_FOUR_PER_SM: usize = 4;
+/// Stages of the bulk-copy kernel's ring at [`BULK_FOUR_PER_SM`] blocks per SM.
+pub(crate) const BULK_FOUR_STAGES: usize = 3;
+/// The most rows that take [`BULK_FOUR_PER_SM`] blocks per SM.
+const BULK_FOUR_ROWS: usize = 2;
 /// The fewest rows the warpgroup kernel takes on memory-rich cards on 4-bit layers with long K
 /// splits: [`WG_RICH_MIN_ROWS_BALANCED`] where its splits are balanced, else this. Measured on the
 /// H200 (docs/perf.md, version 70): 28672×8192 fp16 at M = 2 / 4 / 6 on the bulk-copy kernel 39.0 /
@@ -689,6 +709,12 @@ fn balanced_split(quads: usize, kt: usize, stage: usize, slots: usize) -> (usize
     (per, blocks, most)
 }
 
+/// The key under which [`Device`](super::Device) keeps the residency of bulk-copy kernel `name` with
+/// [`BULK_FOUR_STAGES`] stages.
+pub(crate) fn bulk_four_key(name: &str) -> String {
+    format!("{name}@{BULK_FOUR_STAGES}")
+}
+
 /// The launch shape for `m` rows of a `k`×`n` layer of `bits`-bit codes on a device with `sm_count`
 /// SMs, where `resident(mf)` blocks of the kernel with `mf` fragments fit on one SM at once.
 #[allow(clippy::too_many_arguments)]
@@ -733,7 +759,7 @@ fn mma_shape(
     let cap = (MMA_SMEM_HALVES / rows - 8) / 64 * 64;
     let chunk = cap.min((tiles_per_split * TILE_K).next_multiple_of(64));
     let splits = kt.div_ceil(tiles_per_split);
-    MmaShape { mf, wk, splits, tiles_per_split, chunk, ring: None, deep: false, balanced: None }
+    MmaShape { mf, wk, splits, tiles_per_split, chunk, ring: None, deep: false, balanced: None, four: false }
 }
 
 /// CUDA-core kernel: (rows of A per block, splits of K, word rows per split) for `m` rows.
@@ -912,6 +938,7 @@ impl CudaLayer {
         let resident_balanced =
             [Ring::Bulk, Ring::Warpgroup].map(|r| resident_of(&|act| r.balanced_kernel_name(d.bits, act, sym)));
         let resident_wide = WideForm::ALL.map(|f| resident_of(&|act| f.kernel_name(d.bits, act, sym)));
+        let resident_bulk_four = resident_of(&|act| bulk_four_key(&Ring::Bulk.kernel_name(d.bits, act, sym)));
         CudaLayer {
             bits: d.bits,
             k,
@@ -934,6 +961,8 @@ impl CudaLayer {
             resident_ring,
             resident_balanced,
             resident_wide,
+            resident_bulk_four,
+            bulk_four_on: std::env::var("GPTQ_CUDA_BULK_FOUR").map_or(true, |v| v != "0"),
             wg_min_rows: 9,
             wg_max_rows: std::env::var("GPTQ_CUDA_WG_MAX_ROWS")
                 .ok()
@@ -1138,7 +1167,13 @@ impl CudaLayer {
                 self.stages(&s, sym),
                 if s.deep { ", deep ring" } else { "" },
                 if ring == Ring::Warpgroup && self.reduces_in_clusters(m) { ", clusters" } else { "" },
-                if ring == Ring::Bulk && self.pads_bulk(&s) { ", 3 blocks per SM" } else { "" },
+                if ring == Ring::Bulk && self.pads_bulk(&s) {
+                    ", 3 blocks per SM"
+                } else if s.four {
+                    ", 4 blocks per SM"
+                } else {
+                    ""
+                },
                 if ring == Ring::Warpgroup && self.reduces_in_clusters(m) {
                     String::new()
                 } else {
@@ -1311,14 +1346,47 @@ impl CudaLayer {
             }
             Ring::Warpgroup => self.wg_split(false, 1).map(|s| self.balance(s, m)),
             Ring::Bulk => {
-                let resident = |_| self.resident_ring[ring as usize];
                 let sm = self.device.sm_count as usize;
+                if self.bulk_four(m) {
+                    let resident = |_| self.resident_bulk_four;
+                    let s = mma_shape(m, self.k, self.n, self.bits, sm, Some(BULK_FOUR_PER_SM), resident);
+                    // (Only as many splits as the measured layers took: 4-32.)
+                    if s.splits <= BULK_MANY_SPLITS {
+                        return Some(self.bulk_split(MmaShape { ring: Some(ring), four: true, ..s }));
+                    }
+                }
+                let resident = |_| self.resident_ring[ring as usize];
                 let s = mma_shape(m, self.k, self.n, self.bits, sm, self.blocks_per_sm, resident);
                 let s = MmaShape { ring: Some(ring), ..s };
                 let s = self.bulk_split(s);
                 (self.bits == 4 || s.tiles_per_split >= 32).then(|| self.balance(s, m))
             }
         }
+    }
+
+    /// Whether a call of `m` rows takes the bulk-copy kernel at [`BULK_FOUR_PER_SM`] blocks per SM
+    /// (uniform splits, [`BULK_FOUR_STAGES`] stages): memory-rich cards, 4-bit symmetric layers
+    /// without act-order, at most [`BULK_FOUR_ROWS`] rows, where four blocks fit an SM and take at
+    /// most [`BULK_MANY_SPLITS`] splits of K (the measured layers took 4-32; layers of few columns,
+    /// which would take more, keep three blocks per SM); not with `GPTQ_CUDA_BULK_FOUR=0`,
+    /// `GPTQ_CUDA_BLOCKS_PER_SM` or `GPTQ_CUDA_BULK_STAGES`.
+    fn bulk_four(&self, m: usize) -> bool {
+        self.bulk_four_on
+            && self.device.memory_rich
+            && self.bits == 4
+            && self.symmetric()
+            && self.perm.is_none()
+            && m <= BULK_FOUR_ROWS
+            && self.blocks_per_sm.is_none()
+            && !self.device.ring_depth_fixed()
+            && self.resident_bulk_four >= BULK_FOUR_PER_SM
+    }
+
+    /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel at
+    /// [`BULK_FOUR_PER_SM`] blocks per SM ([`CudaLayer::bulk_four`]).
+    #[doc(hidden)]
+    pub fn runs_four_per_sm(&self, m: usize) -> bool {
+        self.ring_shapes(m).next().is_some_and(|s| s.four)
     }
 
     /// The bulk-copy kernel's uniform split `s` (three blocks per SM's worth), with at least
@@ -1443,13 +1511,14 @@ impl CudaLayer {
     /// unpadded and 13.7-15.1 padded (fp16 within ±2%); on 4096×4096 (11 tiles) padding cost 0.5-0.7
     /// µs (fp16 M = 1 6.2-6.3 → 6.8-6.9). With the full ring (long blocks) it changes nothing.
     fn pads_bulk(&self, shape: &MmaShape) -> bool {
-        self.bulk_pad.unwrap_or(shape.tiles_per_split >= BULK_PAD_MIN_TILES)
+        !shape.four && self.bulk_pad.unwrap_or(shape.tiles_per_split >= BULK_PAD_MIN_TILES)
     }
 
     /// Stages of the ring kernel taking `shape` (its deep ring where the shape says so).
     fn stages(&self, shape: &MmaShape, sym: bool) -> usize {
         match shape.ring {
             Some(_) if shape.deep => self.device.deep_ring_stages(self.bits, sym).unwrap_or(2),
+            Some(_) if shape.four => BULK_FOUR_STAGES,
             Some(r) => self.device.ring_stages(r, self.bits, sym, shape.tiles_per_split),
             None => 0,
         }
