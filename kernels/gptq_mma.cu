@@ -674,8 +674,8 @@ __device__ void mma_gemm_small(const u16* __restrict__ A, long lda, const uint4*
 // - A fifth warp (the producer) issues, per stage, one cp.async.bulk of TPS tiles of the block's
 //   four column tiles (contiguous in the interleaved layout: 8 KB), one per group those tiles touch
 //   of the quad's scales (and zeros), 512 bytes each, and one per row of A over the stage's inputs,
-//   into a ring of `stages` stages guarded by mbarriers (full: bytes landed; empty: the four
-//   consumer warps have read the stage). Bytes in flight cost no registers, a group's scales arrive
+//   into a ring of `stages` stages guarded by mbarriers (full: bytes landed; empty: the 128
+//   consumer threads have read the stage, release_stage). Bytes in flight cost no registers, a group's scales arrive
 //   with its tiles instead of as a load the consumer waits for, and A needs no staging step in
 //   which the weight stream stalls. Weights and scales of the first ring-full go out before
 //   pdl_wait (the layer's own data), A after it. Act-order A is gathered by the library first,
@@ -836,6 +836,24 @@ __device__ __forceinline__ void fold_group_swapped(const float (&acc)[4][4 * R],
     for (int j = 0; j < 4; j++) fold_columns_swapped<BITS, BF, SYM, R>(j, acc[j], sum, tot[j], sc, zv);
 }
 
+// A consumer's hand-back of a ring stage it has read. Every consumer thread arrives (the `empty`
+// barrier counts 128), so each thread's reads are ordered before the producer's next copy into the
+// stage by its own release; a warp's lane 0 arriving for it after __syncwarp (BULK_THREAD_ARRIVE=0,
+// the form before version 73) relies on __syncwarp's ordering, which compute-sanitizer's racecheck
+// does not model: it reported every stage's reads as racing the next bulk copy.
+#ifndef BULK_THREAD_ARRIVE
+#define BULK_THREAD_ARRIVE 1
+#endif
+__device__ __forceinline__ void release_stage(u32 empty, int lane) {
+#if BULK_THREAD_ARRIVE
+    (void)lane;
+    mbar_arrive(empty);
+#else
+    __syncwarp();  // every lane's reads of the stage are done
+    if (lane == 0) mbar_arrive(empty);
+#endif
+}
+
 // A arrives with each stage, so there is no staging step and no chunking: A must be 16-byte aligned
 // with lda and K multiples of 8 (src/cuda/layer.rs). With `perm` (<= 8 rows over <= 256 inputs per
 // block, or one row over <= 768) the consumers gather A instead and the stages carry none.
@@ -891,7 +909,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
         else gather_columns<2>(perm, kb, klen, K, col);
     }
     if (threadIdx.x == 0) {
-        ring_barriers_init(full, empty, stages, 4);
+        ring_barriers_init(full, empty, stages, BULK_THREAD_ARRIVE ? MMA_THREADS : 4);
         *reinterpret_cast<uint4*>(smem + 16 * 8 * BULK_MAX_STAGES) = make_uint4(0, 0, 0, 0);
     }
     __syncthreads();
@@ -1032,8 +1050,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
             const int s = i % stages, t0 = t_begin + i * TPS;
             mbar_wait(full + 8 * s, (i / stages) & 1);
             if (nt < NT) consume(s, t0, min(TPS, t_end - t0));
-            __syncwarp();  // every lane's reads of the stage are done
-            if (lane == 0) mbar_arrive(empty + 8 * s);
+            release_stage(empty + 8 * s, lane);
         }
         finish(nt, gridDim.y == 1, blockIdx.y);
     } else {
@@ -1050,8 +1067,7 @@ __device__ void bulk_gemm_small(const u16* __restrict__ A, long lda, const uint4
                 const int s = i % stages, t0 = t_lo + (i - i_lo) * TPS;
                 mbar_wait(full + 8 * s, (i / stages) & 1);
                 if (seg * 4 + warp < NT) consume(s, t0, min(TPS, t_hi - t0));
-                __syncwarp();
-                if (lane == 0) mbar_arrive(empty + 8 * s);
+                release_stage(empty + 8 * s, lane);
             }
             finish(seg * 4 + warp, false, blockIdx.x - seg * KT / L);
             if (i_hi >= nstages) break;
