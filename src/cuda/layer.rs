@@ -606,9 +606,11 @@ const WG_BALANCED_ROWS_RICH: usize = 8;
 /// fit in an SM's shared memory), instead of three with the full ring ([`CudaLayer::bulk_four`]).
 /// On that card the consumers' decode, not HBM, sets the pace, and a fourth warp per scheduler
 /// hides more of its latency. Measured on the H200 (docs/perf.md, version 73), fp16 / bf16 at M = 1:
-/// 28672×8192 38.5 → 35.5 µs (bf16 42.2 → 39.3), 8192×8192 13.3 → 12.4, 14336×4096 12.3 → 11.8,
-/// 8192×28672 40.3 → 39.4 (uniform splits, against the balanced ones), 4096×4096 6.2 → 6.1; M = 2
-/// alike; at 4 and 8 rows 4096×4096 and 14336×4096 ran 1-1.6 µs slower (more splits' partial sums).
+/// 28672×8192 38.7 → 35.6 µs (bf16 42.3 → 39.3), 5120×13824 14.4 → 13.4, 8192×8192 13.3 → 12.45,
+/// 14336×4096 12.3 → 11.8, 8192×28672 40.3 → 39.8 (uniform splits, against the balanced ones);
+/// M = 2 alike; 4096×14336 0.2-0.3 µs slower. In the probe before it, 4 rows ran 1-1.4 µs slower on
+/// 4096×4096, 14336×4096 and (on the warpgroup kernel's ring) 8192×28672, but 2.4 µs faster on
+/// 28672×8192: a rule by layer could take more rows there.
 pub(crate) const BULK_FOUR_PER_SM: usize = 4;
 /// Stages of the bulk-copy kernel's ring at [`BULK_FOUR_PER_SM`] blocks per SM.
 pub(crate) const BULK_FOUR_STAGES: usize = 3;
@@ -1369,9 +1371,10 @@ impl CudaLayer {
     /// without act-order, at most [`BULK_FOUR_ROWS`] rows, where four blocks fit an SM and take at
     /// most [`BULK_MANY_SPLITS`] splits of K (the measured layers took 4-32; layers of few columns,
     /// which would take more, keep three blocks per SM); not with `GPTQ_CUDA_BULK_FOUR=0`,
-    /// `GPTQ_CUDA_BLOCKS_PER_SM` or `GPTQ_CUDA_BULK_STAGES`.
+    /// `GPTQ_CUDA_BLOCKS_PER_SM`, `GPTQ_CUDA_BULK_STAGES` or `GPTQ_CUDA_BULK_PAD=1`.
     fn bulk_four(&self, m: usize) -> bool {
         self.bulk_four_on
+            && self.bulk_pad != Some(true)
             && self.device.memory_rich
             && self.bits == 4
             && self.symmetric()
@@ -1387,6 +1390,13 @@ impl CudaLayer {
     #[doc(hidden)]
     pub fn runs_four_per_sm(&self, m: usize) -> bool {
         self.ring_shapes(m).next().is_some_and(|s| s.four)
+    }
+
+    /// Whether four blocks of the bulk-copy kernel with [`BULK_FOUR_STAGES`] stages fit an SM
+    /// (registers and shared memory), which [`CudaLayer::bulk_four`] needs.
+    #[doc(hidden)]
+    pub fn bulk_four_fits(&self) -> bool {
+        self.resident_bulk_four >= BULK_FOUR_PER_SM
     }
 
     /// The bulk-copy kernel's uniform split `s` (three blocks per SM's worth), with at least
