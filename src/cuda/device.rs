@@ -331,33 +331,23 @@ pub fn init(ordinal: usize) -> Result<Arc<Device>> {
                     let attr = cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                     // SAFETY: `f` is a function of the loaded module.
                     check(unsafe { cu::cuFuncSetAttribute(f, attr, limit) }, "cuFuncSetAttribute (shared memory)")?;
-                    if let Some(deep) = deep {
+                    // Blocks of `f` resident on one SM with `smem` bytes of dynamic shared memory.
+                    let occupancy = |smem: usize| {
                         let mut blocks = 0;
-                        // SAFETY: as above; writes one int.
+                        // SAFETY: `f` is a function of the loaded module; writes one int.
                         let r = unsafe {
-                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, deep)
+                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, smem)
                         };
-                        d.wg_deep &= r == cu::CUresult::CUDA_SUCCESS && blocks >= 2;
+                        check(r, "cuOccupancyMaxActiveBlocksPerMultiprocessor").map(|_| blocks.max(0) as usize)
+                    };
+                    if let Some(deep) = deep {
+                        d.wg_deep &= occupancy(deep).is_ok_and(|b| b >= 2);
                     }
-                    let mut blocks = 0;
-                    // SAFETY: as above; writes one int.
-                    check(
-                        unsafe {
-                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, bytes)
-                        },
-                        "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-                    )?;
-                    d.resident.insert(name.clone(), blocks.max(1) as usize);
+                    d.resident.insert(name.clone(), occupancy(bytes)?.max(1));
                     // The bulk-copy kernel may also run with a shallow ring at four blocks per SM.
                     if bulk && name == layer::Ring::Bulk.kernel_name(bits, act, sym) {
                         let shallow = layer::Ring::Bulk.smem_bytes(bits, sym, layer::BULK_FOUR_STAGES);
-                        let mut blocks = 0;
-                        // SAFETY: as above; writes one int.
-                        let r = unsafe {
-                            cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, f, threads as i32, shallow)
-                        };
-                        let blocks = if r == cu::CUresult::CUDA_SUCCESS { blocks.max(1) as usize } else { 1 };
-                        d.resident.insert(layer::bulk_four_key(&name), blocks);
+                        d.resident.insert(layer::bulk_four_key(&name), occupancy(shallow).unwrap_or(1).max(1));
                     }
                 }
             }

@@ -1382,7 +1382,7 @@ impl CudaLayer {
             && m <= BULK_FOUR_ROWS
             && self.blocks_per_sm.is_none()
             && !self.device.ring_depth_fixed()
-            && self.resident_bulk_four >= BULK_FOUR_PER_SM
+            && self.bulk_four_fits()
     }
 
     /// Whether a call of `m` rows (with A 16-byte aligned) runs the bulk-copy kernel at
